@@ -1,0 +1,259 @@
+"""The ``sso-broker`` command.
+
+Standard output holds exactly one JSON document (or, for ``issue-token``, the bare JWT);
+logs and errors go to standard error, so output pipes straight into ``jq``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from sso_broker import __version__
+from sso_broker.companies import service as companies_service
+from sso_broker.config import Settings
+from sso_broker.crypto import EncryptionKeyError, SecretBox
+from sso_broker.database import create_engine, create_sessionmaker, session_scope
+from sso_broker.errors import AppError
+from sso_broker.logs import configure_logging
+from sso_broker.migrate import migrate
+from sso_broker.providers.models import SSOProvider
+from sso_broker.sessions import service as sessions_service
+from sso_broker.sessions.models import SigningKey
+from sso_broker.sessions.tokens import KeyRing, ensure_signing_key
+from sso_broker.users import repository as users_repository
+from sso_broker.users import service as users_service
+from sso_broker.users.models import Role
+from sso_broker.users.schemas import UserCreate, UserRead
+
+logger = logging.getLogger("sso_broker.cli")
+
+MAX_TOKEN_TTL = 30 * 86_400
+
+
+class CommandError(Exception):
+    """A command failed for a reason the operator can fix; exit status 1."""
+
+
+def _emit(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, default=str) + "\n")
+
+
+async def _with_database(
+    settings: Settings, work: Callable[[Any, SecretBox], Awaitable[None]]
+) -> None:
+    """Migrates, then runs ``work(sessionmaker, box)`` and disposes of the engine."""
+    engine = create_engine(settings)
+    try:
+        await migrate(engine)
+        await work(create_sessionmaker(engine), SecretBox.from_settings(settings))
+    finally:
+        await engine.dispose()
+
+
+def _uuid(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an id (a UUID)") from e
+
+
+async def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> None:
+    async def work(_sessionmaker: Any, _box: SecretBox) -> None:
+        logger.info("database is at the newest schema")
+
+    await _with_database(settings, work)
+    _emit({"status": "migrated"})
+
+
+async def cmd_create_company(settings: Settings, args: argparse.Namespace) -> None:
+    async def work(sessionmaker: Any, _box: SecretBox) -> None:
+        async with session_scope(sessionmaker) as session:
+            company = await companies_service.create(session, args.name)
+            _emit({"id": str(company.id), "name": company.name})
+
+    await _with_database(settings, work)
+
+
+async def cmd_create_user(settings: Settings, args: argparse.Namespace) -> None:
+    try:
+        data = UserCreate(
+            email=args.email, name=args.name, role=Role(args.role), sso_provider_id=args.provider
+        )
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
+        )
+        raise CommandError(f"invalid user: {problems}") from e
+
+    async def work(sessionmaker: Any, _box: SecretBox) -> None:
+        async with session_scope(sessionmaker) as session:
+            await companies_service.get(session, args.company)
+            user = await users_service.create(session, args.company, data, actor=None)
+            _emit(UserRead.model_validate(user).model_dump(mode="json"))
+
+    await _with_database(settings, work)
+
+
+async def cmd_issue_token(settings: Settings, args: argparse.Namespace) -> None:
+    ttl = args.ttl if args.ttl is not None else settings.access_token_ttl
+    if not 60 <= ttl <= MAX_TOKEN_TTL:
+        raise CommandError(f"--ttl must be between 60 and {MAX_TOKEN_TTL} seconds")
+
+    async def work(sessionmaker: Any, box: SecretBox) -> None:
+        keyring = KeyRing(settings, box)
+        async with session_scope(sessionmaker) as session:
+            await ensure_signing_key(session, box)
+            await keyring.load(session)
+            await companies_service.get(session, args.company)
+            user = await users_repository.get_by_email(session, args.company, args.email)
+            if user is None:
+                raise CommandError(f"no user with email {args.email} in company {args.company}")
+            # The session lives exactly as long as the token: there is no refresh for it.
+            sign_in = await sessions_service.start(
+                session, user, provider_id=None, lifetime=timedelta(seconds=ttl)
+            )
+            issued = sessions_service.issue_access_token(
+                settings, keyring, user, sign_in, ttl=timedelta(seconds=ttl)
+            )
+            logger.info(
+                "issued a session token",
+                extra={"user_id": str(user.id), "session_id": str(sign_in.id), "ttl": ttl},
+            )
+            sys.stdout.write(issued.token + "\n")
+
+    await _with_database(settings, work)
+
+
+async def cmd_rotate_keys(settings: Settings, _args: argparse.Namespace) -> None:
+    """Re-encrypts every stored secret under the first key of SSO_BROKER_ENCRYPTION_KEYS."""
+
+    async def work(sessionmaker: Any, box: SecretBox) -> None:
+        counts = {"client_secrets": 0, "signing_keys": 0}
+        async with session_scope(sessionmaker) as session:
+            providers = await session.scalars(
+                select(SSOProvider).where(SSOProvider.client_secret_encrypted.is_not(None))
+            )
+            for provider in providers:
+                assert provider.client_secret_encrypted is not None  # noqa: S101
+                provider.client_secret_encrypted = box.rotate(provider.client_secret_encrypted)
+                counts["client_secrets"] += 1
+            for key in await session.scalars(select(SigningKey)):
+                key.private_key_encrypted = box.rotate(key.private_key_encrypted)
+                counts["signing_keys"] += 1
+        _emit({"status": "rotated", **counts})
+
+    await _with_database(settings, work)
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    asyncio.run(_with_database(settings, _noop))
+    uvicorn.run(
+        "sso_broker.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_config=None,
+        proxy_headers=True,
+        server_header=False,
+    )
+
+
+async def _noop(_sessionmaker: Any, _box: SecretBox) -> None:
+    return None
+
+
+def cmd_openapi(_settings: Settings, _args: argparse.Namespace) -> None:
+    from sso_broker.openapi import render
+
+    sys.stdout.write(render())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sso-broker", description=__doc__.splitlines()[1])
+    parser.add_argument("--version", action="version", version=f"sso-broker {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="apply pending migrations, then serve the API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(handler=cmd_serve, is_async=False)
+
+    commands.add_parser("migrate", help="apply pending migrations and exit").set_defaults(
+        handler=cmd_migrate, is_async=True
+    )
+
+    company = commands.add_parser("create-company", help="create a company")
+    company.add_argument("name")
+    company.set_defaults(handler=cmd_create_company, is_async=True)
+
+    user = commands.add_parser("create-user", help="create a user in a company (any role)")
+    user.add_argument("--company", required=True, type=_uuid)
+    user.add_argument("--email", required=True)
+    user.add_argument("--name", required=True)
+    user.add_argument("--role", required=True, choices=[role.value for role in Role])
+    user.add_argument("--provider", type=_uuid, default=None, help="SSO provider id to link")
+    user.set_defaults(handler=cmd_create_user, is_async=True)
+
+    token = commands.add_parser("issue-token", help="print a session JWT for a user")
+    token.add_argument("--email", required=True)
+    token.add_argument("--company", required=True, type=_uuid)
+    token.add_argument("--ttl", type=int, default=None, help="lifetime in seconds")
+    token.set_defaults(handler=cmd_issue_token, is_async=True)
+
+    commands.add_parser(
+        "rotate-keys", help="re-encrypt stored secrets under the first encryption key"
+    ).set_defaults(handler=cmd_rotate_keys, is_async=True)
+
+    commands.add_parser("openapi", help="print the OpenAPI document").set_defaults(
+        handler=cmd_openapi, is_async=False
+    )
+    return parser
+
+
+def _fail(message: str, code: str, status: int = 1) -> int:
+    sys.stderr.write(json.dumps({"error": code, "detail": message}) + "\n")
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as e:
+        problems = "; ".join(str(err["msg"]) for err in e.errors())
+        return _fail(f"invalid configuration: {problems}", "invalid_configuration", 2)
+    configure_logging(settings.logging_level)
+    try:
+        if args.is_async:
+            asyncio.run(args.handler(settings, args))
+        else:
+            args.handler(settings, args)
+    except AppError as e:
+        return _fail(e.detail, e.code.value)
+    except (CommandError, EncryptionKeyError) as e:
+        return _fail(str(e), "command_failed")
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""Errors a client can meet, and how they become ``application/problem+json``.
+
+The tree::
+
+    AppError                      status, code, title, detail, headers
+    ├── NotAuthenticated          401 not_authenticated / invalid_token / session_expired
+    ├── Forbidden                 403 forbidden
+    ├── NotFound                  404 not_found
+    ├── Conflict                  409 email_taken
+    ├── InvalidInput              422 validation_error, unsupported_tenant, invalid_tenant,
+    │                             invalid_client_id, invalid_client_secret, provider_incomplete,
+    │                             sso_provider_not_found
+    └── ServiceUnavailable        503 database_unavailable
+
+Every error carries a stable machine ``code`` (an :class:`ErrorCode`) and a ``detail``
+sentence telling the user what went wrong and what to do. No error text ever contains a
+secret: details are written by us, never copied from input.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class ErrorCode(StrEnum):
+    NOT_AUTHENTICATED = "not_authenticated"
+    INVALID_TOKEN = "invalid_token"
+    SESSION_EXPIRED = "session_expired"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    EMAIL_TAKEN = "email_taken"
+    VALIDATION_ERROR = "validation_error"
+    UNSUPPORTED_TENANT = "unsupported_tenant"
+    INVALID_TENANT = "invalid_tenant"
+    INVALID_CLIENT_ID = "invalid_client_id"
+    INVALID_CLIENT_SECRET = "invalid_client_secret"
+    PROVIDER_INCOMPLETE = "provider_incomplete"
+    SSO_PROVIDER_NOT_FOUND = "sso_provider_not_found"
+    REQUEST_TOO_LARGE = "request_too_large"
+    DATABASE_UNAVAILABLE = "database_unavailable"
+    SERVER_ERROR = "server_error"
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document with our stable ``code``."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: ErrorCode
+    errors: list[dict[str, Any]] | None = None
+
+
+class AppError(Exception):
+    status: int = 500
+    title: str = "Internal server error"
+    code: ErrorCode = ErrorCode.SERVER_ERROR
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        code: ErrorCode | None = None,
+        headers: dict[str, str] | None = None,
+        errors: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+        self.errors = errors
+
+
+class NotAuthenticated(AppError):
+    status = 401
+    title = "Not authenticated"
+    code = ErrorCode.NOT_AUTHENTICATED
+
+    def __init__(self, detail: str, *, code: ErrorCode | None = None) -> None:
+        super().__init__(detail, code=code, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(AppError):
+    status = 403
+    title = "Forbidden"
+    code = ErrorCode.FORBIDDEN
+
+
+class NotFound(AppError):
+    status = 404
+    title = "Not found"
+    code = ErrorCode.NOT_FOUND
+
+
+class Conflict(AppError):
+    status = 409
+    title = "Conflict"
+
+
+class InvalidInput(AppError):
+    status = 422
+    title = "Invalid request"
+    code = ErrorCode.VALIDATION_ERROR
+
+
+class ServiceUnavailable(AppError):
+    status = 503
+    title = "Service unavailable"
+    code = ErrorCode.DATABASE_UNAVAILABLE
+
+
+def problem_response(
+    status: int,
+    code: ErrorCode,
+    title: str,
+    detail: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    errors: list[dict[str, Any]] | None = None,
+) -> JSONResponse:
+    body = Problem(
+        type=f"https://sso-broker.dev/problems/{code.value}",
+        title=title,
+        status=status,
+        detail=detail,
+        code=code,
+        errors=errors,
+    )
+    return JSONResponse(
+        body.model_dump(mode="json", exclude_none=True),
+        status_code=status,
+        headers={"Cache-Control": "no-store", **(headers or {})},
+        media_type=PROBLEM_JSON,
+    )
+
+
+def _describe_validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """The location and message of each error, never the offending input (it may be a secret)."""
+    described = []
+    for error in exc.errors():
+        described.append(
+            {
+                "loc": [str(part) for part in error.get("loc", ())],
+                "type": str(error.get("type", "value_error")),
+                "msg": str(error.get("msg", "invalid value")),
+            }
+        )
+    return described
+
+
+async def app_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)  # noqa: S101 - registered for AppError only
+    return problem_response(
+        exc.status, exc.code, exc.title, exc.detail, headers=exc.headers, errors=exc.errors
+    )
+
+
+async def validation_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)  # noqa: S101
+    errors = _describe_validation_errors(exc)
+    fields = ", ".join(".".join(e["loc"][1:]) or e["loc"][0] for e in errors if e["loc"])
+    return problem_response(
+        422,
+        ErrorCode.VALIDATION_ERROR,
+        "Invalid request",
+        f"The request is invalid ({fields}): see `errors` for what each field needs."
+        if fields
+        else "The request is invalid: see `errors`.",
+        errors=errors,
+    )
+
+
+_HTTP_CODES = {
+    401: (ErrorCode.NOT_AUTHENTICATED, "Not authenticated"),
+    403: (ErrorCode.FORBIDDEN, "Forbidden"),
+    404: (ErrorCode.NOT_FOUND, "Not found"),
+    405: (ErrorCode.METHOD_NOT_ALLOWED, "Method not allowed"),
+    413: (ErrorCode.REQUEST_TOO_LARGE, "Request too large"),
+}
+
+
+async def http_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)  # noqa: S101
+    code, title = _HTTP_CODES.get(exc.status_code, (ErrorCode.SERVER_ERROR, "Error"))
+    if exc.status_code == 404:
+        detail = "There is nothing at this address; check the path against /docs."
+    elif exc.status_code == 405:
+        detail = "This method is not allowed here; see /docs for the methods each route accepts."
+    else:
+        detail = str(exc.detail)
+    return problem_response(exc.status_code, code, title, detail, headers=exc.headers)
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` says the database cannot be reached (not a constraint or SQL bug)."""
+    if isinstance(exc, PoolTimeoutError | InterfaceError | OperationalError):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, ConnectionError | TimeoutError | OSError)
+
+
+async def unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    if is_database_unavailable(exc):
+        logger.warning(
+            "database unavailable",
+            extra={"path": request.url.path, "error": type(exc).__name__},
+        )
+        return problem_response(
+            503,
+            ErrorCode.DATABASE_UNAVAILABLE,
+            "Service unavailable",
+            "The database cannot be reached right now; retry in a few seconds.",
+            headers={"Retry-After": "5"},
+        )
+    logger.error(
+        "unhandled error",
+        exc_info=exc,
+        extra={"path": request.url.path, "error": type(exc).__name__},
+    )
+    return problem_response(
+        500,
+        ErrorCode.SERVER_ERROR,
+        "Internal server error",
+        "Something went wrong on our side; it has been logged. Retry, and report the "
+        "request id if it keeps happening.",
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, app_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(Exception, unhandled_error_handler)
+
+
+def error_responses(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries listing the error codes a route can answer with."""
+    by_status: dict[int, list[ErrorCode]] = {}
+    for code in codes:
+        by_status.setdefault(STATUS_OF[code], []).append(code)
+    return {
+        status: {
+            "model": Problem,
+            "description": "Error codes: " + ", ".join(f"`{c.value}`" for c in status_codes),
+            "content": {PROBLEM_JSON: {}},
+        }
+        for status, status_codes in sorted(by_status.items())
+    }
+
+
+STATUS_OF: dict[ErrorCode, int] = {
+    ErrorCode.NOT_AUTHENTICATED: 401,
+    ErrorCode.INVALID_TOKEN: 401,
+    ErrorCode.SESSION_EXPIRED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.EMAIL_TAKEN: 409,
+    ErrorCode.REQUEST_TOO_LARGE: 413,
+    ErrorCode.VALIDATION_ERROR: 422,
+    ErrorCode.UNSUPPORTED_TENANT: 422,
+    ErrorCode.INVALID_TENANT: 422,
+    ErrorCode.INVALID_CLIENT_ID: 422,
+    ErrorCode.INVALID_CLIENT_SECRET: 422,
+    ErrorCode.PROVIDER_INCOMPLETE: 422,
+    ErrorCode.SSO_PROVIDER_NOT_FOUND: 422,
+    ErrorCode.SERVER_ERROR: 500,
+    ErrorCode.DATABASE_UNAVAILABLE: 503,
+}

@@ -1,0 +1,43 @@
+"""Applying migrations from code, under the cross-process bootstrap lock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from sso_broker.database import acquire_bootstrap_lock
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def migrations_dir() -> Path:
+    """Where the Alembic scripts are: inside the wheel, or at the top of a checkout."""
+    bundled = _PACKAGE_DIR / "_migrations"
+    if bundled.is_dir():
+        return bundled
+    return _PACKAGE_DIR.parents[1] / "migrations"
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.set_main_option("file_template", "%%(year)d%%(month).2d%%(day).2d_%%(rev)s_%%(slug)s")
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def _upgrade(connection: Connection) -> None:
+    command.upgrade(alembic_config(connection), "head")
+
+
+async def migrate(engine: AsyncEngine) -> None:
+    """Brings the schema to the newest revision; concurrent callers wait for each other."""
+    async with engine.connect() as connection:
+        await acquire_bootstrap_lock(connection)
+        await connection.run_sync(_upgrade)
+        await connection.commit()

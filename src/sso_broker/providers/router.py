@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Response, status
+
+from sso_broker.deps import ContextDep, CurrentAdmin, SessionDep, SettingsDep
+from sso_broker.errors import ErrorCode, error_responses
+from sso_broker.providers import service
+from sso_broker.providers.schemas import ProviderCreate, ProviderList, ProviderRead, ProviderUpdate
+
+router = APIRouter(prefix="/api/v1/sso-providers", tags=["SSO providers"])
+
+_AUTH_ERRORS = (
+    ErrorCode.NOT_AUTHENTICATED,
+    ErrorCode.INVALID_TOKEN,
+    ErrorCode.SESSION_EXPIRED,
+    ErrorCode.FORBIDDEN,
+)
+
+
+@router.get(
+    "",
+    summary="List the company's SSO providers",
+    response_model=ProviderList,
+    responses=error_responses(*_AUTH_ERRORS),
+)
+async def list_providers(
+    principal: CurrentAdmin, session: SessionDep, settings: SettingsDep
+) -> ProviderList:
+    providers = await service.list_for_company(session, principal.user.company_id)
+    return ProviderList(items=[ProviderRead.build(p, settings) for p in providers])
+
+
+@router.post(
+    "",
+    summary="Create an SSO provider (disabled until credentials are set)",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ProviderRead,
+    responses=error_responses(
+        *_AUTH_ERRORS,
+        ErrorCode.VALIDATION_ERROR,
+        ErrorCode.UNSUPPORTED_TENANT,
+        ErrorCode.INVALID_TENANT,
+    ),
+)
+async def create_provider(
+    data: ProviderCreate, principal: CurrentAdmin, session: SessionDep, settings: SettingsDep
+) -> ProviderRead:
+    provider = await service.create(session, principal.user.company_id, data)
+    return ProviderRead.build(provider, settings)
+
+
+@router.get(
+    "/{provider_id}",
+    summary="Read one SSO provider with its three URLs",
+    response_model=ProviderRead,
+    responses=error_responses(*_AUTH_ERRORS, ErrorCode.NOT_FOUND, ErrorCode.VALIDATION_ERROR),
+)
+async def get_provider(
+    provider_id: uuid.UUID, principal: CurrentAdmin, session: SessionDep, settings: SettingsDep
+) -> ProviderRead:
+    provider = await service.get(session, principal.user.company_id, provider_id)
+    return ProviderRead.build(provider, settings)
+
+
+@router.patch(
+    "/{provider_id}",
+    summary="Change an SSO provider: name, tenant, credentials, enabled",
+    response_model=ProviderRead,
+    responses=error_responses(
+        *_AUTH_ERRORS,
+        ErrorCode.NOT_FOUND,
+        ErrorCode.VALIDATION_ERROR,
+        ErrorCode.UNSUPPORTED_TENANT,
+        ErrorCode.INVALID_TENANT,
+        ErrorCode.INVALID_CLIENT_ID,
+        ErrorCode.INVALID_CLIENT_SECRET,
+        ErrorCode.PROVIDER_INCOMPLETE,
+    ),
+)
+async def update_provider(
+    provider_id: uuid.UUID,
+    data: ProviderUpdate,
+    principal: CurrentAdmin,
+    session: SessionDep,
+    context: ContextDep,
+) -> ProviderRead:
+    provider = await service.update(
+        session, context.box, principal.user.company_id, provider_id, data
+    )
+    return ProviderRead.build(provider, context.settings)
+
+
+@router.delete(
+    "/{provider_id}",
+    summary="Delete an SSO provider (its users stay, unlinked)",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(*_AUTH_ERRORS, ErrorCode.NOT_FOUND, ErrorCode.VALIDATION_ERROR),
+)
+async def delete_provider(
+    provider_id: uuid.UUID, principal: CurrentAdmin, session: SessionDep
+) -> None:
+    await service.delete(session, principal.user.company_id, provider_id)

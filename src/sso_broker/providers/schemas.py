@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
+
+from sso_broker.config import Settings
+from sso_broker.providers.models import (
+    BASE_URL_MAX,
+    CLIENT_ID_MAX,
+    PROVIDER_NAME_MAX,
+    SSOProvider,
+)
+from sso_broker.providers.types import ProviderTypeName
+from sso_broker.schemas import PatchBody, StrictBody
+
+CLIENT_SECRET_MAX = 1024
+
+ProviderName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=PROVIDER_NAME_MAX)
+]
+BaseUrl = Annotated[str, StringConstraints(min_length=1, max_length=BASE_URL_MAX)]
+ClientId = Annotated[str, StringConstraints(min_length=1, max_length=CLIENT_ID_MAX)]
+ClientSecret = Annotated[str, StringConstraints(min_length=1, max_length=CLIENT_SECRET_MAX)]
+
+
+class ProviderCreate(StrictBody):
+    type: ProviderTypeName = Field(description="The identity provider's kind.")
+    base_url: BaseUrl = Field(
+        description="For Entra: the Directory (tenant) ID or a verified domain of the tenant.",
+        examples=["3f2b8c4e-1a2b-4c3d-9e8f-0a1b2c3d4e5f", "contoso.onmicrosoft.com"],
+    )
+    name: ProviderName | None = Field(
+        default=None, description="Display name; defaults to the type's name."
+    )
+
+
+class ProviderUpdate(PatchBody):
+    """Any subset of the fields; ``null`` clears ``client_id``, ``client_secret`` and the expiry."""
+
+    NOT_NULLABLE = ("name", "base_url", "enabled")
+
+    name: ProviderName | None = None
+    base_url: BaseUrl | None = None
+    client_id: ClientId | None = None
+    client_secret: ClientSecret | None = Field(
+        default=None,
+        description="Write-only: the secret's value. It is stored encrypted and never returned.",
+        json_schema_extra={"writeOnly": True},
+    )
+    client_secret_expires_at: AwareDatetime | None = Field(
+        default=None, description="When the secret expires in Entra (with a timezone)."
+    )
+    enabled: bool | None = None
+
+
+class LastError(BaseModel):
+    code: str
+    message: str
+    at: datetime
+
+
+class ProviderUrls(BaseModel):
+    initiate_sign_in_url: str = Field(description="Entra: Branding & properties → Home page URL.")
+    callback_url: str = Field(description="Entra: App registration → Redirect URIs (Web).")
+    logout_url: str = Field(description="Entra: front-channel logout URL (optional).")
+
+
+class ProviderRead(BaseModel):
+    id: uuid.UUID
+    type: ProviderTypeName
+    name: str
+    base_url: str
+    client_id: str | None
+    client_secret_set: bool
+    client_secret_expires_at: datetime | None
+    enabled: bool
+    last_error: LastError | None
+    urls: ProviderUrls
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def build(cls, provider: SSOProvider, settings: Settings) -> ProviderRead:
+        base = f"{settings.public_base}/sso/{provider.id}"
+        return cls(
+            id=provider.id,
+            type=provider.type,
+            name=provider.name,
+            base_url=provider.base_url,
+            client_id=provider.client_id,
+            client_secret_set=provider.client_secret_encrypted is not None,
+            client_secret_expires_at=provider.client_secret_expires_at,
+            enabled=provider.enabled,
+            last_error=LastError.model_validate(provider.last_error)
+            if provider.last_error
+            else None,
+            urls=ProviderUrls(
+                initiate_sign_in_url=f"{base}/initiate",
+                callback_url=f"{base}/callback",
+                logout_url=f"{base}/logout",
+            ),
+            created_at=provider.created_at,
+            updated_at=provider.updated_at,
+        )
+
+
+class ProviderList(BaseModel):
+    items: list[ProviderRead]

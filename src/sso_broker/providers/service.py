@@ -1,0 +1,117 @@
+"""SSO providers of a company: creation, credentials, enabling, deletion."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from sso_broker.crypto import SecretBox
+from sso_broker.errors import ErrorCode, InvalidInput, NotFound
+from sso_broker.providers import repository
+from sso_broker.providers.models import SSOProvider
+from sso_broker.providers.schemas import ProviderCreate, ProviderUpdate
+from sso_broker.providers.types import provider_type
+
+# Fields whose change makes a recorded sign-in failure stale.
+_CREDENTIAL_FIELDS = frozenset({"base_url", "client_id", "client_secret"})
+
+
+def _not_found() -> NotFound:
+    return NotFound(
+        "No SSO provider with this id in your company; list them with GET /api/v1/sso-providers."
+    )
+
+
+async def get(session: AsyncSession, company_id: uuid.UUID, provider_id: uuid.UUID) -> SSOProvider:
+    """The company's provider, or 404: another company's provider looks like no provider."""
+    provider = await repository.get(session, company_id, provider_id)
+    if provider is None:
+        raise _not_found()
+    return provider
+
+
+async def list_for_company(session: AsyncSession, company_id: uuid.UUID) -> Sequence[SSOProvider]:
+    return await repository.list_for_company(session, company_id)
+
+
+async def create(session: AsyncSession, company_id: uuid.UUID, data: ProviderCreate) -> SSOProvider:
+    kind = provider_type(data.type)
+    provider = SSOProvider(
+        id=uuid.uuid4(),
+        company_id=company_id,
+        type=kind.name,
+        name=data.name or kind.default_display_name,
+        base_url=kind.normalize_base_url(data.base_url),
+        enabled=False,
+    )
+    session.add(provider)
+    await session.flush()
+    return provider
+
+
+async def update(
+    session: AsyncSession,
+    box: SecretBox,
+    company_id: uuid.UUID,
+    provider_id: uuid.UUID,
+    data: ProviderUpdate,
+) -> SSOProvider:
+    """Applies a partial update, checking the provider as it would be afterwards.
+
+    Enabling needs a client ID and secret; the check runs on the result, so one request may
+    set the credentials and enable together, and removing a credential from an enabled
+    provider is refused the same way.
+    """
+    provider = await get(session, company_id, provider_id)
+    kind = provider_type(provider.type)
+    changed = data.model_fields_set
+
+    if "name" in changed and data.name is not None:
+        provider.name = data.name
+    if "base_url" in changed and data.base_url is not None:
+        provider.base_url = kind.normalize_base_url(data.base_url)
+    if "client_id" in changed:
+        provider.client_id = (
+            kind.normalize_client_id(data.client_id) if data.client_id is not None else None
+        )
+    if "client_secret" in changed:
+        provider.client_secret_encrypted = (
+            box.encrypt(kind.normalize_client_secret(data.client_secret))
+            if data.client_secret is not None
+            else None
+        )
+    if "client_secret_expires_at" in changed:
+        provider.client_secret_expires_at = data.client_secret_expires_at
+    if "enabled" in changed and data.enabled is not None:
+        provider.enabled = data.enabled
+
+    if provider.enabled and (
+        provider.client_id is None or provider.client_secret_encrypted is None
+    ):
+        missing = " and ".join(
+            name
+            for name, value in (
+                ("client_id", provider.client_id),
+                ("client_secret", provider.client_secret_encrypted),
+            )
+            if value is None
+        )
+        raise InvalidInput(
+            f"The provider cannot be enabled without {missing}. Send the app registration's "
+            "Application (client) ID and a client secret's Value with `enabled: true`.",
+            code=ErrorCode.PROVIDER_INCOMPLETE,
+        )
+    if changed & _CREDENTIAL_FIELDS:
+        provider.last_error = None
+    await session.flush()
+    return provider
+
+
+async def delete(session: AsyncSession, company_id: uuid.UUID, provider_id: uuid.UUID) -> None:
+    """Deletes the provider; its users stay, unlinked, and its sign-in sessions end."""
+    provider = await get(session, company_id, provider_id)
+    await repository.detach(session, provider)
+    await session.delete(provider)
+    await session.flush()

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+
+from sso_broker.schemas import PatchBody, StrictBody
+from sso_broker.users.models import EMAIL_MAX, USER_NAME_MAX, Role
+
+Email = Annotated[EmailStr, StringConstraints(max_length=EMAIL_MAX)]
+UserName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=USER_NAME_MAX)
+]
+
+
+class UserCreate(StrictBody):
+    email: Email
+    name: UserName
+    role: Role = Field(
+        description="An administrator may grant up to manager, a manager up to user."
+    )
+    sso_provider_id: uuid.UUID | None = Field(
+        default=None, description="The SSO provider this user signs in with (same company)."
+    )
+
+
+class UserUpdate(PatchBody):
+    NOT_NULLABLE = ("email", "name", "role")
+
+    email: Email | None = None
+    name: UserName | None = None
+    role: Role | None = None
+    sso_provider_id: uuid.UUID | None = None
+
+
+class UserRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    email: str
+    name: str
+    role: Role
+    sso_provider_id: uuid.UUID | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class UserList(BaseModel):
+    items: list[UserRead]

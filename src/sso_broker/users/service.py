@@ -1,0 +1,144 @@
+"""Users of a company, and who may create, change or delete whom."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from sso_broker.errors import Conflict, ErrorCode, Forbidden, InvalidInput, NotFound
+from sso_broker.providers import repository as providers_repository
+from sso_broker.users import repository
+from sso_broker.users.models import Role, User
+from sso_broker.users.schemas import UserCreate, UserUpdate
+
+# The roles each role may hand out (and so manage). Administrators are made with the CLI.
+GRANTABLE: dict[Role, frozenset[Role]] = {
+    Role.ADMINISTRATOR: frozenset({Role.MANAGER, Role.USER, Role.READ_ONLY}),
+    Role.MANAGER: frozenset({Role.USER, Role.READ_ONLY}),
+    Role.USER: frozenset(),
+    Role.READ_ONLY: frozenset(),
+}
+
+
+def _ceiling(actor: Role) -> str:
+    return "manager" if actor is Role.ADMINISTRATOR else "user"
+
+
+def check_can_grant(actor: User, role: Role) -> None:
+    """Refuses a role above the actor's ceiling, so nobody raises anyone above themselves."""
+    if role not in GRANTABLE[actor.role]:
+        raise Forbidden(
+            f"As {actor.role.value} you may grant roles up to {_ceiling(actor.role)}, not "
+            f"{role.value}; administrators are created with the sso-broker CLI."
+        )
+
+
+def check_can_manage(actor: User, target: User) -> None:
+    """Refuses changes to yourself and to anyone at or above your level.
+
+    Without it a manager could rename, re-link or delete an administrator, and anyone could
+    re-point their own SSO link or email.
+    """
+    if actor.id == target.id:
+        raise Forbidden("You cannot change or delete your own account; ask another administrator.")
+    if target.role not in GRANTABLE[actor.role]:
+        raise Forbidden(
+            f"As {actor.role.value} you may manage users up to {_ceiling(actor.role)}; this "
+            f"user is {target.role.value}."
+        )
+
+
+async def _check_provider(
+    session: AsyncSession, company_id: uuid.UUID, provider_id: uuid.UUID | None
+) -> None:
+    if provider_id is None:
+        return
+    if await providers_repository.get(session, company_id, provider_id) is None:
+        raise InvalidInput(
+            "sso_provider_id names no SSO provider of your company; list them with "
+            "GET /api/v1/sso-providers.",
+            code=ErrorCode.SSO_PROVIDER_NOT_FOUND,
+        )
+
+
+def _email_taken() -> Conflict:
+    return Conflict(
+        "A user with this email already exists in your company; change that user instead.",
+        code=ErrorCode.EMAIL_TAKEN,
+    )
+
+
+async def _flush_unique(session: AsyncSession) -> None:
+    try:
+        await session.flush()
+    except IntegrityError as e:
+        # (company_id, email_normalized) is the only unique key a user write can break.
+        raise _email_taken() from e
+
+
+async def get(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID) -> User:
+    user = await repository.get(session, company_id, user_id)
+    if user is None:
+        raise NotFound("No user with this id in your company; list them with GET /api/v1/users.")
+    return user
+
+
+async def list_for_company(session: AsyncSession, company_id: uuid.UUID) -> Sequence[User]:
+    return await repository.list_for_company(session, company_id)
+
+
+async def create(
+    session: AsyncSession, company_id: uuid.UUID, data: UserCreate, *, actor: User | None
+) -> User:
+    """Creates a user; ``actor`` is None only for the operator's CLI, which may make anyone."""
+    if actor is not None:
+        check_can_grant(actor, data.role)
+    await _check_provider(session, company_id, data.sso_provider_id)
+    if await repository.get_by_email(session, company_id, data.email) is not None:
+        raise _email_taken()
+    user = User(
+        id=uuid.uuid4(),
+        company_id=company_id,
+        email=data.email,
+        email_normalized=repository.normalize_email(data.email),
+        name=data.name,
+        role=data.role,
+        sso_provider_id=data.sso_provider_id,
+    )
+    session.add(user)
+    await _flush_unique(session)
+    return user
+
+
+async def update(session: AsyncSession, actor: User, user_id: uuid.UUID, data: UserUpdate) -> User:
+    user = await get(session, actor.company_id, user_id)
+    check_can_manage(actor, user)
+    changed = data.model_fields_set
+    if "role" in changed and data.role is not None:
+        check_can_grant(actor, data.role)
+        user.role = data.role
+    if "sso_provider_id" in changed:
+        await _check_provider(session, actor.company_id, data.sso_provider_id)
+        user.sso_provider_id = data.sso_provider_id
+    if "name" in changed and data.name is not None:
+        user.name = data.name
+    if "email" in changed and data.email is not None:
+        normalized = repository.normalize_email(data.email)
+        if normalized != user.email_normalized:
+            if await repository.get_by_email(session, actor.company_id, normalized) is not None:
+                raise _email_taken()
+            user.email_normalized = normalized
+        user.email = data.email
+    await _flush_unique(session)
+    return user
+
+
+async def delete(session: AsyncSession, actor: User, user_id: uuid.UUID) -> None:
+    """Deletes a user; their sign-in sessions go with them, so their tokens stop working."""
+    user = await get(session, actor.company_id, user_id)
+    check_can_manage(actor, user)
+    await session.delete(user)
+    await session.flush()

@@ -1,0 +1,255 @@
+"""Shared fixtures: a migrated database per backend, the app, and factories.
+
+Every test that touches the database runs on SQLite and, when
+``SSO_BROKER_TEST_POSTGRES_URL`` is set, again on real PostgreSQL (a throwaway database
+created for the run). Set but unreachable fails the run: it never skips.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography.fernet import Fernet
+from fastapi import FastAPI
+from sqlalchemy import delete, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+from sso_broker.config import Settings
+from sso_broker.database import create_engine, session_scope
+from sso_broker.deps import AppContext
+from sso_broker.main import create_app
+from sso_broker.migrate import migrate
+from sso_broker.models import Base, Company, SSOProvider, User
+from sso_broker.sessions import service as sessions_service
+from sso_broker.users.models import Role
+
+POSTGRES_URL = os.environ.get("SSO_BROKER_TEST_POSTGRES_URL", "").strip()
+BACKENDS = ["sqlite", "postgres"] if POSTGRES_URL else ["sqlite"]
+TEST_KEY = Fernet.generate_key().decode()
+PUBLIC_URL = "https://sso.example.com"
+
+
+async def _create_postgres_database() -> str:
+    name = f"sso_broker_test_{uuid.uuid4().hex[:12]}"
+    admin = create_async_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as connection:
+            await connection.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        await admin.dispose()
+    return make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+
+
+async def _drop_postgres_database(url: str) -> None:
+    name = make_url(url).database
+    admin = create_async_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as connection:
+            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        await admin.dispose()
+
+
+@dataclass(frozen=True)
+class Database:
+    backend: str
+    url: str
+
+
+def make_settings(database_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "database_url": database_url,
+        "encryption_keys": TEST_KEY,
+        "public_url": PUBLIC_URL,
+        "frontend_url": "https://app.example.com",
+        "rate_limit_enabled": False,
+        "access_log": True,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+async def database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Database]:
+    """A database migrated by Alembic (never ``create_all``), one per backend per run."""
+    backend: str = request.param
+    if backend == "sqlite":
+        path: Path = tmp_path_factory.mktemp("db") / "test.db"
+        url = f"sqlite+aiosqlite:///{path}"
+    else:
+        url = await _create_postgres_database()
+    engine = create_engine(make_settings(url))
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()
+    yield Database(backend=backend, url=url)
+    if backend == "postgres":
+        await _drop_postgres_database(url)
+
+
+@pytest.fixture
+def settings(database: Database) -> Settings:
+    return make_settings(database.url)
+
+
+async def _empty_tables(url: str) -> None:
+    engine = create_engine(make_settings(url))
+    try:
+        async with engine.begin() as connection:
+            for table in reversed(Base.metadata.sorted_tables):
+                if table.name != "signing_keys":
+                    await connection.execute(delete(table))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def app(settings: Settings, database: Database) -> AsyncIterator[FastAPI]:
+    """The app with its lifespan running; every row a test wrote is gone afterwards."""
+    application = create_app(settings)
+    try:
+        async with application.router.lifespan_context(application):
+            yield application
+    finally:
+        await _empty_tables(database.url)
+
+
+@pytest.fixture
+def context(app: FastAPI) -> AppContext:
+    ctx: AppContext = app.state.context
+    return ctx
+
+
+@pytest.fixture
+def sessionmaker(context: AppContext) -> async_sessionmaker[AsyncSession]:
+    return context.sessionmaker
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as http:
+        yield http
+
+
+class Factory:
+    """Makes companies, users and providers straight in the database, and tokens for users."""
+
+    def __init__(self, context: AppContext) -> None:
+        self.context = context
+
+    async def company(self, name: str = "Contoso") -> Company:
+        async with session_scope(self.context.sessionmaker) as session:
+            company = Company(id=uuid.uuid4(), name=name)
+            session.add(company)
+        return company
+
+    async def user(
+        self,
+        company: Company,
+        role: Role = Role.USER,
+        *,
+        email: str | None = None,
+        name: str = "Test User",
+        provider: SSOProvider | None = None,
+    ) -> User:
+        address = email or f"{role.value}-{uuid.uuid4().hex[:8]}@example.com"
+        async with session_scope(self.context.sessionmaker) as session:
+            user = User(
+                id=uuid.uuid4(),
+                company_id=company.id,
+                email=address,
+                email_normalized=address.lower(),
+                name=name,
+                role=role,
+                sso_provider_id=provider.id if provider else None,
+            )
+            session.add(user)
+        return user
+
+    async def provider(
+        self,
+        company: Company,
+        *,
+        base_url: str = "contoso.onmicrosoft.com",
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        enabled: bool = False,
+    ) -> SSOProvider:
+        async with session_scope(self.context.sessionmaker) as session:
+            provider = SSOProvider(
+                id=uuid.uuid4(),
+                company_id=company.id,
+                type="entra",
+                name="Azure AD / Entra",
+                base_url=base_url,
+                client_id=client_id,
+                client_secret_encrypted=self.context.box.encrypt(client_secret)
+                if client_secret
+                else None,
+                enabled=enabled,
+            )
+            session.add(provider)
+        return provider
+
+    async def token(self, user: User, *, ttl: int = 900) -> str:
+        async with session_scope(self.context.sessionmaker) as session:
+            sign_in = await sessions_service.start(
+                session, user, provider_id=None, lifetime=timedelta(seconds=ttl)
+            )
+        issued = sessions_service.issue_access_token(
+            self.context.settings,
+            self.context.keyring,
+            user,
+            sign_in,
+            ttl=timedelta(seconds=ttl),
+        )
+        return issued.token
+
+    async def headers(self, user: User) -> dict[str, str]:
+        return {"Authorization": f"Bearer {await self.token(user)}"}
+
+
+@pytest.fixture
+def factory(context: AppContext) -> Factory:
+    return Factory(context)
+
+
+@dataclass
+class Tenant:
+    """A company with one user of each role, and their auth headers."""
+
+    company: Company
+    users: dict[Role, User]
+    headers: dict[Role, dict[str, str]]
+
+
+@pytest.fixture
+def make_tenant(factory: Factory) -> Callable[[str], Awaitable[Tenant]]:
+    async def make(name: str = "Contoso") -> Tenant:
+        company = await factory.company(name)
+        users = {role: await factory.user(company, role) for role in Role}
+        headers = {role: await factory.headers(user) for role, user in users.items()}
+        return Tenant(company=company, users=users, headers=headers)
+
+    return make
+
+
+@pytest.fixture
+def no_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Hides any SSO_BROKER_* variables of the machine from settings under test."""
+    for key in list(os.environ):
+        if key.startswith("SSO_BROKER_") and key != "SSO_BROKER_TEST_POSTGRES_URL":
+            monkeypatch.delenv(key)
+    yield
