@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
+import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -121,17 +124,45 @@ async def session_scope(
         yield session
 
 
-async def acquire_bootstrap_lock(connection: AsyncConnection) -> None:
-    """Serialises migrations and first-start bootstrap across processes.
+def _sqlite_lock_path(engine: AsyncEngine) -> Path | None:
+    database = engine.url.database
+    if not database or database == ":memory:":
+        return None
+    return Path(database).with_name(Path(database).name + ".lock")
 
-    On PostgreSQL a transaction-level advisory lock, released with the transaction, so two
-    replicas starting at once never run the same migration twice. SQLite is single-host and
-    serialises writers itself.
+
+def _flock(path: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+@asynccontextmanager
+async def bootstrap_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection that holds the cross-process bootstrap lock; commits when the block ends.
+
+    Migrations and first-start bootstrap run inside it, so two processes starting at once
+    never run the same migration twice or create two signing keys. On PostgreSQL that is a
+    transaction-level advisory lock; on SQLite (one host) an exclusive lock on a file beside
+    the database.
     """
-    if connection.dialect.name == "postgresql":
-        await connection.execute(
-            text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
-        )
+    lock_fd: int | None = None
+    if engine.dialect.name == "sqlite":
+        lock_path = _sqlite_lock_path(engine)
+        if lock_path is not None:
+            lock_fd = await asyncio.to_thread(_flock, lock_path)
+    try:
+        async with engine.connect() as connection, connection.begin():
+            # One explicit transaction: sessions bound to this connection join it rather
+            # than commit or roll back on their own.
+            if connection.dialect.name == "postgresql":
+                await connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
+                )
+            yield connection
+    finally:
+        if lock_fd is not None:
+            os.close(lock_fd)  # closing the descriptor releases the lock
 
 
 async def ping(engine: AsyncEngine) -> None:

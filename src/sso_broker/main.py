@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from sso_broker import __version__
 from sso_broker.config import Settings
 from sso_broker.crypto import SecretBox
-from sso_broker.database import acquire_bootstrap_lock, create_engine, create_sessionmaker
+from sso_broker.database import bootstrap_connection, create_engine, create_sessionmaker
 from sso_broker.deps import AppContext
 from sso_broker.errors import install_error_handlers
 from sso_broker.health import router as health_router
@@ -32,12 +32,12 @@ Admin routes take `Authorization: Bearer <session JWT>`. Errors are
 
 async def _load_keys(context: AppContext) -> None:
     """Creates the shared signing key on the very first start (under the bootstrap lock)."""
-    async with context.engine.connect() as connection:
-        await acquire_bootstrap_lock(connection)
-        async with context.sessionmaker(bind=connection) as session:
-            await ensure_signing_key(session, context.box)
-            await context.keyring.load(session)
-        await connection.commit()
+    async with (
+        bootstrap_connection(context.engine) as connection,
+        context.sessionmaker(bind=connection) as session,
+    ):
+        await ensure_signing_key(session, context.box)
+        await context.keyring.load(session)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -9,7 +9,7 @@ from alembic.config import Config
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sso_broker.database import acquire_bootstrap_lock
+from sso_broker.database import bootstrap_connection
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -37,7 +37,5 @@ def _upgrade(connection: Connection) -> None:
 
 async def migrate(engine: AsyncEngine) -> None:
     """Brings the schema to the newest revision; concurrent callers wait for each other."""
-    async with engine.connect() as connection:
-        await acquire_bootstrap_lock(connection)
+    async with bootstrap_connection(engine) as connection:
         await connection.run_sync(_upgrade)
-        await connection.commit()

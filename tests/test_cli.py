@@ -1,0 +1,280 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import text
+
+from sso_broker.cli import main
+from sso_broker.crypto import SecretBox
+from sso_broker.database import create_engine
+from sso_broker.main import create_app
+from tests.conftest import TEST_KEY, Database, _empty_tables, make_settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def cli_env(
+    database: Database, monkeypatch: pytest.MonkeyPatch, no_env: None
+) -> Iterator[Database]:
+    monkeypatch.setenv("SSO_BROKER_DATABASE_URL", database.url)
+    monkeypatch.setenv("SSO_BROKER_ENCRYPTION_KEYS", TEST_KEY)
+    monkeypatch.setenv("SSO_BROKER_PUBLIC_URL", "https://sso.example.com")
+    yield database
+    asyncio.run(_empty_tables(database.url))
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def _json(out: str) -> dict[str, object]:
+    lines = out.splitlines()
+    assert len(lines) == 1, f"stdout must hold exactly one JSON document: {out!r}"
+    document: dict[str, object] = json.loads(lines[0])
+    return document
+
+
+def _setup(capsys: pytest.CaptureFixture[str], role: str = "administrator") -> tuple[str, str]:
+    status, out, _ = run(capsys, "create-company", "Contoso")
+    assert status == 0
+    company = str(_json(out)["id"])
+    status, out, _ = run(
+        capsys, "create-user", "--company", company, "--email", "Ada@Example.com",
+        "--name", "Ada", "--role", role,
+    )  # fmt: skip
+    assert status == 0, out
+    return company, str(_json(out)["id"])
+
+
+class TestMigrate:
+    def test_migrate_reports_json(self, cli_env: Database, capsys: pytest.CaptureFixture[str]) -> None:
+        status, out, err = run(capsys, "migrate")
+        assert status == 0
+        assert _json(out) == {"status": "migrated"}
+        for line in err.splitlines():
+            json.loads(line)  # logs are JSON lines on stderr
+
+
+class TestCreateCompany:
+    def test_prints_the_company(self, cli_env: Database, capsys: pytest.CaptureFixture[str]) -> None:
+        status, out, _ = run(capsys, "create-company", "  Contoso Ltd  ")
+        assert status == 0
+        document = _json(out)
+        assert document["name"] == "Contoso Ltd"
+        assert set(document) == {"id", "name"}
+
+    def test_refuses_an_empty_name(
+        self, cli_env: Database, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        status, out, err = run(capsys, "create-company", "   ")
+        assert status == 1
+        assert out == ""
+        assert json.loads(err.splitlines()[-1])["error"] == "validation_error"
+
+
+class TestCreateUser:
+    def test_prints_the_user(self, cli_env: Database, capsys: pytest.CaptureFixture[str]) -> None:
+        company, _ = _setup(capsys)
+        status, out, _ = run(
+            capsys, "create-user", "--company", company, "--email", "bob@example.com",
+            "--name", "Bob", "--role", "read_only",
+        )  # fmt: skip
+        assert status == 0
+        user = _json(out)
+        assert set(user) == {
+            "id", "email", "name", "role", "sso_provider_id", "created_at", "updated_at",
+        }  # fmt: skip
+        assert user["role"] == "read_only"
+        assert user["email"] == "bob@example.com"
+
+    def test_duplicate_email_is_refused_case_insensitively(
+        self, cli_env: Database, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        company, _ = _setup(capsys)
+        status, out, err = run(
+            capsys, "create-user", "--company", company, "--email", "ADA@example.COM",
+            "--name", "Ada again", "--role", "user",
+        )  # fmt: skip
+        assert status == 1
+        assert out == ""
+        assert json.loads(err.splitlines()[-1])["error"] == "email_taken"
+
+    def test_unknown_company_is_refused(
+        self, cli_env: Database, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        status, out, err = run(
+            capsys, "create-user", "--company", "00000000-0000-4000-8000-000000000000",
+            "--email", "a@example.com", "--name", "A", "--role", "user",
+        )  # fmt: skip
+        assert status == 1
+        assert out == ""
+        assert json.loads(err.splitlines()[-1])["error"] == "not_found"
+
+    def test_invalid_email_is_refused(
+        self, cli_env: Database, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        company, _ = _setup(capsys)
+        status, out, err = run(
+            capsys, "create-user", "--company", company, "--email", "not-an-email",
+            "--name", "A", "--role", "user",
+        )  # fmt: skip
+        assert status == 1
+        assert out == ""
+        assert "email" in json.loads(err.splitlines()[-1])["detail"]
+
+    def test_unknown_role_is_a_usage_error(
+        self, cli_env: Database, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        with pytest.raises(SystemExit) as raised:
+            main(["create-user", "--company", "x", "--email", "a@b.co", "--name", "A",
+                  "--role", "root"])  # fmt: skip
+        assert raised.value.code == 2
+
+
+class TestIssueToken:
+    def test_token_works_on_the_admin_api(
+        self, cli_env: Database, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        company, user_id = _setup(capsys)
+        status, out, _ = run(capsys, "issue-token", "--email", "ada@example.com",
+                             "--company", company, "--ttl", "120")  # fmt: skip
+        assert status == 0
+        token = out.strip()
+        assert out == token + "\n"
+        claims = jwt.decode(token, options={"verify_signature": False})
+        assert claims["sub"] == user_id
+        assert claims["company_id"] == company
+        assert claims["exp"] - claims["iat"] == 120
+        assert claims["iss"] == "https://sso.example.com"
+
+        async def call() -> int:
+            app = create_app(make_settings(cli_env.url))
+            async with app.router.lifespan_context(app):
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+                    response = await http.get(
+                        "/api/v1/sso-providers", headers={"Authorization": f"Bearer {token}"}
+                    )
+                    return response.status_code
+
+        assert asyncio.run(call()) == 200
+
+    def test_unknown_user_is_refused(
+        self, cli_env: Database, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        company, _ = _setup(capsys)
+        status, out, err = run(capsys, "issue-token", "--email", "nobody@example.com",
+                               "--company", company)  # fmt: skip
+        assert status == 1
+        assert out == ""
+        assert "nobody@example.com" in err
+
+    @pytest.mark.parametrize("ttl", ["0", "59", "2592001"])
+    def test_ttl_out_of_bounds_is_refused(
+        self, cli_env: Database, capsys: pytest.CaptureFixture[str], ttl: str
+    ) -> None:
+        company, _ = _setup(capsys)
+        status, out, _ = run(capsys, "issue-token", "--email", "ada@example.com",
+                             "--company", company, "--ttl", ttl)  # fmt: skip
+        assert status == 1
+        assert out == ""
+
+
+class TestRotateKeys:
+    def test_rotation_re_encrypts_under_the_new_key(
+        self,
+        cli_env: Database,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        old_box = SecretBox([TEST_KEY])
+
+        async def seed() -> None:
+            engine = create_engine(make_settings(cli_env.url))
+            async with engine.begin() as connection:
+                company = (await connection.execute(text("SELECT id FROM companies"))).scalar_one()
+                await connection.execute(
+                    text(
+                        "INSERT INTO sso_providers (id, company_id, type, name, base_url, "
+                        "client_secret_encrypted, enabled, created_at, updated_at) VALUES "
+                        "(:id, :company, 'entra', 'E', 'contoso.onmicrosoft.com', :secret, "
+                        "false, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                    ),
+                    {
+                        "id": "11111111-1111-4111-8111-111111111111"
+                        if cli_env.backend == "postgres"
+                        else "11111111111141118111111111111111",
+                        "company": company,
+                        "secret": old_box.encrypt("rotate-me-secret"),
+                    },
+                )
+            await engine.dispose()
+
+        _setup(capsys)
+        asyncio.run(seed())
+        new_key = Fernet.generate_key().decode()
+        monkeypatch.setenv("SSO_BROKER_ENCRYPTION_KEYS", f"{new_key},{TEST_KEY}")
+        status, out, _ = run(capsys, "rotate-keys")
+        assert status == 0
+        report = _json(out)
+        assert report["client_secrets"] == 1
+        assert int(str(report["signing_keys"])) >= 1
+
+        async def stored() -> str:
+            engine = create_engine(make_settings(cli_env.url))
+            async with engine.connect() as connection:
+                value = (
+                    await connection.execute(text("SELECT client_secret_encrypted FROM sso_providers"))
+                ).scalar_one()
+            await engine.dispose()
+            return str(value)
+
+        assert SecretBox([new_key]).decrypt(asyncio.run(stored())) == "rotate-me-secret"
+        # Put the signing keys back under the suite's key for the tests that follow.
+        monkeypatch.setenv("SSO_BROKER_ENCRYPTION_KEYS", f"{TEST_KEY},{new_key}")
+        assert run(capsys, "rotate-keys")[0] == 0
+
+
+class TestConfigurationErrors:
+    def test_invalid_settings_exit_2_with_a_message(
+        self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, no_env: None
+    ) -> None:
+        monkeypatch.setenv("SSO_BROKER_DATABASE_URL", "postgresql+asyncpg://x@127.0.0.1/db")
+        status, out, err = run(capsys, "migrate")
+        assert status == 2
+        assert out == ""
+        assert "SSO_BROKER_ENCRYPTION_KEYS" in err
+
+
+class TestConsoleScript:
+    def test_stdout_is_one_json_document_and_logs_go_to_stderr(self, tmp_path: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SSO_BROKER_")}
+        env["SSO_BROKER_DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path}/cli.db"
+        result = subprocess.run(  # noqa: S603 - our own console script
+            [str(Path(sys.executable).parent / "sso-broker"), "create-company", "Contoso"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["name"] == "Contoso"
+        assert result.stderr.strip()
+        for line in result.stderr.splitlines():
+            json.loads(line)
+        assert (tmp_path / "encryption.keys").exists()
