@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -247,9 +247,8 @@ def make_tenant(factory: Factory) -> Callable[[str], Awaitable[Tenant]]:
 
 
 @pytest.fixture
-def no_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Hides any SSO_BROKER_* variables of the machine from settings under test."""
     for key in list(os.environ):
         if key.startswith("SSO_BROKER_") and key != "SSO_BROKER_TEST_POSTGRES_URL":
             monkeypatch.delenv(key)
-    yield

@@ -60,7 +60,9 @@ def _setup(capsys: pytest.CaptureFixture[str], role: str = "administrator") -> t
 
 
 class TestMigrate:
-    def test_migrate_reports_json(self, cli_env: Database, capsys: pytest.CaptureFixture[str]) -> None:
+    def test_migrate_reports_json(
+        self, cli_env: Database, capsys: pytest.CaptureFixture[str]
+    ) -> None:
         status, out, err = run(capsys, "migrate")
         assert status == 0
         assert _json(out) == {"status": "migrated"}
@@ -69,7 +71,9 @@ class TestMigrate:
 
 
 class TestCreateCompany:
-    def test_prints_the_company(self, cli_env: Database, capsys: pytest.CaptureFixture[str]) -> None:
+    def test_prints_the_company(
+        self, cli_env: Database, capsys: pytest.CaptureFixture[str]
+    ) -> None:
         status, out, _ = run(capsys, "create-company", "  Contoso Ltd  ")
         assert status == 0
         document = _json(out)
@@ -237,7 +241,9 @@ class TestRotateKeys:
             engine = create_engine(make_settings(cli_env.url))
             async with engine.connect() as connection:
                 value = (
-                    await connection.execute(text("SELECT client_secret_encrypted FROM sso_providers"))
+                    await connection.execute(
+                        text("SELECT client_secret_encrypted FROM sso_providers")
+                    )
                 ).scalar_one()
             await engine.dispose()
             return str(value)

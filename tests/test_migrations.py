@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -56,7 +55,8 @@ class TestMigrations:
         scripts = ScriptDirectory(str(migrations_dir()))
         assert len(scripts.get_heads()) == 1
         for path in (migrations_dir() / "versions").glob("*.py"):
-            assert path.name[:8].isdigit() and path.name[8] == "_", path.name
+            assert path.name[:9].removesuffix("_").isdigit(), path.name
+            assert path.name[8] == "_", path.name
 
     async def test_concurrent_migrations_do_not_race(self, fresh_database: str) -> None:
         engines = [create_engine(make_settings(fresh_database)) for _ in range(3)]
@@ -68,8 +68,10 @@ class TestMigrations:
                     lambda sync: set(inspect(sync).get_table_names())
                 )
                 version = (
-                    await connection.execute(text("SELECT version_num FROM alembic_version"))
-                ).scalars().all()
+                    (await connection.execute(text("SELECT version_num FROM alembic_version")))
+                    .scalars()
+                    .all()
+                )
         finally:
             for engine in engines:
                 await engine.dispose()
@@ -94,5 +96,3 @@ class TestMigrations:
                 assert await connection.run_sync(_diff) == []
         finally:
             await engine.dispose()
-
-

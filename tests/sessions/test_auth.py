@@ -54,9 +54,7 @@ async def _session_for(context: AppContext, user: User) -> SignInSession:
     from sso_broker.sessions import service
 
     async with session_scope(context.sessionmaker) as session:
-        return await service.start(
-            session, user, provider_id=None, lifetime=timedelta(hours=1)
-        )
+        return await service.start(session, user, provider_id=None, lifetime=timedelta(hours=1))
 
 
 @pytest.fixture
@@ -266,7 +264,7 @@ class TestJwks:
         keys = response.json()["keys"]
         assert len(keys) >= 1
         for key in keys:
-            assert key["kty"] == "EC" and key["alg"] == "ES256" and key["use"] == "sig"
+            assert (key["kty"], key["alg"], key["use"]) == ("EC", "ES256", "sig")
             assert "d" not in key
         token = await factory.token(admin)
         kid = jwt.get_unverified_header(token)["kid"]
