@@ -16,6 +16,7 @@ from sso_broker.database import bootstrap_connection, create_engine, create_sess
 from sso_broker.deps import AppContext
 from sso_broker.errors import install_error_handlers
 from sso_broker.health import router as health_router
+from sso_broker.limits import BodySizeLimitMiddleware
 from sso_broker.logs import RequestContextMiddleware
 from sso_broker.providers.router import router as providers_router
 from sso_broker.sessions.router import router as sessions_router
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         expose_headers=["X-Request-ID", "Retry-After"],
         max_age=600,
     )
+    app.add_middleware(BodySizeLimitMiddleware)
     app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
     app.include_router(health_router)
     app.include_router(sessions_router)
