@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -472,7 +473,8 @@ class TestUpdate:
         assert body["name"] == "Robert"
         unchanged = ("id", "email", "role", "sso_provider_id", "created_at")
         assert {k: body[k] for k in unchanged} == {k: before[k] for k in unchanged}
-        assert body["updated_at"] >= before["updated_at"]
+        updated, previous = (datetime.fromisoformat(b["updated_at"]) for b in (body, before))
+        assert updated >= previous
         assert (await read_user(client, tenant, target.id)).json() == body
 
     async def test_changes_email_name_role_and_provider_together(

@@ -4,12 +4,23 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
 from sso_broker.schemas import PatchBody, StrictBody
 from sso_broker.users.models import EMAIL_MAX, USER_NAME_MAX, Role
 
-Email = Annotated[EmailStr, StringConstraints(max_length=EMAIL_MAX)]
+
+def _fits_when_normalized(email: str) -> str:
+    # Lower-casing can lengthen some characters ("İ" becomes two); the stored, normalized
+    # form must fit its column too.
+    if len(email.lower()) > EMAIL_MAX:
+        raise ValueError(f"an email address has at most {EMAIL_MAX} characters")
+    return email
+
+
+Email = Annotated[
+    EmailStr, StringConstraints(max_length=EMAIL_MAX), AfterValidator(_fits_when_normalized)
+]
 UserName = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=USER_NAME_MAX)
 ]

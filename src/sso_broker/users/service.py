@@ -57,11 +57,7 @@ async def _check_provider(
     if provider_id is None:
         return
     if await providers_repository.get(session, company_id, provider_id) is None:
-        raise InvalidInput(
-            "sso_provider_id names no SSO provider of your company; list them with "
-            "GET /api/v1/sso-providers.",
-            code=ErrorCode.SSO_PROVIDER_NOT_FOUND,
-        )
+        raise _provider_not_found()
 
 
 def _email_taken() -> Conflict:
@@ -71,12 +67,25 @@ def _email_taken() -> Conflict:
     )
 
 
-async def _flush_unique(session: AsyncSession) -> None:
+def _provider_not_found() -> InvalidInput:
+    return InvalidInput(
+        "sso_provider_id names no SSO provider of your company; list them with "
+        "GET /api/v1/sso-providers.",
+        code=ErrorCode.SSO_PROVIDER_NOT_FOUND,
+    )
+
+
+async def _flush_checked(session: AsyncSession) -> None:
+    """Flushes, turning a lost race into the same answer the up-front checks give."""
     try:
         await session.flush()
     except IntegrityError as e:
-        # (company_id, email_normalized) is the only unique key a user write can break.
-        raise _email_taken() from e
+        message = str(e.orig).lower()
+        if "email_normalized" in message:
+            raise _email_taken() from e  # another request took the email meanwhile
+        if "sso_provider" in message or "foreign key" in message:
+            raise _provider_not_found() from e  # the provider was deleted meanwhile
+        raise
 
 
 async def get(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID) -> User:
@@ -109,7 +118,7 @@ async def create(
         sso_provider_id=data.sso_provider_id,
     )
     session.add(user)
-    await _flush_unique(session)
+    await _flush_checked(session)
     return user
 
 
@@ -132,7 +141,7 @@ async def update(session: AsyncSession, actor: User, user_id: uuid.UUID, data: U
                 raise _email_taken()
             user.email_normalized = normalized
         user.email = data.email
-    await _flush_unique(session)
+    await _flush_checked(session)
     return user
 
 
