@@ -92,7 +92,9 @@ def create_engine(settings: Settings, *, url: str | None = None) -> AsyncEngine:
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(
-            database_url, connect_args={"timeout": settings.database_timeout}
+            database_url,
+            connect_args={"timeout": settings.database_timeout},
+            hide_parameters=True,
         )
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         return engine
@@ -103,6 +105,8 @@ def create_engine(settings: Settings, *, url: str | None = None) -> AsyncEngine:
         pool_timeout=settings.database_timeout,
         pool_pre_ping=True,
         pool_recycle=1800,
+        # Errors must never carry bound values (encrypted secrets, token hashes) into logs.
+        hide_parameters=True,
         connect_args={
             "timeout": settings.database_timeout,
             "command_timeout": settings.database_timeout * 6,

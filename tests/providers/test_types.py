@@ -66,7 +66,7 @@ class TestIsGuid:
             GUID + " ",
             GUID.replace("f", "g"),
             "3f2b8c4e-1a2b-4c3d-9e8f0a1b-2c3d4e5f",
-            # Unicode look-alikes: fullwidth digit 3, Cyrillic "а" and "е".
+            # Unicode look-alikes: fullwidth digit 3, Cyrillic a (U+0430) and e (U+0435).
             "\uff13" + GUID[1:],
             GUID.replace("a", "\u0430"),
             GUID.replace("e", "\u0435"),
@@ -135,7 +135,7 @@ class TestIsDomainName:
             "*.contoso.com",
             # Unicode: not ASCII, even when it looks like it or folds to it.
             "münchen.de",
-            "c\u043entoso.onmicrosoft.com",  # Cyrillic о
+            "c\u043entoso.onmicrosoft.com",  # Cyrillic o (U+043E)
             "contoso\uff0ecom",  # fullwidth full stop
             "contoso\u3002com",  # ideographic full stop
             "\u212aontoso.com",  # Kelvin sign, lower-cases to "k"
@@ -229,7 +229,7 @@ class TestNormalizeBaseUrl:
             "https://contoso.onmicrosoft.com",
             "contoso.onmicrosoft.com:443",
             "c\u043entoso.onmicrosoft.com",
-            "\u0441ommon",  # Cyrillic с: looks like "common"
+            "\u0441ommon",  # Cyrillic es (U+0441): looks like "common"
             "\uff43\uff4f\uff4d\uff4d\uff4f\uff4e",  # fullwidth "common"
             "common\u200b",
             "common.",

@@ -4,11 +4,10 @@ from sqlalchemy import String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sso_broker.database import Base, IdMixin, TimestampMixin
-
-COMPANY_NAME_MAX = 200
+from sso_broker.schemas import DISPLAY_NAME_MAX
 
 
 class Company(IdMixin, TimestampMixin, Base):
     __tablename__ = "companies"
 
-    name: Mapped[str] = mapped_column(String(COMPANY_NAME_MAX))
+    name: Mapped[str] = mapped_column(String(DISPLAY_NAME_MAX))

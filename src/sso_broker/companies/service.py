@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import uuid
 
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sso_broker.companies import repository
-from sso_broker.companies.models import COMPANY_NAME_MAX, Company
+from sso_broker.companies.models import Company
 from sso_broker.errors import InvalidInput, NotFound
+from sso_broker.schemas import DISPLAY_NAME_MAX, DisplayName
+
+_COMPANY_NAME: TypeAdapter[str] = TypeAdapter(DisplayName)
 
 
 async def create(session: AsyncSession, name: str) -> Company:
-    clean = name.strip()
-    if not clean or len(clean) > COMPANY_NAME_MAX:
-        raise InvalidInput(f"A company name needs 1 to {COMPANY_NAME_MAX} characters.")
+    try:
+        clean = _COMPANY_NAME.validate_python(name)
+    except ValidationError as e:
+        raise InvalidInput(
+            f"A company name needs 1 to {DISPLAY_NAME_MAX} characters and no control characters."
+        ) from e
     company = Company(id=uuid.uuid4(), name=clean)
     session.add(company)
     await session.flush()

@@ -8,8 +8,8 @@ from sqlalchemy import JSON, ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sso_broker.database import Base, IdMixin, TimestampMixin
+from sso_broker.schemas import DISPLAY_NAME_MAX
 
-PROVIDER_NAME_MAX = 200
 BASE_URL_MAX = 255
 CLIENT_ID_MAX = 255
 
@@ -21,7 +21,7 @@ class SSOProvider(IdMixin, TimestampMixin, Base):
         ForeignKey("companies.id", ondelete="CASCADE"), index=True
     )
     type: Mapped[str] = mapped_column(String(32))
-    name: Mapped[str] = mapped_column(String(PROVIDER_NAME_MAX))
+    name: Mapped[str] = mapped_column(String(DISPLAY_NAME_MAX))
     base_url: Mapped[str] = mapped_column(String(BASE_URL_MAX))
     client_id: Mapped[str | None] = mapped_column(String(CLIENT_ID_MAX))
     # Fernet token of the client secret; never the secret itself.

@@ -4,23 +4,19 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, Field, StrictBool, StringConstraints
 
 from sso_broker.config import Settings
 from sso_broker.providers.models import (
     BASE_URL_MAX,
     CLIENT_ID_MAX,
-    PROVIDER_NAME_MAX,
     SSOProvider,
 )
 from sso_broker.providers.types import ProviderTypeName
-from sso_broker.schemas import PatchBody, StrictBody
+from sso_broker.schemas import DisplayName, PatchBody, StrictBody
 
 CLIENT_SECRET_MAX = 1024
-
-ProviderName = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=PROVIDER_NAME_MAX)
-]
+ProviderName = DisplayName
 BaseUrl = Annotated[str, StringConstraints(min_length=1, max_length=BASE_URL_MAX)]
 ClientId = Annotated[str, StringConstraints(min_length=1, max_length=CLIENT_ID_MAX)]
 ClientSecret = Annotated[str, StringConstraints(min_length=1, max_length=CLIENT_SECRET_MAX)]
@@ -47,13 +43,15 @@ class ProviderUpdate(PatchBody):
     client_id: ClientId | None = None
     client_secret: ClientSecret | None = Field(
         default=None,
-        description="Write-only: the secret's value. It is stored encrypted and never returned.",
+        description="Write-only: the secret's value. It is stored encrypted and never returned. "
+        "Setting a new secret without `client_secret_expires_at` clears the old expiry.",
         json_schema_extra={"writeOnly": True},
+        repr=False,
     )
     client_secret_expires_at: AwareDatetime | None = Field(
         default=None, description="When the secret expires in Entra (with a timezone)."
     )
-    enabled: bool | None = None
+    enabled: StrictBool | None = None
 
 
 class LastError(BaseModel):

@@ -84,6 +84,8 @@ async def update(
         )
     if "client_secret_expires_at" in changed:
         provider.client_secret_expires_at = data.client_secret_expires_at
+    elif "client_secret" in changed:
+        provider.client_secret_expires_at = None  # the old secret's expiry says nothing of the new
     if "enabled" in changed and data.enabled is not None:
         provider.enabled = data.enabled
 

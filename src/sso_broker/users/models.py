@@ -7,9 +7,9 @@ from sqlalchemy import Enum, ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sso_broker.database import Base, IdMixin, TimestampMixin
+from sso_broker.schemas import DISPLAY_NAME_MAX
 
 EMAIL_MAX = 254
-USER_NAME_MAX = 200
 
 
 class Role(StrEnum):
@@ -29,7 +29,7 @@ class User(IdMixin, TimestampMixin, Base):
     email: Mapped[str] = mapped_column(String(EMAIL_MAX))
     # Lower-cased email: uniqueness per company and look-ups are case-insensitive.
     email_normalized: Mapped[str] = mapped_column(String(EMAIL_MAX))
-    name: Mapped[str] = mapped_column(String(USER_NAME_MAX))
+    name: Mapped[str] = mapped_column(String(DISPLAY_NAME_MAX))
     role: Mapped[Role] = mapped_column(
         Enum(
             Role,

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
-from sso_broker.schemas import PatchBody, StrictBody
-from sso_broker.users.models import EMAIL_MAX, USER_NAME_MAX, Role
+from sso_broker.schemas import DisplayName, PatchBody, StrictBody
+from sso_broker.users.models import EMAIL_MAX, Role
 
 
 def _fits_when_normalized(email: str) -> str:
@@ -21,9 +21,7 @@ def _fits_when_normalized(email: str) -> str:
 Email = Annotated[
     EmailStr, StringConstraints(max_length=EMAIL_MAX), AfterValidator(_fits_when_normalized)
 ]
-UserName = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=USER_NAME_MAX)
-]
+UserName = DisplayName
 
 
 class UserCreate(StrictBody):

@@ -1,0 +1,1690 @@
+"""The SSO provider admin API: /api/v1/sso-providers (contract section 4)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select, text
+
+from sso_broker.database import session_scope
+from sso_broker.deps import AppContext
+from sso_broker.logs import JSONFormatter
+from sso_broker.models import SSOProvider, User
+from sso_broker.users.models import Role
+from tests.conftest import PUBLIC_URL, Factory, Tenant
+
+BASE = "/api/v1/sso-providers"
+DEFAULT_NAME = "Azure AD / Entra"
+TENANT_ID = "3f2b8c4e-1a2b-4c3d-9e8f-0a1b2c3d4e5f"
+OTHER_TENANT_ID = "7d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
+CONSUMER_TENANT = "9188040d-6c67-4c5b-b112-36a304b66dad"
+CLIENT_ID = "8c1d6f0a-2b3c-4d5e-8f90-1a2b3c4d5e6f"
+OTHER_CLIENT_ID = "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d"
+# Distinctive, so that finding it anywhere (body, log, column) cannot be a coincidence.
+SECRET = "Qz7~hUnTeR2.s3cr3t-VALUE_xY9~only"
+OTHER_SECRET = "Wv4~aN0tHeR.s3cr3t-VALUE_pL8~too"
+PROVIDER_FIELDS = {
+    "id",
+    "type",
+    "name",
+    "base_url",
+    "client_id",
+    "client_secret_set",
+    "client_secret_expires_at",
+    "enabled",
+    "last_error",
+    "urls",
+    "created_at",
+    "updated_at",
+}
+NON_ADMIN_ROLES = [Role.MANAGER, Role.USER, Role.READ_ONLY]
+LAST_ERROR = {
+    "code": "invalid_client_secret",
+    "message": "AADSTS7000215: Invalid client secret provided.",
+    "at": "2026-01-02T03:04:05+00:00",
+}
+
+MakeTenant = Callable[[str], Awaitable[Tenant]]
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["code"] == code, body
+    assert body["status"] == status
+    assert body["type"] == f"https://sso-broker.dev/problems/{code}"
+    assert body["detail"]
+    return body
+
+
+def item(provider_id: uuid.UUID | str) -> str:
+    return f"{BASE}/{provider_id}"
+
+
+def urls_of(provider_id: uuid.UUID | str) -> dict[str, str]:
+    return {
+        "initiate_sign_in_url": f"{PUBLIC_URL}/sso/{provider_id}/initiate",
+        "callback_url": f"{PUBLIC_URL}/sso/{provider_id}/callback",
+        "logout_url": f"{PUBLIC_URL}/sso/{provider_id}/logout",
+    }
+
+
+def at(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value)
+    assert parsed.tzinfo is not None, value
+    return parsed
+
+
+async def create(client: httpx.AsyncClient, headers: dict[str, str], **body: Any) -> dict[str, Any]:
+    body.setdefault("type", "entra")
+    body.setdefault("base_url", "contoso.onmicrosoft.com")
+    response = await client.post(BASE, json=body, headers=headers)
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+async def stored(context: AppContext, provider_id: uuid.UUID | str) -> SSOProvider | None:
+    async with context.sessionmaker() as session:
+        return await session.get(SSOProvider, uuid.UUID(str(provider_id)))
+
+
+async def stored_or_fail(context: AppContext, provider_id: uuid.UUID | str) -> SSOProvider:
+    provider = await stored(context, provider_id)
+    assert provider is not None
+    return provider
+
+
+async def provider_count(context: AppContext) -> int:
+    async with context.sessionmaker() as session:
+        count = await session.scalar(select(func.count()).select_from(SSOProvider))
+    return int(count or 0)
+
+
+async def raw_secret_columns(context: AppContext) -> list[str | None]:
+    async with context.sessionmaker() as session:
+        rows = await session.execute(text("SELECT client_secret_encrypted FROM sso_providers"))
+        return [row[0] for row in rows]
+
+
+async def set_last_error(context: AppContext, provider_id: uuid.UUID | str) -> None:
+    async with session_scope(context.sessionmaker) as session:
+        provider = await session.get(SSOProvider, uuid.UUID(str(provider_id)))
+        assert provider is not None
+        provider.last_error = dict(LAST_ERROR)
+
+
+def rendered_logs(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Every captured record as the app would write it, plus all its raw attributes."""
+    formatter = JSONFormatter()
+    return [formatter.format(record) + repr(record.__dict__) for record in caplog.records]
+
+
+def capture_everything(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    # SQLAlchemy pins its own loggers at WARNING: open them up so SQL and parameters show.
+    caplog.set_level(logging.DEBUG, logger="sqlalchemy")
+
+
+# -- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def tenant(make_tenant: MakeTenant) -> Tenant:
+    return await make_tenant("Contoso")
+
+
+@pytest.fixture
+async def other_tenant(make_tenant: MakeTenant) -> Tenant:
+    return await make_tenant("Fabrikam")
+
+
+@pytest.fixture
+def admin(tenant: Tenant) -> dict[str, str]:
+    return tenant.headers[Role.ADMINISTRATOR]
+
+
+@pytest.fixture
+def other_admin(other_tenant: Tenant) -> dict[str, str]:
+    return other_tenant.headers[Role.ADMINISTRATOR]
+
+
+@pytest.fixture
+async def provider(factory: Factory, tenant: Tenant) -> SSOProvider:
+    """A disabled provider of the tenant with no credentials."""
+    return await factory.provider(tenant.company)
+
+
+@pytest.fixture
+async def enabled_provider(factory: Factory, tenant: Tenant) -> SSOProvider:
+    return await factory.provider(
+        tenant.company, client_id=CLIENT_ID, client_secret=SECRET, enabled=True
+    )
+
+
+# -- authentication and roles, on every route ---------------------------------------------
+
+ROUTES = [
+    pytest.param("GET", False, None, id="list"),
+    pytest.param("POST", False, {"type": "entra", "base_url": TENANT_ID}, id="create"),
+    pytest.param("GET", True, None, id="get"),
+    pytest.param("PATCH", True, {"name": "Hijacked", "base_url": OTHER_TENANT_ID}, id="update"),
+    pytest.param("DELETE", True, None, id="delete"),
+]
+
+
+async def call(
+    client: httpx.AsyncClient,
+    method: str,
+    on_item: bool,
+    body: dict[str, Any] | None,
+    provider_id: uuid.UUID,
+    headers: dict[str, str],
+) -> httpx.Response:
+    url = item(provider_id) if on_item else BASE
+    return await client.request(method, url, json=body, headers=headers)
+
+
+async def assert_untouched(context: AppContext, provider: SSOProvider) -> None:
+    assert await provider_count(context) == 1
+    now = await stored_or_fail(context, provider.id)
+    assert now.name == provider.name
+    assert now.base_url == provider.base_url
+    assert now.enabled == provider.enabled
+    assert now.updated_at == provider.updated_at
+
+
+class TestAuthentication:
+    @pytest.mark.parametrize(("method", "on_item", "body"), ROUTES)
+    async def test_no_token_is_401_not_authenticated(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        provider: SSOProvider,
+        method: str,
+        on_item: bool,
+        body: dict[str, Any] | None,
+    ) -> None:
+        response = await call(client, method, on_item, body, provider.id, {})
+        assert_problem(response, 401, "not_authenticated")
+        assert response.headers["www-authenticate"] == "Bearer"
+        await assert_untouched(context, provider)
+
+    @pytest.mark.parametrize(
+        "authorization",
+        [
+            pytest.param("Bearer", id="bearer-without-token"),
+            pytest.param("Bearer ", id="bearer-empty"),
+            pytest.param("Basic dXNlcjpwYXNz", id="basic"),
+            pytest.param("garbage", id="no-scheme"),
+        ],
+    )
+    @pytest.mark.parametrize(("method", "on_item", "body"), ROUTES)
+    async def test_no_bearer_token_is_401_not_authenticated(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        provider: SSOProvider,
+        method: str,
+        on_item: bool,
+        body: dict[str, Any] | None,
+        authorization: str,
+    ) -> None:
+        headers = {"Authorization": authorization}
+        response = await call(client, method, on_item, body, provider.id, headers)
+        assert_problem(response, 401, "not_authenticated")
+        await assert_untouched(context, provider)
+
+    @pytest.mark.parametrize(
+        "token",
+        [
+            pytest.param("garbage", id="garbage"),
+            pytest.param("a.b.c", id="jwt-shaped"),
+            pytest.param("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ4In0.", id="alg-none"),
+            pytest.param("x" * 5000, id="too-long"),
+        ],
+    )
+    @pytest.mark.parametrize(("method", "on_item", "body"), ROUTES)
+    async def test_bad_token_is_401_invalid_token(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        provider: SSOProvider,
+        method: str,
+        on_item: bool,
+        body: dict[str, Any] | None,
+        token: str,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"}
+        response = await call(client, method, on_item, body, provider.id, headers)
+        assert_problem(response, 401, "invalid_token")
+        assert response.headers["www-authenticate"] == "Bearer"
+        await assert_untouched(context, provider)
+
+    async def test_anonymous_invalid_body_is_401_not_422(
+        self, client: httpx.AsyncClient, context: AppContext
+    ) -> None:
+        response = await client.post(BASE, json={"type": "okta", "base_url": "common"})
+        assert_problem(response, 401, "not_authenticated")
+        assert await provider_count(context) == 0
+
+
+class TestAuthorization:
+    @pytest.mark.parametrize("role", NON_ADMIN_ROLES)
+    @pytest.mark.parametrize(("method", "on_item", "body"), ROUTES)
+    async def test_non_administrator_is_403_forbidden(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        tenant: Tenant,
+        provider: SSOProvider,
+        role: Role,
+        method: str,
+        on_item: bool,
+        body: dict[str, Any] | None,
+    ) -> None:
+        response = await call(client, method, on_item, body, provider.id, tenant.headers[role])
+        assert_problem(response, 403, "forbidden")
+        assert str(provider.id) not in response.text
+        await assert_untouched(context, provider)
+
+    @pytest.mark.parametrize("role", NON_ADMIN_ROLES)
+    async def test_non_administrator_is_403_even_for_an_unknown_id_or_bad_body(
+        self, client: httpx.AsyncClient, context: AppContext, tenant: Tenant, role: Role
+    ) -> None:
+        headers = tenant.headers[role]
+        unknown = item(uuid.uuid4())
+        assert_problem(await client.get(unknown, headers=headers), 403, "forbidden")
+        assert_problem(await client.delete(unknown, headers=headers), 403, "forbidden")
+        assert_problem(
+            await client.patch(unknown, json={"enabled": None}, headers=headers), 403, "forbidden"
+        )
+        assert_problem(
+            await client.post(BASE, json={"type": "okta"}, headers=headers), 403, "forbidden"
+        )
+        assert await provider_count(context) == 0
+
+    async def test_administrator_may_use_every_route(
+        self, client: httpx.AsyncClient, admin: dict[str, str]
+    ) -> None:
+        created = await create(client, admin)
+        assert (await client.get(BASE, headers=admin)).status_code == 200
+        assert (await client.get(item(created["id"]), headers=admin)).status_code == 200
+        patched = await client.patch(item(created["id"]), json={"name": "X"}, headers=admin)
+        assert patched.status_code == 200
+        assert (await client.delete(item(created["id"]), headers=admin)).status_code == 204
+
+
+# -- POST ----------------------------------------------------------------------------------
+
+
+class TestCreate:
+    async def test_create_returns_201_with_defaults_and_urls(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        tenant: Tenant,
+        admin: dict[str, str],
+    ) -> None:
+        before = datetime.now(UTC)
+        response = await client.post(
+            BASE, json={"type": "entra", "base_url": TENANT_ID}, headers=admin
+        )
+        assert response.status_code == 201, response.text
+        body = response.json()
+        assert set(body) == PROVIDER_FIELDS
+        provider_id = uuid.UUID(body["id"])
+        assert body["type"] == "entra"
+        assert body["name"] == DEFAULT_NAME
+        assert body["base_url"] == TENANT_ID
+        assert body["client_id"] is None
+        assert body["client_secret_set"] is False
+        assert body["client_secret_expires_at"] is None
+        assert body["enabled"] is False
+        assert body["last_error"] is None
+        assert body["urls"] == urls_of(provider_id)
+        assert body["urls"]["initiate_sign_in_url"] == (
+            f"https://sso.example.com/sso/{provider_id}/initiate"
+        )
+        assert at(body["created_at"]) >= before - timedelta(seconds=1)
+        assert at(body["updated_at"]) >= at(body["created_at"])
+
+        row = await stored_or_fail(context, provider_id)
+        assert row.company_id == tenant.company.id
+        assert row.type == "entra"
+        assert row.enabled is False
+        assert row.client_secret_encrypted is None
+
+    async def test_created_provider_reads_back_identically(
+        self, client: httpx.AsyncClient, admin: dict[str, str]
+    ) -> None:
+        created = await create(client, admin)
+        response = await client.get(item(created["id"]), headers=admin)
+        assert response.status_code == 200
+        assert response.json() == created
+
+    async def test_create_gives_each_provider_its_own_id_and_urls(
+        self, client: httpx.AsyncClient, admin: dict[str, str]
+    ) -> None:
+        first = await create(client, admin)
+        second = await create(client, admin)
+        assert first["id"] != second["id"]
+        assert second["urls"] == urls_of(second["id"])
+
+    @pytest.mark.parametrize(
+        ("name", "expected"),
+        [
+            ("Contoso staff", "Contoso staff"),
+            ("  Contoso staff  ", "Contoso staff"),
+            ("Ünïcødé ✓ name", "Ünïcødé ✓ name"),
+            ("n" * 200, "n" * 200),
+        ],
+    )
+    async def test_create_with_custom_name(
+        self, client: httpx.AsyncClient, admin: dict[str, str], name: str, expected: str
+    ) -> None:
+        created = await create(client, admin, name=name)
+        assert created["name"] == expected
+
+    async def test_create_with_null_name_uses_the_default(
+        self, client: httpx.AsyncClient, admin: dict[str, str]
+    ) -> None:
+        created = await create(client, admin, name=None)
+        assert created["name"] == DEFAULT_NAME
+
+    @pytest.mark.parametrize(
+        ("base_url", "expected"),
+        [
+            (TENANT_ID, TENANT_ID),
+            (TENANT_ID.upper(), TENANT_ID.upper()),
+            ("contoso.onmicrosoft.com", "contoso.onmicrosoft.com"),
+            ("Contoso.OnMicrosoft.com", "Contoso.OnMicrosoft.com"),
+            ("login.contoso.co.uk", "login.contoso.co.uk"),
+            (f"  {TENANT_ID}  ", TENANT_ID),
+            ("\tcontoso.onmicrosoft.com\n", "contoso.onmicrosoft.com"),
+        ],
+    )
+    async def test_create_stores_base_url_as_entered(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        admin: dict[str, str],
+        base_url: str,
+        expected: str,
+    ) -> None:
+        created = await create(client, admin, base_url=base_url)
+        assert created["base_url"] == expected
+        assert (await stored_or_fail(context, created["id"])).base_url == expected
+
+    @pytest.mark.parametrize(
+        "base_url",
+        [
+            "common",
+            "organizations",
+            "consumers",
+            "COMMON",
+            "Organizations",
+            "cOnSuMeRs",
+            "  common  ",
+            " organizations\t",
+            "\nconsumers\n",
+            CONSUMER_TENANT,
+            CONSUMER_TENANT.upper(),
+            f"  {CONSUMER_TENANT}  ",
+        ],
+    )
+    async def test_create_refuses_multi_tenant_endpoints(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        admin: dict[str, str],
+        base_url: str,
+    ) -> None:
+        response = await client.post(
+            BASE, json={"type": "entra", "base_url": base_url}, headers=admin
+        )
+        assert_problem(response, 422, "unsupported_tenant")
+        assert await provider_count(context) == 0
+
+    @pytest.mark.parametrize(
+        "base_url",
+        [
+            "contoso",
+            "   ",
+            "not a tenant",
+            f"https://login.microsoftonline.com/{TENANT_ID}/v2.0",
+            f"https://login.microsoftonline.com/{TENANT_ID}",
+            f"login.microsoftonline.com/{TENANT_ID}",
+            "https://login.microsoftonline.com/common/v2.0",
+            "https://contoso.onmicrosoft.com",
+            "contoso.onmicrosoft.com.",
+            "contoso.onmicrosoft.com:443",
+            "-contoso.onmicrosoft.com",
+            "a" * 64 + ".onmicrosoft.com",
+            "a" * 250 + ".com",
+            "10.0.0.1",
+            "[::1]",
+            "{" + TENANT_ID + "}",
+            TENANT_ID.replace("-", ""),
+            "c\u043entoso.onmicrosoft.com",
+            "\u0441ommon",
+            "common\u200b",
+            "<script>alert(1)</script>",
+            "'; DROP TABLE sso_providers; --",
+        ],
+    )
+    async def test_create_refuses_garbage_tenants(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        admin: dict[str, str],
+        base_url: str,
+    ) -> None:
+        response = await client.post(
+            BASE, json={"type": "entra", "base_url": base_url}, headers=admin
+        )
+        assert_problem(response, 422, "invalid_tenant")
+        assert await provider_count(context) == 0
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            pytest.param({"type": "entra", "base_url": ""}, id="empty-base-url"),
+            pytest.param({"type": "entra", "base_url": "a" * 252 + ".com"}, id="too-long"),
+            pytest.param({"type": "entra", "base_url": 123}, id="number"),
+            pytest.param({"type": "entra", "base_url": [TENANT_ID]}, id="list"),
+            pytest.param({"type": "entra", "base_url": {"id": TENANT_ID}}, id="object"),
+            pytest.param({"type": "entra", "base_url": True}, id="bool"),
+            pytest.param({"type": "entra", "base_url": None}, id="null-base-url"),
+            pytest.param({"type": "entra"}, id="missing-base-url"),
+            pytest.param({"base_url": TENANT_ID}, id="missing-type"),
+            pytest.param({"type": None, "base_url": TENANT_ID}, id="null-type"),
+            pytest.param({"type": "okta", "base_url": TENANT_ID}, id="unknown-type"),
+            pytest.param({"type": "ENTRA", "base_url": TENANT_ID}, id="type-wrong-case"),
+            pytest.param({"type": "", "base_url": TENANT_ID}, id="empty-type"),
+            pytest.param({"type": "entra", "base_url": TENANT_ID, "name": ""}, id="empty-name"),
+            pytest.param({"type": "entra", "base_url": TENANT_ID, "name": "   "}, id="blank"),
+            pytest.param({"type": "entra", "base_url": TENANT_ID, "name": 7}, id="number-name"),
+            # PostgreSQL cannot store NUL: it must be a 422 here, not a 500 from the insert.
+            pytest.param(
+                {"type": "entra", "base_url": TENANT_ID, "name": "Contoso\x00staff"},
+                id="nul-in-name",
+            ),
+        ],
+    )
+    async def test_create_refuses_invalid_fields_as_validation_error(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        admin: dict[str, str],
+        body: dict[str, Any],
+    ) -> None:
+        response = await client.post(BASE, json=body, headers=admin)
+        problem = assert_problem(response, 422, "validation_error")
+        assert problem["errors"]
+        assert await provider_count(context) == 0
+
+    @pytest.mark.parametrize(
+        "extra",
+        [
+            {"unknown": 1},
+            {"enabled": True},
+            {"client_id": CLIENT_ID},
+            {"client_secret": SECRET},
+            {"client_secret_encrypted": "gAAAA"},
+            {"company_id": str(uuid.uuid4())},
+            {"id": str(uuid.uuid4())},
+            {"last_error": LAST_ERROR},
+        ],
+    )
+    async def test_create_refuses_unknown_fields_and_stores_nothing(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        admin: dict[str, str],
+        extra: dict[str, Any],
+    ) -> None:
+        body = {"type": "entra", "base_url": TENANT_ID, **extra}
+        response = await client.post(BASE, json=body, headers=admin)
+        assert_problem(response, 422, "validation_error")
+        assert SECRET not in response.text
+        assert await provider_count(context) == 0
+
+    async def test_create_refuses_a_name_over_200_characters_without_echoing_it(
+        self, client: httpx.AsyncClient, context: AppContext, admin: dict[str, str]
+    ) -> None:
+        name = ("Zx9-" * 51)[:201]
+        response = await client.post(
+            BASE, json={"type": "entra", "base_url": TENANT_ID, "name": name}, headers=admin
+        )
+        assert_problem(response, 422, "validation_error")
+        assert "Zx9-Zx9-" not in response.text
+        assert await provider_count(context) == 0
+
+    @pytest.mark.parametrize(
+        "content",
+        [
+            pytest.param("not json", id="not-json"),
+            pytest.param('{"type": "entra", "base_url": ', id="truncated"),
+            pytest.param("[]", id="array"),
+            pytest.param('"entra"', id="string"),
+            pytest.param("null", id="null"),
+        ],
+    )
+    async def test_create_refuses_a_body_that_is_not_a_json_object(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        admin: dict[str, str],
+        content: str,
+    ) -> None:
+        response = await client.post(
+            BASE,
+            content=content,
+            headers={**admin, "Content-Type": "application/json"},
+        )
+        assert_problem(response, 422, "validation_error")
+        assert await provider_count(context) == 0
+
+    async def test_create_never_reveals_another_companys_providers(
+        self,
+        client: httpx.AsyncClient,
+        factory: Factory,
+        other_tenant: Tenant,
+        admin: dict[str, str],
+    ) -> None:
+        foreign = await factory.provider(other_tenant.company, base_url=TENANT_ID)
+        created = await create(client, admin, base_url=TENANT_ID)
+        assert created["id"] != str(foreign.id)
+
+
+# -- GET list ------------------------------------------------------------------------------
+
+
+class TestList:
+    async def test_list_is_empty_without_providers(
+        self, client: httpx.AsyncClient, admin: dict[str, str]
+    ) -> None:
+        response = await client.get(BASE, headers=admin)
+        assert response.status_code == 200
+        assert response.json() == {"items": []}
+
+    async def test_list_returns_the_providers_in_creation_order(
+        self, client: httpx.AsyncClient, admin: dict[str, str]
+    ) -> None:
+        created = [
+            await create(client, admin, name=name, base_url=f"tenant{n}.onmicrosoft.com")
+            for n, name in enumerate(["First", "Second", "Third", "Fourth"])
+        ]
+        response = await client.get(BASE, headers=admin)
+        assert response.status_code == 200
+        assert response.json() == {"items": created}
+
+    async def test_list_orders_by_creation_time_not_by_id(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        tenant: Tenant,
+        admin: dict[str, str],
+    ) -> None:
+        # Ids run backwards while creation times run forwards.
+        ids = [uuid.UUID(f"{digit}" * 8 + "-0000-4000-8000-000000000000") for digit in "fc84"]
+        start = datetime(2026, 1, 1, tzinfo=UTC)
+        async with session_scope(context.sessionmaker) as session:
+            for n, provider_id in enumerate(ids):
+                when = start + timedelta(minutes=n)
+                session.add(
+                    SSOProvider(
+                        id=provider_id,
+                        company_id=tenant.company.id,
+                        type="entra",
+                        name=f"P{n}",
+                        base_url=TENANT_ID,
+                        enabled=False,
+                        created_at=when,
+                        updated_at=when,
+                    )
+                )
+        response = await client.get(BASE, headers=admin)
+        assert response.status_code == 200
+        assert [p["id"] for p in response.json()["items"]] == [str(i) for i in ids]
+        assert [p["name"] for p in response.json()["items"]] == ["P0", "P1", "P2", "P3"]
+
+    async def test_list_shows_only_the_callers_company(
+        self,
+        client: httpx.AsyncClient,
+        factory: Factory,
+        tenant: Tenant,
+        other_tenant: Tenant,
+        admin: dict[str, str],
+        other_admin: dict[str, str],
+    ) -> None:
+        mine = await create(client, admin, base_url=TENANT_ID)
+        theirs = await create(client, other_admin, base_url=OTHER_TENANT_ID)
+        direct = await factory.provider(other_tenant.company)
+
+        own_list = (await client.get(BASE, headers=admin)).json()["items"]
+        other_list = (await client.get(BASE, headers=other_admin)).json()["items"]
+        assert own_list == [mine]
+        assert [p["id"] for p in other_list] == [theirs["id"], str(direct.id)]
+        assert mine["id"] not in json.dumps(other_list)
+
+    async def test_list_never_contains_a_secret(
+        self, client: httpx.AsyncClient, enabled_provider: SSOProvider, admin: dict[str, str]
+    ) -> None:
+        response = await client.get(BASE, headers=admin)
+        assert response.status_code == 200
+        (entry,) = response.json()["items"]
+        assert entry["client_secret_set"] is True
+        assert entry["enabled"] is True
+        assert "client_secret" not in entry
+        assert SECRET not in response.text
+        assert "client_secret_encrypted" not in response.text
+
+
+# -- GET one -------------------------------------------------------------------------------
+
+
+class TestGet:
+    async def test_get_returns_the_provider(
+        self, client: httpx.AsyncClient, provider: SSOProvider, admin: dict[str, str]
+    ) -> None:
+        response = await client.get(item(provider.id), headers=admin)
+        assert response.status_code == 200
+        body = response.json()
+        assert set(body) == PROVIDER_FIELDS
+        assert body["id"] == str(provider.id)
+        assert body["name"] == provider.name
+        assert body["base_url"] == provider.base_url
+        assert body["urls"] == urls_of(provider.id)
+        assert body["client_secret_set"] is False
+
+    async def test_get_shows_credentials_state_but_never_the_secret(
+        self, client: httpx.AsyncClient, enabled_provider: SSOProvider, admin: dict[str, str]
+    ) -> None:
+        response = await client.get(item(enabled_provider.id), headers=admin)
+        assert response.status_code == 200
+        body = response.json()
+        assert body["client_id"] == CLIENT_ID
+        assert body["client_secret_set"] is True
+        assert body["enabled"] is True
+        assert SECRET not in response.text
+
+    async def test_get_shows_the_last_error(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        provider: SSOProvider,
+        admin: dict[str, str],
+    ) -> None:
+        await set_last_error(context, provider.id)
+        body = (await client.get(item(provider.id), headers=admin)).json()
+        assert body["last_error"]["code"] == LAST_ERROR["code"]
+        assert body["last_error"]["message"] == LAST_ERROR["message"]
+        assert at(body["last_error"]["at"]) == at(LAST_ERROR["at"])
+
+    async def test_get_unknown_id_is_404_not_found(
+        self, client: httpx.AsyncClient, provider: SSOProvider, admin: dict[str, str]
+    ) -> None:
+        response = await client.get(item(uuid.uuid4()), headers=admin)
+        assert_problem(response, 404, "not_found")
+
+    @pytest.mark.parametrize(
+        "bad_id", ["not-a-uuid", "123", "00000000-0000-0000-0000-00000000000g", "%20"]
+    )
+    async def test_get_malformed_id_is_422(
+        self, client: httpx.AsyncClient, admin: dict[str, str], bad_id: str
+    ) -> None:
+        response = await client.get(item(bad_id), headers=admin)
+        assert_problem(response, 422, "validation_error")
+
+    async def test_get_of_another_companys_provider_is_404_like_an_unknown_id(
+        self,
+        client: httpx.AsyncClient,
+        provider: SSOProvider,
+        other_admin: dict[str, str],
+    ) -> None:
+        foreign = await client.get(item(provider.id), headers=other_admin)
+        body = assert_problem(foreign, 404, "not_found")
+        unknown = await client.get(item(uuid.uuid4()), headers=other_admin)
+        assert body == unknown.json()
+        assert str(provider.id) not in foreign.text
+        assert provider.base_url not in foreign.text
+
+
+# -- PATCH ---------------------------------------------------------------------------------
+
+
+class TestUpdate:
+    async def patch(
+        self,
+        client: httpx.AsyncClient,
+        headers: dict[str, str],
+        provider_id: uuid.UUID | str,
+        body: dict[str, Any],
+    ) -> httpx.Response:
+        return await client.patch(item(provider_id), json=body, headers=headers)
+
+    async def ok(
+        self,
+        client: httpx.AsyncClient,
+        headers: dict[str, str],
+        provider_id: uuid.UUID | str,
+        body: dict[str, Any],
+    ) -> dict[str, Any]:
+        response = await self.patch(client, headers, provider_id, body)
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        assert set(result) == PROVIDER_FIELDS
+        return result
+
+    # name ------------------------------------------------------------------------------
+
+    async def test_update_name(
+        self, client: httpx.AsyncClient, provider: SSOProvider, admin: dict[str, str]
+    ) -> None:
+        body = await self.ok(client, admin, provider.id, {"name": "  Staff sign-in  "})
+        assert body["name"] == "Staff sign-in"
+        assert body["base_url"] == provider.base_url
+        assert body["enabled"] is False
+        assert (await client.get(item(provider.id), headers=admin)).json() == body
+
+    async def test_update_changes_updated_at_not_created_at(
+        self, client: httpx.AsyncClient, admin: dict[str, str]
+    ) -> None:
+        created = await create(client, admin)
+        body = await self.ok(client, admin, created["id"], {"name": "Renamed"})
+        assert body["created_at"] == created["created_at"]
+        assert at(body["updated_at"]) > at(created["updated_at"])
+
+    async def test_empty_update_changes_nothing(
+        self, client: httpx.AsyncClient, admin: dict[str, str]
+    ) -> None:
+        created = await create(client, admin)
+        assert await self.ok(client, admin, created["id"], {}) == created
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            pytest.param({"name": None}, id="null-name"),
+            pytest.param({"base_url": None}, id="null-base-url"),
+            pytest.param({"enabled": None}, id="null-enabled"),
+            pytest.param({"name": ""}, id="empty-name"),
+            pytest.param({"name": "   "}, id="blank-name"),
+            pytest.param({"name": 5}, id="number-name"),
+            pytest.param({"name": "Contoso\x00staff"}, id="nul-in-name"),
+            pytest.param({"base_url": ""}, id="empty-base-url"),
+            pytest.param({"base_url": "a" * 252 + ".com"}, id="too-long-base-url"),
+            pytest.param({"base_url": 1}, id="number-base-url"),
+            pytest.param({"client_id": ""}, id="empty-client-id"),
+            pytest.param({"client_id": 1}, id="number-client-id"),
+            pytest.param({"client_secret": ""}, id="empty-secret"),
+            pytest.param({"client_secret": 12345}, id="number-secret"),
+            pytest.param({"client_secret": ["x"]}, id="list-secret"),
+            pytest.param({"enabled": "maybe"}, id="string-enabled"),
+            pytest.param({"enabled": [True]}, id="list-enabled"),
+            pytest.param({"client_secret_expires_at": "soon"}, id="garbage-expiry"),
+            pytest.param({"client_secret_expires_at": "2030-06-30T12:00:00"}, id="naive-expiry"),
+            pytest.param({"client_secret_expires_at": "2030-06-30"}, id="date-expiry"),
+            pytest.param({"type": "entra"}, id="type-is-not-updatable"),
+            pytest.param({"unknown": 1}, id="unknown-field"),
+            pytest.param({"client_secret_set": True}, id="read-only-field"),
+            pytest.param({"client_secret_encrypted": "gAAAA"}, id="column"),
+            pytest.param({"company_id": str(uuid.uuid4())}, id="company-id"),
+            pytest.param({"id": str(uuid.uuid4())}, id="id"),
+            pytest.param({"last_error": None}, id="last-error"),
+            pytest.param({"urls": {}}, id="urls"),
+        ],
+    )
+    async def test_update_refuses_invalid_fields_as_validation_error(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        enabled_provider: SSOProvider,
+        admin: dict[str, str],
+        body: dict[str, Any],
+    ) -> None:
+        before = (await client.get(item(enabled_provider.id), headers=admin)).json()
+        response = await self.patch(client, admin, enabled_provider.id, body)
+        problem = assert_problem(response, 422, "validation_error")
+        assert problem["errors"]
+        assert (await client.get(item(enabled_provider.id), headers=admin)).json() == before
+        assert await provider_count(context) == 1
+
+    @pytest.mark.parametrize("field", ["name", "base_url", "enabled"])
+    async def test_update_refuses_null_for_a_required_field_and_says_which(
+        self,
+        client: httpx.AsyncClient,
+        provider: SSOProvider,
+        admin: dict[str, str],
+        field: str,
+    ) -> None:
+        response = await self.patch(client, admin, provider.id, {field: None})
+        problem = assert_problem(response, 422, "validation_error")
+        assert any(field in error["msg"] for error in problem["errors"])
+
+    @pytest.mark.parametrize(
+        "content",
+        [
+            pytest.param("not json", id="not-json"),
+            pytest.param("[]", id="array"),
+            pytest.param(f'{{"client_secret": "{SECRET}", ', id="truncated-with-secret"),
+        ],
+    )
+    async def test_update_refuses_a_body_that_is_not_a_json_object(
+        self,
+        client: httpx.AsyncClient,
+        provider: SSOProvider,
+        admin: dict[str, str],
+        content: str,
+    ) -> None:
+        response = await client.patch(
+            item(provider.id),
+            content=content,
+            headers={**admin, "Content-Type": "application/json"},
+        )
+        assert_problem(response, 422, "validation_error")
+        assert SECRET not in response.text
+
+    # base_url --------------------------------------------------------------------------
+
+    @pytest.mark.parametrize(
+        ("base_url", "expected"),
+        [
+            (TENANT_ID, TENANT_ID),
+            (TENANT_ID.upper(), TENANT_ID.upper()),
+            ("fabrikam.onmicrosoft.com", "fabrikam.onmicrosoft.com"),
+            (" Fabrikam.com ", "Fabrikam.com"),
+        ],
+    )
+    async def test_update_base_url(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        provider: SSOProvider,
+        admin: dict[str, str],
+        base_url: str,
+        expected: str,
+    ) -> None:
+        body = await self.ok(client, admin, provider.id, {"base_url": base_url})
+        assert body["base_url"] == expected
+        assert (await stored_or_fail(context, provider.id)).base_url == expected
+
+    @pytest.mark.parametrize(
+        "base_url",
+        ["common", "ORGANIZATIONS", " consumers ", CONSUMER_TENANT, CONSUMER_TENANT.upper()],
+    )
+    async def test_update_refuses_multi_tenant_endpoints(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        enabled_provider: SSOProvider,
+        admin: dict[str, str],
+        base_url: str,
+    ) -> None:
+        response = await self.patch(
+            client, admin, enabled_provider.id, {"base_url": base_url, "name": "Changed"}
+        )
+        assert_problem(response, 422, "unsupported_tenant")
+        row = await stored_or_fail(context, enabled_provider.id)
+        assert row.base_url == enabled_provider.base_url
+        assert row.name == enabled_provider.name
+
+    @pytest.mark.parametrize(
+        "base_url",
+        [
+            f"https://login.microsoftonline.com/{TENANT_ID}/v2.0",
+            "contoso",
+            "contoso.onmicrosoft.com.",
+            "10.0.0.1",
+            "   ",
+        ],
+    )
+    async def test_update_refuses_garbage_tenants(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        provider: SSOProvider,
+        admin: dict[str, str],
+        base_url: str,
+    ) -> None:
+        response = await self.patch(client, admin, provider.id, {"base_url": base_url})
+        assert_problem(response, 422, "invalid_tenant")
+        assert (await stored_or_fail(context, provider.id)).base_url == provider.base_url
+
+    # client_id -------------------------------------------------------------------------
+
+    async def test_update_client_id(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        provider: SSOProvider,
+        admin: dict[str, str],
+    ) -> None:
+        body = await self.ok(client, admin, provider.id, {"client_id": f" {CLIENT_ID.upper()} "})
+        assert body["client_id"] == CLIENT_ID
+        assert body["enabled"] is False
+        assert (await stored_or_fail(context, provider.id)).client_id == CLIENT_ID
+
+        cleared = await self.ok(client, admin, provider.id, {"client_id": None})
+        assert cleared["client_id"] is None
+        assert (await stored_or_fail(context, provider.id)).client_id is None
+
+    @pytest.mark.parametrize(
+        "client_id",
+        ["my-app", "   ", "{" + CLIENT_ID + "}", CLIENT_ID.replace("-", ""), "api://" + CLIENT_ID],
+    )
+    async def test_update_refuses_a_client_id_that_is_not_a_guid(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        enabled_provider: SSOProvider,
+        admin: dict[str, str],
+        client_id: str,
+    ) -> None:
+        response = await self.patch(client, admin, enabled_provider.id, {"client_id": client_id})
+        assert_problem(response, 422, "invalid_client_id")
+        assert (await stored_or_fail(context, enabled_provider.id)).client_id == CLIENT_ID
+
+    # client_secret ---------------------------------------------------------------------
+
+    async def test_update_client_secret_is_stored_encrypted(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        provider: SSOProvider,
+        admin: dict[str, str],
+    ) -> None:
+        body = await self.ok(client, admin, provider.id, {"client_secret": SECRET})
+        assert body["client_secret_set"] is True
+        assert body["enabled"] is False
+        assert "client_secret" not in body
+
+        (column,) = await raw_secret_columns(context)
+        assert column is not None
+        assert SECRET not in column
+        assert "s3cr3t" not in column
+        assert context.box.decrypt(column) == SECRET
+
+    async def test_update_client_secret_replaces_the_old_one(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        enabled_provider: SSOProvider,
+        admin: dict[str, str],
+    ) -> None:
+        body = await self.ok(client, admin, enabled_provider.id, {"client_secret": OTHER_SECRET})
+        assert body["client_secret_set"] is True
+        assert body["enabled"] is True
+        (column,) = await raw_secret_columns(context)
+        assert column is not None
+        assert context.box.decrypt(column) == OTHER_SECRET
+
+    async def test_update_strips_space_around_the_secret(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        provider: SSOProvider,
+        admin: dict[str, str],
+    ) -> None:
+        await self.ok(client, admin, provider.id, {"client_secret": f"  {SECRET}\n"})
+        (column,) = await raw_secret_columns(context)
+        assert column is not None
+        assert context.box.decrypt(column) == SECRET
+
+    async def test_update_clears_the_secret_of_a_disabled_provider(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        factory: Factory,
+        tenant: Tenant,
+        admin: dict[str, str],
+    ) -> None:
+        disabled = await factory.provider(
+            tenant.company, client_id=CLIENT_ID, client_secret=SECRET, enabled=False
+        )
+        body = await self.ok(client, admin, disabled.id, {"client_secret": None})
+        assert body["client_secret_set"] is False
+        assert body["client_id"] == CLIENT_ID
+        assert await raw_secret_columns(context) == [None]
+
+    @pytest.mark.parametrize(
+        "secret", [TENANT_ID, CLIENT_ID.upper(), f"  {OTHER_CLIENT_ID}  "], ids=["a", "b", "c"]
+    )
+    async def test_update_refuses_a_guid_shaped_secret(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        enabled_provider: SSOProvider,
+        admin: dict[str, str],
+        secret: str,
+    ) -> None:
+        response = await self.patch(client, admin, enabled_provider.id, {"client_secret": secret})
+        assert_problem(response, 422, "invalid_client_secret")
+        assert secret.strip().lower() not in response.text.lower()
+        (column,) = await raw_secret_columns(context)
+        assert column is not None
+        assert context.box.decrypt(column) == SECRET
+
+    async def test_update_refuses_a_blank_secret(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        enabled_provider: SSOProvider,
+        admin: dict[str, str],
+    ) -> None:
+        response = await self.patch(client, admin, enabled_provider.id, {"client_secret": "   "})
+        assert_problem(response, 422, "invalid_client_secret")
+        (column,) = await raw_secret_columns(context)
+        assert column is not None
+        assert context.box.decrypt(column) == SECRET
+
+    async def test_update_accepts_a_secret_of_1024_characters(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        provider: SSOProvider,
+        admin: dict[str, str],
+    ) -> None:
+        secret = ("Lo9~" * 256)[:1024]
+        body = await self.ok(client, admin, provider.id, {"client_secret": secret})
+        assert body["client_secret_set"] is True
+        (column,) = await raw_secret_columns(context)
+        assert column is not None
+        assert context.box.decrypt(column) == secret
+
+    @pytest.mark.parametrize("length", [1025, 4096])
+    async def test_update_refuses_an_oversized_secret_without_echoing_it(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        provider: SSOProvider,
+        admin: dict[str, str],
+        caplog: pytest.LogCaptureFixture,
+        length: int,
+    ) -> None:
+        secret = ("Hg5~" * (length // 4 + 1))[:length]
+        capture_everything(caplog)
+        response = await self.patch(client, admin, provider.id, {"client_secret": secret})
+        assert_problem(response, 422, "validation_error")
+        assert "Hg5~Hg5~" not in response.text
+        assert not any("Hg5~Hg5~" in line for line in rendered_logs(caplog))
+        assert await raw_secret_columns(context) == [None]
+
+    async def test_update_refuses_a_name_over_200_characters_without_echoing_it(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        provider: SSOProvider,
+        admin: dict[str, str],
+    ) -> None:
+        name = ("Zx9-" * 51)[:201]
+        response = await self.patch(client, admin, provider.id, {"name": name})
+        assert_problem(response, 422, "validation_error")
+        assert "Zx9-Zx9-" not in response.text
+        assert (await stored_or_fail(context, provider.id)).name == provider.name
+
+    async def test_update_never_echoes_or_logs_the_secret(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        provider: SSOProvider,
+        admin: dict[str, str],
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        capture_everything(caplog)
+        response = await self.patch(
+            client,
+            admin,
+            provider.id,
+            {"client_id": CLIENT_ID, "client_secret": SECRET, "enabled": True},
+        )
+        assert response.status_code == 200, response.text
+        assert SECRET not in response.text
+        assert "s3cr3t" not in response.text
+        assert "Qz7~" not in json.dumps(dict(response.headers))
+
+        lines = rendered_logs(caplog)
+        # The capture is real: the UPDATE itself was logged, with its parameters.
+        assert any("UPDATE sso_providers" in line for line in lines), lines
+        assert not any(SECRET in line for line in lines)
+        assert SECRET not in caplog.text
+
+        for url in (BASE, item(provider.id)):
+            read = await client.get(url, headers=admin)
+            assert read.status_code == 200
+            assert SECRET not in read.text
+        assert not any(SECRET in line for line in rendered_logs(caplog))
+
+    async def test_refused_updates_never_echo_or_log_the_secret(
+        self,
+        client: httpx.AsyncClient,
+        provider: SSOProvider,
+        admin: dict[str, str],
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        capture_everything(caplog)
+        refusals = [
+            ({"client_secret": SECRET, "enabled": True}, "provider_incomplete"),
+            ({"client_secret": SECRET, "client_id": "bad"}, "invalid_client_id"),
+            ({"client_secret": SECRET, "base_url": "common"}, "unsupported_tenant"),
+            ({"client_secret": SECRET, "base_url": "x/y"}, "invalid_tenant"),
+            ({"client_secret": SECRET, "name": None}, "validation_error"),
+            ({"client_secret": SECRET, "surprise": 1}, "validation_error"),
+        ]
+        for body, code in refusals:
+            response = await self.patch(client, admin, provider.id, body)
+            assert_problem(response, 422, code)
+            assert SECRET not in response.text
+        assert not any(SECRET in line for line in rendered_logs(caplog))
+
+    # client_secret_expires_at ----------------------------------------------------------
+
+    async def test_update_client_secret_expiry_keeps_the_instant(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        provider: SSOProvider,
+        admin: dict[str, str],
+    ) -> None:
+        body = await self.ok(
+            client, admin, provider.id, {"client_secret_expires_at": "2030-06-30T12:00:00+02:00"}
+        )
+        expected = datetime(2030, 6, 30, 10, 0, tzinfo=UTC)
+        assert at(body["client_secret_expires_at"]) == expected
+        assert (await stored_or_fail(context, provider.id)).client_secret_expires_at == expected
+        read = (await client.get(item(provider.id), headers=admin)).json()
+        assert at(read["client_secret_expires_at"]) == expected
+
+        cleared = await self.ok(client, admin, provider.id, {"client_secret_expires_at": None})
+        assert cleared["client_secret_expires_at"] is None
+        assert (await stored_or_fail(context, provider.id)).client_secret_expires_at is None
+
+    async def test_a_new_secret_without_expiry_clears_the_old_expiry(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        provider: SSOProvider,
+        admin: dict[str, str],
+    ) -> None:
+        both = {"client_secret": SECRET, "client_secret_expires_at": "2030-06-30T12:00:00Z"}
+        body = await self.ok(client, admin, provider.id, both)
+        assert body["client_secret_expires_at"] is not None
+        renamed = await self.ok(client, admin, provider.id, {"name": "Renamed"})
+        assert renamed["client_secret_expires_at"] is not None
+        replaced = await self.ok(client, admin, provider.id, {"client_secret": SECRET + "-new"})
+        assert replaced["client_secret_expires_at"] is None
+        assert (await stored_or_fail(context, provider.id)).client_secret_expires_at is None
+
+    async def test_update_refuses_an_expiry_without_timezone(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        provider: SSOProvider,
+        admin: dict[str, str],
+    ) -> None:
+        response = await self.patch(
+            client, admin, provider.id, {"client_secret_expires_at": "2030-06-30T12:00:00"}
+        )
+        assert_problem(response, 422, "validation_error")
+        assert (await stored_or_fail(context, provider.id)).client_secret_expires_at is None
+
+    # enabled ---------------------------------------------------------------------------
+
+    async def test_update_sets_credentials_and_enables_in_one_request(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        provider: SSOProvider,
+        admin: dict[str, str],
+    ) -> None:
+        body = await self.ok(
+            client,
+            admin,
+            provider.id,
+            {"client_id": CLIENT_ID, "client_secret": SECRET, "enabled": True},
+        )
+        assert body["enabled"] is True
+        assert body["client_id"] == CLIENT_ID
+        assert body["client_secret_set"] is True
+        row = await stored_or_fail(context, provider.id)
+        assert row.enabled is True
+        assert row.client_secret_encrypted is not None
+        assert context.box.decrypt(row.client_secret_encrypted) == SECRET
+
+    async def test_update_enables_after_credentials_were_set_separately(
+        self, client: httpx.AsyncClient, provider: SSOProvider, admin: dict[str, str]
+    ) -> None:
+        await self.ok(client, admin, provider.id, {"client_id": CLIENT_ID})
+        await self.ok(client, admin, provider.id, {"client_secret": SECRET})
+        body = await self.ok(client, admin, provider.id, {"enabled": True})
+        assert body["enabled"] is True
+
+    async def test_update_disables(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        enabled_provider: SSOProvider,
+        admin: dict[str, str],
+    ) -> None:
+        body = await self.ok(client, admin, enabled_provider.id, {"enabled": False})
+        assert body["enabled"] is False
+        assert body["client_secret_set"] is True
+        assert (await stored_or_fail(context, enabled_provider.id)).enabled is False
+
+    @pytest.mark.parametrize(
+        ("client_id", "client_secret", "body", "missing"),
+        [
+            pytest.param(None, None, {"enabled": True}, ["client_id", "client_secret"], id="none"),
+            pytest.param(CLIENT_ID, None, {"enabled": True}, ["client_secret"], id="id-only"),
+            pytest.param(None, SECRET, {"enabled": True}, ["client_id"], id="secret-only"),
+            pytest.param(
+                None,
+                None,
+                {"client_id": CLIENT_ID, "enabled": True},
+                ["client_secret"],
+                id="sending-id-only",
+            ),
+            pytest.param(
+                None,
+                None,
+                {"client_secret": SECRET, "enabled": True},
+                ["client_id"],
+                id="sending-secret-only",
+            ),
+            pytest.param(
+                CLIENT_ID,
+                SECRET,
+                {"client_id": None, "enabled": True},
+                ["client_id"],
+                id="enabling-while-clearing-id",
+            ),
+            pytest.param(
+                CLIENT_ID,
+                SECRET,
+                {"client_secret": None, "enabled": True},
+                ["client_secret"],
+                id="enabling-while-clearing-secret",
+            ),
+        ],
+    )
+    async def test_update_refuses_enabling_an_incomplete_provider(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        factory: Factory,
+        tenant: Tenant,
+        admin: dict[str, str],
+        client_id: str | None,
+        client_secret: str | None,
+        body: dict[str, Any],
+        missing: list[str],
+    ) -> None:
+        provider = await factory.provider(
+            tenant.company, client_id=client_id, client_secret=client_secret
+        )
+        response = await self.patch(client, admin, provider.id, {**body, "name": "Changed"})
+        problem = assert_problem(response, 422, "provider_incomplete")
+        for field in missing:
+            assert field in problem["detail"]
+        for field in {"client_id", "client_secret"} - set(missing):
+            assert field not in problem["detail"]
+        assert SECRET not in response.text
+
+        # Nothing of the refused request was kept.
+        row = await stored_or_fail(context, provider.id)
+        assert row.enabled is False
+        assert row.name == provider.name
+        assert row.client_id == client_id
+        assert (row.client_secret_encrypted is None) == (client_secret is None)
+
+    @pytest.mark.parametrize(
+        ("body", "missing"),
+        [
+            ({"client_secret": None}, "client_secret"),
+            ({"client_id": None}, "client_id"),
+            ({"client_secret": None, "enabled": True}, "client_secret"),
+        ],
+    )
+    async def test_update_refuses_removing_a_credential_of_an_enabled_provider(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        enabled_provider: SSOProvider,
+        admin: dict[str, str],
+        body: dict[str, Any],
+        missing: str,
+    ) -> None:
+        response = await self.patch(client, admin, enabled_provider.id, body)
+        problem = assert_problem(response, 422, "provider_incomplete")
+        assert missing in problem["detail"]
+        row = await stored_or_fail(context, enabled_provider.id)
+        assert row.enabled is True
+        assert row.client_id == CLIENT_ID
+        assert row.client_secret_encrypted is not None
+        assert context.box.decrypt(row.client_secret_encrypted) == SECRET
+
+    async def test_update_disables_and_clears_credentials_in_one_request(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        enabled_provider: SSOProvider,
+        admin: dict[str, str],
+    ) -> None:
+        body = await self.ok(
+            client,
+            admin,
+            enabled_provider.id,
+            {"enabled": False, "client_id": None, "client_secret": None},
+        )
+        assert body["enabled"] is False
+        assert body["client_id"] is None
+        assert body["client_secret_set"] is False
+        assert await raw_secret_columns(context) == [None]
+
+    # last_error ------------------------------------------------------------------------
+
+    @pytest.mark.parametrize(
+        "change",
+        [
+            pytest.param({"client_secret": OTHER_SECRET}, id="secret"),
+            pytest.param({"client_id": OTHER_CLIENT_ID}, id="client-id"),
+            pytest.param({"base_url": OTHER_TENANT_ID}, id="base-url"),
+            pytest.param(
+                {"client_id": OTHER_CLIENT_ID, "client_secret": OTHER_SECRET, "enabled": True},
+                id="dashboard-save",
+            ),
+        ],
+    )
+    async def test_update_of_credentials_clears_last_error(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        enabled_provider: SSOProvider,
+        admin: dict[str, str],
+        change: dict[str, Any],
+    ) -> None:
+        await set_last_error(context, enabled_provider.id)
+        before = (await client.get(item(enabled_provider.id), headers=admin)).json()
+        assert before["last_error"]["code"] == LAST_ERROR["code"]
+
+        body = await self.ok(client, admin, enabled_provider.id, change)
+        assert body["last_error"] is None
+        assert (await stored_or_fail(context, enabled_provider.id)).last_error is None
+
+    @pytest.mark.parametrize(
+        "change",
+        [
+            pytest.param({"name": "Renamed"}, id="name"),
+            pytest.param({"client_secret_expires_at": "2031-01-01T00:00:00Z"}, id="expiry"),
+            pytest.param({"enabled": False}, id="disable"),
+            pytest.param({}, id="nothing"),
+        ],
+    )
+    async def test_update_of_other_fields_keeps_last_error(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        enabled_provider: SSOProvider,
+        admin: dict[str, str],
+        change: dict[str, Any],
+    ) -> None:
+        await set_last_error(context, enabled_provider.id)
+        body = await self.ok(client, admin, enabled_provider.id, change)
+        assert body["last_error"] is not None
+        assert body["last_error"]["message"] == LAST_ERROR["message"]
+        assert (await stored_or_fail(context, enabled_provider.id)).last_error == LAST_ERROR
+
+    async def test_refused_credential_update_keeps_last_error(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        enabled_provider: SSOProvider,
+        admin: dict[str, str],
+    ) -> None:
+        await set_last_error(context, enabled_provider.id)
+        response = await self.patch(
+            client, admin, enabled_provider.id, {"client_secret": OTHER_SECRET, "client_id": None}
+        )
+        assert_problem(response, 422, "provider_incomplete")
+        assert (await stored_or_fail(context, enabled_provider.id)).last_error == LAST_ERROR
+
+    # missing / foreign -----------------------------------------------------------------
+
+    async def test_update_unknown_id_is_404_not_found(
+        self, client: httpx.AsyncClient, provider: SSOProvider, admin: dict[str, str]
+    ) -> None:
+        response = await self.patch(client, admin, uuid.uuid4(), {"name": "X"})
+        assert_problem(response, 404, "not_found")
+
+    @pytest.mark.parametrize(
+        "bad_id", ["not-a-uuid", "123", "00000000-0000-0000-0000-00000000000g"]
+    )
+    async def test_update_malformed_id_is_422(
+        self, client: httpx.AsyncClient, admin: dict[str, str], bad_id: str
+    ) -> None:
+        response = await self.patch(client, admin, bad_id, {"name": "X"})
+        assert_problem(response, 422, "validation_error")
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            pytest.param({"name": "Hijacked"}, id="name"),
+            pytest.param({"base_url": OTHER_TENANT_ID}, id="tenant"),
+            pytest.param({"client_id": OTHER_CLIENT_ID, "client_secret": OTHER_SECRET}, id="creds"),
+            pytest.param({"enabled": False}, id="disable"),
+            pytest.param({"client_secret": None}, id="would-be-incomplete"),
+            pytest.param({"client_id": "bad"}, id="would-be-invalid"),
+        ],
+    )
+    async def test_update_of_another_companys_provider_is_404_and_changes_nothing(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        enabled_provider: SSOProvider,
+        admin: dict[str, str],
+        other_admin: dict[str, str],
+        body: dict[str, Any],
+    ) -> None:
+        await set_last_error(context, enabled_provider.id)
+        before = (await client.get(item(enabled_provider.id), headers=admin)).json()
+
+        response = await self.patch(client, other_admin, enabled_provider.id, body)
+        problem = assert_problem(response, 404, "not_found")
+        unknown = await self.patch(client, other_admin, uuid.uuid4(), body)
+        assert problem == unknown.json()
+
+        assert (await client.get(item(enabled_provider.id), headers=admin)).json() == before
+        row = await stored_or_fail(context, enabled_provider.id)
+        assert row.client_secret_encrypted is not None
+        assert context.box.decrypt(row.client_secret_encrypted) == SECRET
+
+
+# -- DELETE --------------------------------------------------------------------------------
+
+
+class TestDelete:
+    async def test_delete_is_204_and_the_provider_is_gone(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        enabled_provider: SSOProvider,
+        admin: dict[str, str],
+    ) -> None:
+        response = await client.delete(item(enabled_provider.id), headers=admin)
+        assert response.status_code == 204
+        assert response.content == b""
+        assert await stored(context, enabled_provider.id) is None
+        assert await raw_secret_columns(context) == []
+
+        assert_problem(await client.get(item(enabled_provider.id), headers=admin), 404, "not_found")
+        assert (await client.get(BASE, headers=admin)).json() == {"items": []}
+
+    async def test_delete_twice_is_404_the_second_time(
+        self, client: httpx.AsyncClient, provider: SSOProvider, admin: dict[str, str]
+    ) -> None:
+        assert (await client.delete(item(provider.id), headers=admin)).status_code == 204
+        assert_problem(await client.delete(item(provider.id), headers=admin), 404, "not_found")
+        assert_problem(
+            await client.patch(item(provider.id), json={"name": "X"}, headers=admin),
+            404,
+            "not_found",
+        )
+
+    async def test_delete_keeps_the_users_and_unlinks_them(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        factory: Factory,
+        tenant: Tenant,
+        admin: dict[str, str],
+    ) -> None:
+        doomed = await factory.provider(tenant.company, base_url=TENANT_ID)
+        kept = await factory.provider(tenant.company, base_url=OTHER_TENANT_ID)
+        linked = [await factory.user(tenant.company, Role.USER, provider=doomed) for _ in range(2)]
+        manager = await factory.user(tenant.company, Role.MANAGER, provider=doomed)
+        elsewhere = await factory.user(tenant.company, Role.USER, provider=kept)
+        async with context.sessionmaker() as session:
+            users_before = await session.scalar(select(func.count()).select_from(User))
+
+        response = await client.delete(item(doomed.id), headers=admin)
+        assert response.status_code == 204
+
+        async with context.sessionmaker() as session:
+            assert await session.scalar(select(func.count()).select_from(User)) == users_before
+            for user in [*linked, manager]:
+                row = await session.get(User, user.id)
+                assert row is not None
+                assert row.sso_provider_id is None
+                assert row.email == user.email
+                assert row.role == user.role
+            other = await session.get(User, elsewhere.id)
+            assert other is not None
+            assert other.sso_provider_id == kept.id
+
+        assert await stored(context, kept.id) is not None
+        assert [p["id"] for p in (await client.get(BASE, headers=admin)).json()["items"]] == [
+            str(kept.id)
+        ]
+
+    async def test_delete_keeps_the_administrators_access(
+        self,
+        client: httpx.AsyncClient,
+        provider: SSOProvider,
+        admin: dict[str, str],
+    ) -> None:
+        assert (await client.delete(item(provider.id), headers=admin)).status_code == 204
+        assert (await client.get(BASE, headers=admin)).status_code == 200
+
+    async def test_delete_unknown_id_is_404_not_found(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        provider: SSOProvider,
+        admin: dict[str, str],
+    ) -> None:
+        response = await client.delete(item(uuid.uuid4()), headers=admin)
+        assert_problem(response, 404, "not_found")
+        assert await provider_count(context) == 1
+
+    @pytest.mark.parametrize(
+        "bad_id", ["not-a-uuid", "123", "00000000-0000-0000-0000-00000000000g"]
+    )
+    async def test_delete_malformed_id_is_422(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        provider: SSOProvider,
+        admin: dict[str, str],
+        bad_id: str,
+    ) -> None:
+        response = await client.delete(item(bad_id), headers=admin)
+        assert_problem(response, 422, "validation_error")
+        assert await provider_count(context) == 1
+
+    async def test_delete_of_another_companys_provider_is_404_and_deletes_nothing(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        factory: Factory,
+        tenant: Tenant,
+        enabled_provider: SSOProvider,
+        admin: dict[str, str],
+        other_admin: dict[str, str],
+    ) -> None:
+        member = await factory.user(tenant.company, Role.USER, provider=enabled_provider)
+        before = (await client.get(item(enabled_provider.id), headers=admin)).json()
+
+        response = await client.delete(item(enabled_provider.id), headers=other_admin)
+        problem = assert_problem(response, 404, "not_found")
+        assert problem == (await client.delete(item(uuid.uuid4()), headers=other_admin)).json()
+
+        assert (await client.get(item(enabled_provider.id), headers=admin)).json() == before
+        async with context.sessionmaker() as session:
+            row = await session.get(User, member.id)
+            assert row is not None
+            assert row.sso_provider_id == enabled_provider.id
+
+
+# -- across companies ----------------------------------------------------------------------
+
+
+class TestCrossCompany:
+    async def test_another_company_never_sees_or_changes_the_provider(
+        self,
+        client: httpx.AsyncClient,
+        context: AppContext,
+        admin: dict[str, str],
+        other_admin: dict[str, str],
+    ) -> None:
+        mine = await create(client, admin, base_url=TENANT_ID, name="Contoso staff")
+        mine = await self.ok_patch(
+            client, admin, mine["id"], {"client_id": CLIENT_ID, "client_secret": SECRET}
+        )
+        theirs = await create(client, other_admin, base_url=OTHER_TENANT_ID)
+
+        assert_problem(await client.get(item(mine["id"]), headers=other_admin), 404, "not_found")
+        for body in ({"name": "Hijacked"}, {"enabled": True}, {"client_secret": None}):
+            response = await client.patch(item(mine["id"]), json=body, headers=other_admin)
+            assert_problem(response, 404, "not_found")
+        assert_problem(await client.delete(item(mine["id"]), headers=other_admin), 404, "not_found")
+        listed = (await client.get(BASE, headers=other_admin)).json()["items"]
+        assert listed == [theirs]
+
+        assert (await client.get(item(mine["id"]), headers=admin)).json() == mine
+        assert (await client.get(BASE, headers=admin)).json() == {"items": [mine]}
+        row = await stored_or_fail(context, mine["id"])
+        assert row.client_secret_encrypted is not None
+        assert context.box.decrypt(row.client_secret_encrypted) == SECRET
+
+    async def test_managers_of_another_company_get_403_not_404(
+        self,
+        client: httpx.AsyncClient,
+        provider: SSOProvider,
+        other_tenant: Tenant,
+    ) -> None:
+        response = await client.get(item(provider.id), headers=other_tenant.headers[Role.MANAGER])
+        assert_problem(response, 403, "forbidden")
+
+    @staticmethod
+    async def ok_patch(
+        client: httpx.AsyncClient,
+        headers: dict[str, str],
+        provider_id: str,
+        body: dict[str, Any],
+    ) -> dict[str, Any]:
+        response = await client.patch(item(provider_id), json=body, headers=headers)
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
