@@ -31,6 +31,9 @@ from sso_broker.models import Base, Company, SSOProvider, User
 from sso_broker.sessions import service as sessions_service
 from sso_broker.users.models import Role
 
+# The fake Entra tenant (`entra` fixture) for every test that signs someone in.
+pytest_plugins = ["tests.fixtures.entra"]
+
 POSTGRES_URL = os.environ.get("SSO_BROKER_TEST_POSTGRES_URL", "").strip()
 BACKENDS = ["sqlite", "postgres"] if POSTGRES_URL else ["sqlite"]
 TEST_KEY = Fernet.generate_key().decode()
@@ -71,6 +74,7 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         "public_url": PUBLIC_URL,
         "frontend_url": "https://app.example.com",
         "rate_limit_enabled": False,
+        "entra_authority": "https://login.entra.test",  # tests.fixtures.entra.AUTHORITY
         "access_log": True,
     }
     values.update(overrides)

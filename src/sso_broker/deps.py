@@ -18,6 +18,7 @@ from sso_broker.errors import ErrorCode, Forbidden, NotAuthenticated
 from sso_broker.sessions import service as sessions_service
 from sso_broker.sessions.service import Principal
 from sso_broker.sessions.tokens import KeyRing
+from sso_broker.sso.discovery import EntraDirectory
 from sso_broker.users.models import Role
 
 MAX_TOKEN_LENGTH = 4096
@@ -33,6 +34,7 @@ class AppContext:
     box: SecretBox
     keyring: KeyRing
     http: httpx.AsyncClient
+    directory: EntraDirectory
 
 
 def get_context(request: Request) -> AppContext:

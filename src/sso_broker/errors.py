@@ -6,11 +6,18 @@ The tree::
     ├── NotAuthenticated          401 not_authenticated / invalid_token / session_expired
     ├── Forbidden                 403 forbidden
     ├── NotFound                  404 not_found
+    ├── InvalidGrant              400 invalid_grant
     ├── Conflict                  409 email_taken
     ├── InvalidInput              422 validation_error, unsupported_tenant, invalid_tenant,
     │                             invalid_client_id, invalid_client_secret, provider_incomplete,
     │                             sso_provider_not_found
     └── ServiceUnavailable        503 database_unavailable
+
+    SignInError                   a failed browser sign-in: never a body, always a 302 to
+                                  SIGN_IN_ERROR_URL?error=<SignInErrorCode>
+
+Browser routes (``BrowserRoute``) turn every exception, ours or not, into that redirect,
+so a browser never sees a stack trace or a bare JSON error.
 
 Every error carries a stable machine ``code`` (an :class:`ErrorCode`) and a ``detail``
 sentence telling the user what went wrong and what to do. No error text ever contains a
@@ -20,17 +27,20 @@ secret: details are written by us, never copied from input.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +48,7 @@ PROBLEM_JSON = "application/problem+json"
 
 
 class ErrorCode(StrEnum):
+    INVALID_GRANT = "invalid_grant"
     NOT_AUTHENTICATED = "not_authenticated"
     INVALID_TOKEN = "invalid_token"
     SESSION_EXPIRED = "session_expired"
@@ -55,6 +66,29 @@ class ErrorCode(StrEnum):
     REQUEST_TOO_LARGE = "request_too_large"
     DATABASE_UNAVAILABLE = "database_unavailable"
     SERVER_ERROR = "server_error"
+
+
+class SignInErrorCode(StrEnum):
+    """The ``error`` of a failed sign-in's redirect to the frontend (contract section 5)."""
+
+    PROVIDER_NOT_FOUND = "provider_not_found"
+    PROVIDER_DISABLED = "provider_disabled"
+    INVALID_STATE = "invalid_state"
+    ACCESS_DENIED = "access_denied"
+    IDP_ERROR = "idp_error"
+    TOKEN_EXCHANGE_FAILED = "token_exchange_failed"
+    INVALID_ID_TOKEN = "invalid_id_token"
+    USER_NOT_PROVISIONED = "user_not_provisioned"
+    SERVER_ERROR = "server_error"
+
+
+class SignInError(Exception):
+    """A browser sign-in failed; ``reason`` is for the log only and never reaches the browser."""
+
+    def __init__(self, code: SignInErrorCode, reason: str) -> None:
+        super().__init__(f"{code.value}: {reason}")
+        self.code = code
+        self.reason = reason
 
 
 class Problem(BaseModel):
@@ -87,6 +121,17 @@ class AppError(Exception):
             self.code = code
         self.headers = headers or {}
         self.errors = errors
+
+
+class InvalidGrant(AppError):
+    """A login code or refresh token that is unknown, used or expired (RFC 6749 §5.2)."""
+
+    status = 400
+    title = "Invalid grant"
+    code = ErrorCode.INVALID_GRANT
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
 
 
 class NotAuthenticated(AppError):
@@ -245,6 +290,55 @@ async def unhandled_error_handler(request: Request, exc: Exception) -> JSONRespo
     )
 
 
+def sign_in_error_redirect(request: Request, code: SignInErrorCode) -> RedirectResponse:
+    target = request.app.state.context.settings.sign_in_error
+    separator = "&" if "?" in target else "?"
+    response = RedirectResponse(f"{target}{separator}{urlencode({'error': code.value})}", 302)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def log_sign_in_failure(request: Request, error: SignInError) -> None:
+    logger.warning(
+        "sign-in failed",
+        extra={"path": request.url.path, "error": error.code.value, "reason": error.reason},
+    )
+
+
+class BrowserRoute(APIRoute):
+    """A route a browser lands on: any failure becomes a redirect to the sign-in error page."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def browser_handler(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except SignInError as e:
+                log_sign_in_failure(request, e)
+                return sign_in_error_redirect(request, e.code)
+            except RequestValidationError:
+                # Only the provider id is a path parameter; a malformed one names no provider.
+                logger.info(
+                    "sign-in failed",
+                    extra={
+                        "path": request.url.path,
+                        "error": "provider_not_found",
+                        "reason": "malformed request",
+                    },
+                )
+                return sign_in_error_redirect(request, SignInErrorCode.PROVIDER_NOT_FOUND)
+            except Exception as e:
+                logger.error(
+                    "sign-in failed unexpectedly",
+                    exc_info=e,
+                    extra={"path": request.url.path, "error": "server_error"},
+                )
+                return sign_in_error_redirect(request, SignInErrorCode.SERVER_ERROR)
+
+        return browser_handler
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, app_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
@@ -268,6 +362,7 @@ def error_responses(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
 
 
 STATUS_OF: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_GRANT: 400,
     ErrorCode.NOT_AUTHENTICATED: 401,
     ErrorCode.INVALID_TOKEN: 401,
     ErrorCode.SESSION_EXPIRED: 401,

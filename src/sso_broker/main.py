@@ -21,6 +21,8 @@ from sso_broker.logs import RequestContextMiddleware
 from sso_broker.providers.router import router as providers_router
 from sso_broker.sessions.router import router as sessions_router
 from sso_broker.sessions.tokens import KeyRing, ensure_signing_key
+from sso_broker.sso.discovery import EntraDirectory
+from sso_broker.sso.router import router as sso_router
 from sso_broker.users.router import router as users_router
 
 DESCRIPTION = """
@@ -60,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             box=box,
             keyring=KeyRing(settings, box),
             http=http,
+            directory=EntraDirectory(http, settings.entra_authority_base),
         )
         try:
             await _load_keys(context)
@@ -91,4 +94,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(sessions_router)
     app.include_router(providers_router)
     app.include_router(users_router)
+    app.include_router(sso_router)
     return app

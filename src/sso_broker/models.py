@@ -3,7 +3,19 @@
 from sso_broker.companies.models import Company
 from sso_broker.database import Base
 from sso_broker.providers.models import SSOProvider
-from sso_broker.sessions.models import SigningKey, SignInSession
+from sso_broker.sessions.models import LoginCode, RefreshToken, SigningKey, SignInSession
+from sso_broker.sso.models import ConsumedState, IdentityLink
 from sso_broker.users.models import User
 
-__all__ = ["Base", "Company", "SSOProvider", "SignInSession", "SigningKey", "User"]
+__all__ = [
+    "Base",
+    "Company",
+    "ConsumedState",
+    "IdentityLink",
+    "LoginCode",
+    "RefreshToken",
+    "SSOProvider",
+    "SignInSession",
+    "SigningKey",
+    "User",
+]

@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, String, Text
+from sqlalchemy import JSON, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sso_broker.database import Base, IdMixin, utcnow
@@ -38,6 +38,38 @@ class SignInSession(IdMixin, Base):
     provider_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("sso_providers.id", ondelete="SET NULL"), index=True
     )
+    # The identity provider's session id (the ID token's ``sid``), for front-channel logout.
+    idp_sid: Mapped[str | None] = mapped_column(String(255))
+    # The ID token's ``login_hint``, passed back to Entra at sign-out to skip its account picker.
+    login_hint: Mapped[str | None] = mapped_column(String(1024))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_sign_in_sessions_provider_idp_sid", "provider_id", "idp_sid"),)
+
+
+class LoginCode(Base):
+    """The one-time code the browser carries to the frontend; only its hash is stored."""
+
+    __tablename__ = "login_codes"
+
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("sign_in_sessions.id", ondelete="CASCADE"), index=True
+    )
+    expires_at: Mapped[datetime]
+
+
+class RefreshToken(Base):
+    """One link of a session's refresh-token chain; each works once (only hashes are stored)."""
+
+    __tablename__ = "refresh_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("sign_in_sessions.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]

@@ -1,12 +1,29 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Body, Response
 
-from sso_broker.deps import ContextDep
+from sso_broker.deps import ContextDep, CurrentPrincipal, SessionDep
+from sso_broker.errors import ErrorCode, error_responses
+from sso_broker.providers.models import SSOProvider
+from sso_broker.sessions import service
+from sso_broker.sessions.schemas import (
+    CompanyRead,
+    LoginCodeGrant,
+    LogoutResponse,
+    MeResponse,
+    RefreshTokenGrant,
+    SessionRead,
+    TokenRequest,
+    TokenResponse,
+)
+from sso_broker.sso import service as sso_service
+from sso_broker.users.schemas import UserRead
 
 router = APIRouter(tags=["Sessions"])
+
+_AUTH_ERRORS = (ErrorCode.NOT_AUTHENTICATED, ErrorCode.INVALID_TOKEN, ErrorCode.SESSION_EXPIRED)
 
 
 @router.get(
@@ -18,3 +35,65 @@ async def jwks(context: ContextDep, response: Response) -> dict[str, Any]:
     # Cacheable briefly: a new key is published before it signs anything.
     response.headers["Cache-Control"] = "public, max-age=300"
     return context.keyring.jwks
+
+
+@router.post(
+    "/api/v1/auth/token",
+    summary="Trade a login code or a refresh token for a session JWT",
+    response_model=TokenResponse,
+    responses=error_responses(ErrorCode.INVALID_GRANT, ErrorCode.VALIDATION_ERROR),
+)
+async def token(
+    request: Annotated[TokenRequest, Body()], context: ContextDep, response: Response
+) -> TokenResponse:
+    response.headers["Cache-Control"] = "no-store"
+    pair = await service.grant(
+        context.sessionmaker,
+        context.settings,
+        context.keyring,
+        login_code=request.code if isinstance(request, LoginCodeGrant) else None,
+        refresh_token=request.refresh_token if isinstance(request, RefreshTokenGrant) else None,
+    )
+    return TokenResponse(
+        access_token=pair.access.token,
+        expires_in=context.settings.access_token_ttl,
+        refresh_token=pair.refresh_token,
+    )
+
+
+@router.get(
+    "/api/v1/auth/me",
+    summary="The signed-in user, their company and session",
+    response_model=MeResponse,
+    responses=error_responses(*_AUTH_ERRORS),
+)
+async def me(principal: CurrentPrincipal, response: Response) -> MeResponse:
+    response.headers["Cache-Control"] = "no-store"
+    return MeResponse(
+        user=UserRead.model_validate(principal.user),
+        company=CompanyRead(id=principal.company.id, name=principal.company.name),
+        session=SessionRead(
+            id=principal.session.id,
+            provider_id=principal.session.provider_id,
+            expires_at=principal.session.expires_at,
+        ),
+    )
+
+
+@router.post(
+    "/api/v1/auth/logout",
+    summary="End the session now; returns the provider's sign-out URL",
+    response_model=LogoutResponse,
+    responses=error_responses(*_AUTH_ERRORS),
+)
+async def logout(
+    principal: CurrentPrincipal, session: SessionDep, context: ContextDep, response: Response
+) -> LogoutResponse:
+    response.headers["Cache-Control"] = "no-store"
+    await service.revoke(session, principal.session.id)
+    url = None
+    if principal.session.provider_id is not None:
+        provider = await session.get(SSOProvider, principal.session.provider_id)
+        if provider is not None:
+            url = await sso_service.end_session_url(context, provider, principal.session.login_hint)
+    return LogoutResponse(idp_logout_url=url)

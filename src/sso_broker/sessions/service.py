@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from sso_broker.companies.models import Company
 from sso_broker.config import Settings
-from sso_broker.database import utcnow
-from sso_broker.errors import ErrorCode, NotAuthenticated
-from sso_broker.sessions.models import SignInSession
+from sso_broker.database import session_scope, utcnow
+from sso_broker.errors import ErrorCode, InvalidGrant, NotAuthenticated
+from sso_broker.sessions.models import LoginCode, RefreshToken, SignInSession
 from sso_broker.sessions.tokens import KeyRing, session_claims
 from sso_broker.users.models import User
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The caller behind a verified session JWT: the user as stored now, and the session."""
+    """The caller behind a verified session JWT: the user, company and session as stored now."""
 
     user: User
+    company: Company
     session: SignInSession
 
 
@@ -32,12 +39,28 @@ class IssuedToken:
     session: SignInSession
 
 
+@dataclass(frozen=True, slots=True)
+class TokenPair:
+    access: IssuedToken
+    refresh_token: str
+
+
+class RefreshTokenReused(InvalidGrant):
+    """An already-used refresh token came back; :func:`grant` revokes its session."""
+
+    def __init__(self, session_id: uuid.UUID) -> None:
+        super().__init__("The refresh token was already used; the session has been ended.")
+        self.session_id = session_id
+
+
 async def start(
     session: AsyncSession,
     user: User,
     *,
     provider_id: uuid.UUID | None,
     lifetime: timedelta,
+    idp_sid: str | None = None,
+    login_hint: str | None = None,
 ) -> SignInSession:
     """Opens a sign-in session for ``user`` that ends after ``lifetime`` at the latest."""
     now = utcnow()
@@ -46,6 +69,8 @@ async def start(
         user_id=user.id,
         company_id=user.company_id,
         provider_id=provider_id,
+        idp_sid=idp_sid,
+        login_hint=login_hint,
         created_at=now,
         expires_at=now + lifetime,
     )
@@ -86,7 +111,7 @@ async def authenticate(
     sessionmaker: async_sessionmaker[AsyncSession],
     token: str,
 ) -> Principal:
-    """Resolves a bearer token to its user and live session in one query.
+    """Resolves a bearer token to its user, company and live session in one query.
 
     The signature alone is not enough: the user must still exist in the token's company and
     the session must be neither revoked nor past its end, so sign-out and user deletion take
@@ -95,8 +120,9 @@ async def authenticate(
     claims = await keyring.verify(token, sessionmaker)
     row = (
         await session.execute(
-            select(User, SignInSession)
+            select(User, SignInSession, Company)
             .join(SignInSession, SignInSession.user_id == User.id)
+            .join(Company, Company.id == User.company_id)
             .where(
                 SignInSession.id == claims.session_id,
                 User.id == claims.user_id,
@@ -109,10 +135,189 @@ async def authenticate(
             "The session or its user no longer exists; sign in again.",
             code=ErrorCode.INVALID_TOKEN,
         )
-    user, sign_in = row
+    user, sign_in, company = row
     if sign_in.revoked_at is not None or sign_in.expires_at <= utcnow():
         raise NotAuthenticated(
             "The session has ended (signed out or expired); sign in again.",
             code=ErrorCode.SESSION_EXPIRED,
         )
-    return Principal(user=user, session=sign_in)
+    return Principal(user=user, company=company, session=sign_in)
+
+
+# --- login codes and refresh tokens -------------------------------------------------------
+
+LOGIN_CODE_TTL = timedelta(seconds=60)
+
+
+def new_secret_token() -> str:
+    """256 bits from the OS's CSPRNG, URL-safe: login codes and refresh tokens."""
+    return secrets.token_urlsafe(32)
+
+
+def token_hash(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+async def create_login_code(session: AsyncSession, sign_in: SignInSession) -> str:
+    """A single-use code for the frontend to trade for tokens within a minute."""
+    code = new_secret_token()
+    session.add(
+        LoginCode(
+            code_hash=token_hash(code),
+            session_id=sign_in.id,
+            expires_at=utcnow() + LOGIN_CODE_TTL,
+        )
+    )
+    await session.flush()
+    return code
+
+
+async def _issue_refresh_token(session: AsyncSession, sign_in: SignInSession) -> str:
+    token = new_secret_token()
+    session.add(
+        RefreshToken(
+            token_hash=token_hash(token),
+            session_id=sign_in.id,
+            expires_at=sign_in.expires_at,
+        )
+    )
+    await session.flush()
+    return token
+
+
+async def _live_session(session: AsyncSession, session_id: uuid.UUID) -> tuple[User, SignInSession]:
+    row = (
+        await session.execute(
+            select(User, SignInSession)
+            .join(SignInSession, SignInSession.user_id == User.id)
+            .where(SignInSession.id == session_id)
+        )
+    ).one_or_none()
+    if row is None:
+        raise InvalidGrant("The sign-in session no longer exists; sign in again.")
+    user, sign_in = row
+    if sign_in.revoked_at is not None or sign_in.expires_at <= utcnow():
+        raise InvalidGrant("The sign-in session has ended; sign in again.")
+    return user, sign_in
+
+
+async def _token_pair(
+    session: AsyncSession,
+    settings: Settings,
+    keyring: KeyRing,
+    user: User,
+    sign_in: SignInSession,
+) -> TokenPair:
+    issued = issue_access_token(
+        settings, keyring, user, sign_in, ttl=timedelta(seconds=settings.access_token_ttl)
+    )
+    refresh = await _issue_refresh_token(session, sign_in)
+    return TokenPair(access=issued, refresh_token=refresh)
+
+
+async def exchange_login_code(
+    session: AsyncSession, settings: Settings, keyring: KeyRing, code: str
+) -> TokenPair:
+    """Trades a login code for an access token and the session's first refresh token.
+
+    The code is deleted in the same statement that reads it, so of two concurrent
+    exchanges exactly one finds it.
+    """
+    deleted = (
+        await session.execute(
+            delete(LoginCode)
+            .where(LoginCode.code_hash == token_hash(code))
+            .returning(LoginCode.session_id, LoginCode.expires_at)
+        )
+    ).one_or_none()
+    if deleted is None:
+        raise InvalidGrant("The login code is unknown or was already used; sign in again.")
+    session_id, expires_at = deleted
+    if expires_at <= utcnow():
+        raise InvalidGrant("The login code has expired; sign in again.")
+    user, sign_in = await _live_session(session, session_id)
+    return await _token_pair(session, settings, keyring, user, sign_in)
+
+
+async def refresh(
+    session: AsyncSession, settings: Settings, keyring: KeyRing, token: str
+) -> TokenPair:
+    """Rotates a refresh token: each works once.
+
+    Presenting one that was already used means it was copied: the whole session is revoked
+    (RFC 9700 §4.14), so whoever holds the newer token is signed out too and must sign in.
+    """
+    now = utcnow()
+    used = (
+        await session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.token_hash == token_hash(token), RefreshToken.used_at.is_(None))
+            .values(used_at=now)
+            .returning(RefreshToken.session_id, RefreshToken.expires_at)
+        )
+    ).one_or_none()
+    if used is None:
+        reused = await session.scalar(
+            select(RefreshToken.session_id).where(RefreshToken.token_hash == token_hash(token))
+        )
+        if reused is not None:
+            raise RefreshTokenReused(reused)
+        raise InvalidGrant("The refresh token is unknown; sign in again.")
+    session_id, expires_at = used
+    if expires_at <= now:
+        raise InvalidGrant("The refresh token has expired; sign in again.")
+    user, sign_in = await _live_session(session, session_id)
+    return await _token_pair(session, settings, keyring, user, sign_in)
+
+
+async def revoke(session: AsyncSession, session_id: uuid.UUID) -> None:
+    """Ends a sign-in session: its JWTs stop working at once and its refresh tokens die."""
+    await session.execute(
+        update(SignInSession)
+        .where(SignInSession.id == session_id, SignInSession.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    await session.execute(delete(LoginCode).where(LoginCode.session_id == session_id))
+
+
+async def revoke_by_idp_session(session: AsyncSession, provider_id: uuid.UUID, idp_sid: str) -> int:
+    """Front-channel logout: ends every live session of the provider with that IdP session."""
+    result = await session.execute(
+        update(SignInSession)
+        .where(
+            SignInSession.provider_id == provider_id,
+            SignInSession.idp_sid == idp_sid,
+            SignInSession.revoked_at.is_(None),
+        )
+        .values(revoked_at=utcnow())
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def grant(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    keyring: KeyRing,
+    *,
+    login_code: str | None = None,
+    refresh_token: str | None = None,
+) -> TokenPair:
+    """The token endpoint: one login code or one refresh token in, a fresh token pair out.
+
+    A reused refresh token revokes its session in a transaction of its own, so the
+    revocation sticks although the request itself fails.
+    """
+    try:
+        async with session_scope(sessionmaker) as session:
+            if login_code is not None:
+                return await exchange_login_code(session, settings, keyring, login_code)
+            if refresh_token is not None:
+                return await refresh(session, settings, keyring, refresh_token)
+            raise InvalidGrant("Send a login code or a refresh token.")
+    except RefreshTokenReused as reused:
+        async with session_scope(sessionmaker) as session:
+            await revoke(session, reused.session_id)
+        logger.warning(
+            "refresh token reused; session revoked", extra={"session_id": str(reused.session_id)}
+        )
+        raise

@@ -5,11 +5,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
+from sqlalchemy import delete as sql_delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sso_broker.errors import Conflict, ErrorCode, Forbidden, InvalidInput, NotFound
 from sso_broker.providers import repository as providers_repository
+from sso_broker.sso.models import IdentityLink
 from sso_broker.users import repository
 from sso_broker.users.models import Role, User
 from sso_broker.users.schemas import UserCreate, UserUpdate
@@ -129,9 +131,12 @@ async def update(session: AsyncSession, actor: User, user_id: uuid.UUID, data: U
     if "role" in changed and data.role is not None:
         check_can_grant(actor, data.role)
         user.role = data.role
-    if "sso_provider_id" in changed:
+    if "sso_provider_id" in changed and data.sso_provider_id != user.sso_provider_id:
         await _check_provider(session, actor.company_id, data.sso_provider_id)
         user.sso_provider_id = data.sso_provider_id
+        # A new association starts afresh: the next sign-in links by email again. This is
+        # also how an administrator re-links someone whose Entra account was recreated.
+        await session.execute(sql_delete(IdentityLink).where(IdentityLink.user_id == user.id))
     if "name" in changed and data.name is not None:
         user.name = data.name
     if "email" in changed and data.email is not None:

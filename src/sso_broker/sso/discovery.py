@@ -1,0 +1,263 @@
+"""Entra's OpenID metadata and signing keys, fetched over the shared HTTP client and cached.
+
+Both are public and the same for every replica, so an in-process cache is safe: metadata is
+refreshed after :data:`METADATA_TTL` (and a stale copy keeps serving while Entra is down);
+a key set is fetched again on an unknown ``kid`` at most once per :data:`JWKS_REFETCH_INTERVAL`
+per issuer, so a key rotation between two sign-ins works and a flood of forged kids does not
+hammer Entra.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+import jwt
+
+from sso_broker.errors import SignInError, SignInErrorCode
+from sso_broker.providers.types import EntraType, is_guid
+
+logger = logging.getLogger(__name__)
+
+METADATA_TTL = 3600.0
+METADATA_RETRY_AFTER_FAILURE = 30.0
+JWKS_TTL = 24 * 3600.0
+JWKS_REFETCH_INTERVAL = 300.0
+MAX_DOCUMENT_BYTES = 256 * 1024
+_ENDPOINTS = ("authorization_endpoint", "token_endpoint", "jwks_uri", "end_session_endpoint")
+_AADSTS = re.compile(r"AADSTS(\d{4,7})")
+
+
+def aadsts_code(*texts: object) -> str | None:
+    """The first ``AADSTS…`` code in Entra's error texts or ``error_codes`` list."""
+    for text in texts:
+        if isinstance(text, list) and text and isinstance(text[0], int):
+            return f"AADSTS{text[0]}"
+        if isinstance(text, str):
+            match = _AADSTS.search(text[:2000])
+            if match:
+                return f"AADSTS{match.group(1)}"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderMetadata:
+    """What a sign-in needs from the tenant's discovery document."""
+
+    issuer: str
+    tenant_id: str
+    authorization_endpoint: str
+    token_endpoint: str
+    jwks_uri: str
+    end_session_endpoint: str | None
+    iss_parameter_supported: bool
+
+
+@dataclass(slots=True)
+class _Cached:
+    metadata: ProviderMetadata | None = None
+    fetched_at: float = float("-inf")
+    failed_at: float = float("-inf")
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass(slots=True)
+class _KeySet:
+    keys: dict[str, jwt.PyJWK] = field(default_factory=dict)
+    fetched_at: float = float("-inf")
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class DiscoveryError(Exception):
+    """Entra's metadata could not be had or was not acceptable.
+
+    ``aadsts`` carries Entra's error code when Entra gave one (AADSTS90002: no such tenant).
+    """
+
+    def __init__(self, reason: str, *, aadsts: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.aadsts = aadsts
+
+
+async def _get_json(http: httpx.AsyncClient, url: str) -> tuple[int, Any]:
+    try:
+        response = await http.get(url, headers={"Accept": "application/json"})
+    except httpx.HTTPError as e:
+        raise DiscoveryError(f"cannot reach {urlsplit(url).netloc}: {type(e).__name__}") from e
+    if len(response.content) > MAX_DOCUMENT_BYTES:
+        raise DiscoveryError(f"{urlsplit(url).path} answered with an oversized document")
+    try:
+        return response.status_code, response.json()
+    except ValueError as e:
+        raise DiscoveryError(
+            f"{urlsplit(url).path} answered {response.status_code} without JSON"
+        ) from e
+
+
+class EntraDirectory:
+    """Per-process caches of Entra metadata (per tenant) and key sets (per issuer)."""
+
+    def __init__(self, http: httpx.AsyncClient, authority: str) -> None:
+        self._http = http
+        self._authority = authority.rstrip("/")
+        self._metadata: dict[str, _Cached] = {}
+        self._keys: dict[str, _KeySet] = {}
+
+    def discovery_url(self, tenant: str) -> str:
+        return f"{self._authority}/{quote(tenant, safe='')}/v2.0/.well-known/openid-configuration"
+
+    async def metadata(self, tenant: str) -> ProviderMetadata:
+        """The tenant's metadata, fetched at most once per TTL; stale copies serve on failure."""
+        key = tenant.lower()
+        cached = self._metadata.setdefault(key, _Cached())
+        now = time.monotonic()
+        if cached.metadata is not None and now - cached.fetched_at < METADATA_TTL:
+            return cached.metadata
+        async with cached.lock:
+            now = time.monotonic()
+            if cached.metadata is not None and now - cached.fetched_at < METADATA_TTL:
+                return cached.metadata
+            if (
+                cached.metadata is not None
+                and now - cached.failed_at < METADATA_RETRY_AFTER_FAILURE
+            ):
+                return cached.metadata
+            try:
+                metadata = await self._fetch_metadata(tenant)
+            except DiscoveryError:
+                cached.failed_at = time.monotonic()
+                if cached.metadata is not None:
+                    logger.warning("serving stale Entra metadata", extra={"tenant": tenant})
+                    return cached.metadata
+                raise
+            cached.metadata, cached.fetched_at = metadata, time.monotonic()
+            return metadata
+
+    async def _fetch_metadata(self, tenant: str) -> ProviderMetadata:
+        status, document = await _get_json(self._http, self.discovery_url(tenant))
+        if status != 200 or not isinstance(document, dict):
+            details = document if isinstance(document, dict) else {}
+            raise DiscoveryError(
+                f"discovery answered {status}",
+                aadsts=aadsts_code(details.get("error_codes"), details.get("error_description")),
+            )
+        return self._check_metadata(tenant, document)
+
+    def _check_metadata(self, tenant: str, document: dict[str, Any]) -> ProviderMetadata:
+        """Accepts a discovery document only if it speaks for exactly the configured tenant.
+
+        The issuer must be ``{authority}/{tenant GUID}/v2.0``, the GUID must equal a GUID
+        tenant as configured (a domain tenant learns its GUID here), never the tenant of
+        personal Microsoft accounts, and every endpoint must live on the authority's origin,
+        so a tampered or confused document cannot send codes or secrets elsewhere.
+        """
+        issuer = document.get("issuer")
+        prefix, suffix = f"{self._authority}/", "/v2.0"
+        if not isinstance(issuer, str) or not (
+            issuer.startswith(prefix) and issuer.endswith(suffix)
+        ):
+            raise DiscoveryError("discovery issuer is not an Entra v2.0 issuer of this authority")
+        tenant_id = issuer[len(prefix) : -len(suffix)]
+        if not is_guid(tenant_id):
+            raise DiscoveryError("discovery issuer does not name a tenant GUID")
+        if is_guid(tenant) and tenant_id.lower() != tenant.lower():
+            raise DiscoveryError("discovery issuer names another tenant than the one configured")
+        if tenant_id.lower() == EntraType.CONSUMER_TENANT_ID:
+            raise DiscoveryError("the tenant is Microsoft's personal-accounts tenant")
+        endpoints: dict[str, str | None] = {}
+        for name in (
+            "authorization_endpoint",
+            "token_endpoint",
+            "jwks_uri",
+            "end_session_endpoint",
+        ):
+            value = document.get(name)
+            if value is None and name == "end_session_endpoint":
+                endpoints[name] = None
+                continue
+            if not isinstance(value, str) or not self._on_authority(value):
+                raise DiscoveryError(f"discovery {name} is missing or not on the authority")
+            endpoints[name] = value
+        algorithms = document.get("id_token_signing_alg_values_supported")
+        if isinstance(algorithms, list) and "RS256" not in algorithms:
+            raise DiscoveryError("the tenant does not sign ID tokens with RS256")
+        return ProviderMetadata(
+            issuer=issuer,
+            tenant_id=tenant_id.lower(),
+            authorization_endpoint=str(endpoints["authorization_endpoint"]),
+            token_endpoint=str(endpoints["token_endpoint"]),
+            jwks_uri=str(endpoints["jwks_uri"]),
+            end_session_endpoint=endpoints["end_session_endpoint"],
+            iss_parameter_supported=document.get("authorization_response_iss_parameter_supported")
+            is True,
+        )
+
+    def _on_authority(self, url: str) -> bool:
+        authority = urlsplit(self._authority)
+        target = urlsplit(url)
+        return (target.scheme, target.netloc) == (authority.scheme, authority.netloc)
+
+    async def signing_key(self, metadata: ProviderMetadata, kid: str | None) -> jwt.PyJWK:
+        """The issuer's key for ``kid`` (or its only key when the token names none).
+
+        An unknown kid fetches the key set again, at most once per refetch interval.
+        """
+        key_set = self._keys.setdefault(metadata.issuer, _KeySet())
+        found = self._pick(key_set, kid)
+        if found is not None and time.monotonic() - key_set.fetched_at < JWKS_TTL:
+            return found
+        async with key_set.lock:
+            found = self._pick(key_set, kid)
+            age = time.monotonic() - key_set.fetched_at
+            if (found is None and age >= JWKS_REFETCH_INTERVAL) or age >= JWKS_TTL:
+                try:
+                    key_set.keys = await self._fetch_keys(metadata.jwks_uri)
+                    key_set.fetched_at = time.monotonic()
+                except DiscoveryError as e:
+                    if not key_set.keys:
+                        raise SignInError(SignInErrorCode.IDP_ERROR, e.reason) from e
+                    logger.warning("serving cached Entra keys", extra={"reason": e.reason})
+                found = self._pick(key_set, kid)
+        if found is None:
+            raise SignInError(
+                SignInErrorCode.INVALID_ID_TOKEN,
+                "the ID token's key is not in the tenant's key set"
+                if kid is not None
+                else "the ID token names no key and the key set holds several",
+            )
+        return found
+
+    @staticmethod
+    def _pick(key_set: _KeySet, kid: str | None) -> jwt.PyJWK | None:
+        if kid is None:
+            return next(iter(key_set.keys.values())) if len(key_set.keys) == 1 else None
+        return key_set.keys.get(kid)
+
+    async def _fetch_keys(self, jwks_uri: str) -> dict[str, jwt.PyJWK]:
+        status, document = await _get_json(self._http, jwks_uri)
+        if status != 200 or not isinstance(document, dict):
+            raise DiscoveryError(f"the key set answered {status}")
+        keys: dict[str, jwt.PyJWK] = {}
+        entries = document.get("keys")
+        for entry in entries if isinstance(entries, list) else []:
+            # Only RSA signing keys; one unusable entry must not spoil the others.
+            if not isinstance(entry, dict) or entry.get("kty") != "RSA":
+                continue
+            if entry.get("use", "sig") != "sig" or entry.get("alg", "RS256") != "RS256":
+                continue
+            try:
+                key = jwt.PyJWK(entry, algorithm="RS256")
+            except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
+                logger.info("skipped an unusable key in the tenant's key set")
+                continue
+            keys[str(entry.get("kid", ""))] = key
+        if not keys:
+            raise DiscoveryError("the tenant's key set holds no usable RSA signing key")
+        return keys

@@ -1,0 +1,336 @@
+"""The browser sign-in: initiate → Entra → callback → a login code for the frontend.
+
+Follow it with a finger: :func:`initiate` seals a fresh :class:`LoginState` and builds
+Entra's authorization URL; :func:`complete` opens and consumes the state, exchanges the code
+(PKCE, ``client_secret_post``), validates the ID token, resolves the user, opens a sign-in
+session and returns the frontend URL carrying a one-time login code.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+from authlib.oauth2.rfc6749.parameters import prepare_grant_uri, prepare_token_request
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from sso_broker.database import session_scope, utcnow
+from sso_broker.deps import AppContext
+from sso_broker.errors import SignInError, SignInErrorCode
+from sso_broker.providers.models import SSOProvider
+from sso_broker.sessions import service as sessions_service
+from sso_broker.sso import id_token, state
+from sso_broker.sso.discovery import DiscoveryError, ProviderMetadata, aadsts_code
+from sso_broker.sso.identity import resolve_user
+from sso_broker.sso.redirects import safe_return_to
+
+logger = logging.getLogger(__name__)
+
+SCOPES = "openid profile email offline_access"
+PROMPTS = frozenset({"login", "none", "consent", "select_account"})
+MAX_HINT = 256
+MAX_TOKEN_RESPONSE = 64 * 1024
+PURGE_PROBABILITY = 0.02
+
+# Entra errors an administrator can fix, and what to tell them (shown as last_error).
+ACTIONABLE_AADSTS: dict[str, tuple[str, str]] = {
+    "AADSTS7000215": (
+        "invalid_client_secret",
+        "Entra rejected the client secret (AADSTS7000215): paste the secret's Value, not its "
+        "Secret ID (App registration → Certificates & secrets).",
+    ),
+    "AADSTS7000222": (
+        "client_secret_expired",
+        "The client secret has expired (AADSTS7000222): create a new one in Entra "
+        "(Certificates & secrets) and paste its Value here.",
+    ),
+    "AADSTS700016": (
+        "unknown_client_id",
+        "Entra does not know this client ID in this tenant (AADSTS700016): paste the "
+        "Application (client) ID of the app registration in this tenant.",
+    ),
+    "AADSTS50011": (
+        "redirect_uri_mismatch",
+        "Entra refused the callback URL (AADSTS50011): add this provider's callback URL to "
+        "the app registration's Redirect URIs (platform Web), exactly as shown.",
+    ),
+    "AADSTS90002": (
+        "tenant_not_found",
+        "Entra does not know this tenant (AADSTS90002): check the Directory (tenant) ID or "
+        "domain in base_url.",
+    ),
+}
+# Errors the user caused or chose: cancelled, not assigned to the app, consent declined.
+ACCESS_DENIED_AADSTS = frozenset({"AADSTS50105", "AADSTS65004", "AADSTS50126"})
+
+
+@dataclass(frozen=True, slots=True)
+class InitiateResult:
+    authorization_url: str
+    login: state.LoginState
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackParams:
+    state: str | None
+    code: str | None
+    error: str | None
+    error_description: str | None
+    iss: str | None
+
+
+def callback_url(context: AppContext, provider_id: uuid.UUID) -> str:
+    return f"{context.settings.public_base}/sso/{provider_id}/callback"
+
+
+def logout_url(context: AppContext, provider_id: uuid.UUID) -> str:
+    return f"{context.settings.public_base}/sso/{provider_id}/logout"
+
+
+def credentials(provider: SSOProvider) -> tuple[str, str]:
+    """The client ID and encrypted secret of an enabled provider."""
+    if not provider.enabled or not provider.client_id or not provider.client_secret_encrypted:
+        raise SignInError(SignInErrorCode.PROVIDER_DISABLED, "the provider is not enabled")
+    return provider.client_id, provider.client_secret_encrypted
+
+
+async def load_provider(session: AsyncSession, provider_id: uuid.UUID) -> SSOProvider:
+    """The provider, if it exists and is enabled with its credentials (one primary-key read)."""
+    provider = await session.get(SSOProvider, provider_id)
+    if provider is None:
+        raise SignInError(SignInErrorCode.PROVIDER_NOT_FOUND, "no such provider")
+    credentials(provider)
+    return provider
+
+
+async def provider_metadata(context: AppContext, provider: SSOProvider) -> ProviderMetadata:
+    try:
+        return await context.directory.metadata(provider.base_url)
+    except DiscoveryError as e:
+        if e.aadsts in ACTIONABLE_AADSTS:
+            await record_error(context, provider.id, e.aadsts)
+        raise SignInError(SignInErrorCode.IDP_ERROR, f"discovery failed: {e.reason}") from e
+
+
+def _hint(value: str | None) -> str | None:
+    if value and len(value) <= MAX_HINT and value.isprintable():
+        return value
+    return None
+
+
+async def initiate(
+    session: AsyncSession,
+    context: AppContext,
+    provider_id: uuid.UUID,
+    *,
+    return_to: str | None,
+    login_hint: str | None,
+    domain_hint: str | None,
+    prompt: str | None,
+) -> InitiateResult:
+    """Builds the redirect to Entra; writes nothing to the database (the state is sealed)."""
+    provider = await load_provider(session, provider_id)
+    metadata = await provider_metadata(context, provider)
+    safe_path = safe_return_to(return_to)
+    if return_to and safe_path is None:
+        logger.info("dropped an unsafe return_to", extra={"provider_id": str(provider_id)})
+    login = state.LoginState.new(provider.id, safe_path)
+    url = prepare_grant_uri(
+        metadata.authorization_endpoint,
+        credentials(provider)[0],
+        "code",
+        redirect_uri=callback_url(context, provider.id),
+        scope=SCOPES,
+        state=login.state,
+        nonce=login.nonce,
+        code_challenge=create_s256_code_challenge(login.code_verifier),
+        code_challenge_method="S256",
+        response_mode="query",
+        login_hint=_hint(login_hint),
+        domain_hint=_hint(domain_hint),
+        prompt=prompt if prompt in PROMPTS else None,
+    )
+    return InitiateResult(authorization_url=url, login=login)
+
+
+async def record_error(context: AppContext, provider_id: uuid.UUID, aadsts: str) -> None:
+    """Stores an actionable failure as the provider's ``last_error`` (its own transaction)."""
+    code, message = ACTIONABLE_AADSTS[aadsts]
+    logger.warning(
+        "sign-in failure an administrator must fix",
+        extra={"provider_id": str(provider_id), "aadsts": aadsts, "last_error": code},
+    )
+    async with session_scope(context.sessionmaker) as session:
+        provider = await session.get(SSOProvider, provider_id)
+        if provider is not None:
+            provider.last_error = {"code": code, "message": message, "at": utcnow().isoformat()}
+
+
+def _check_idp_error(params: CallbackParams) -> str | None:
+    """Maps an error response from Entra to our code; returns its AADSTS code for the log."""
+    if params.error is None:
+        return None
+    aadsts = aadsts_code(params.error_description)
+    if params.error == "access_denied" or aadsts in ACCESS_DENIED_AADSTS:
+        code = SignInErrorCode.ACCESS_DENIED
+    else:
+        code = SignInErrorCode.IDP_ERROR
+    raise SignInError(code, f"Entra answered {params.error[:64]!r} ({aadsts or 'no AADSTS code'})")
+
+
+def _check_iss(params: CallbackParams, metadata: ProviderMetadata) -> None:
+    """RFC 9207: the response names its issuer when Entra says it will (mix-up defence)."""
+    if params.iss is not None and params.iss != metadata.issuer:
+        raise SignInError(SignInErrorCode.IDP_ERROR, "the authorization response's iss is wrong")
+    if params.iss is None and metadata.iss_parameter_supported:
+        raise SignInError(SignInErrorCode.IDP_ERROR, "the authorization response lacks iss")
+
+
+async def _exchange_code(
+    context: AppContext,
+    provider: SSOProvider,
+    metadata: ProviderMetadata,
+    code: str,
+    login: state.LoginState,
+) -> dict[str, Any]:
+    """The token request: ``client_secret_post`` plus the PKCE verifier."""
+    client_id, secret_encrypted = credentials(provider)
+    body = prepare_token_request(
+        "authorization_code",
+        code=code,
+        redirect_uri=callback_url(context, provider.id),
+        client_id=client_id,
+        client_secret=context.box.decrypt(secret_encrypted),
+        code_verifier=login.code_verifier,
+    )
+    try:
+        response = await context.http.post(
+            metadata.token_endpoint,
+            content=body,
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Accept": "application/json",
+            },
+        )
+    except httpx.HTTPError as e:
+        raise SignInError(
+            SignInErrorCode.TOKEN_EXCHANGE_FAILED, f"token endpoint unreachable: {type(e).__name__}"
+        ) from e
+    try:
+        document = response.json() if len(response.content) <= MAX_TOKEN_RESPONSE else None
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        raise SignInError(
+            SignInErrorCode.TOKEN_EXCHANGE_FAILED,
+            f"token endpoint answered {response.status_code} without a JSON object",
+        )
+    if response.status_code != 200 or "error" in document:
+        aadsts = aadsts_code(document.get("error_codes"), document.get("error_description"))
+        if aadsts in ACTIONABLE_AADSTS:
+            await record_error(context, provider.id, aadsts)
+        raise SignInError(
+            SignInErrorCode.TOKEN_EXCHANGE_FAILED,
+            f"token endpoint answered {response.status_code} "
+            f"{str(document.get('error'))[:64]!r} ({aadsts or 'no AADSTS code'})",
+        )
+    if not isinstance(document.get("id_token"), str):
+        raise SignInError(
+            SignInErrorCode.TOKEN_EXCHANGE_FAILED, "the token response has no id_token"
+        )
+    return document
+
+
+async def complete(
+    context: AppContext,
+    provider_id: uuid.UUID,
+    params: CallbackParams,
+    sealed_state: str | None,
+) -> str:
+    """Finishes a sign-in and returns the frontend URL with a one-time login code.
+
+    The state is consumed in its own transaction first, so a failure later on (a rejected
+    code, a bad token) still leaves it used: an authorization response works once.
+    """
+    async with session_scope(context.sessionmaker) as session:
+        provider = await load_provider(session, provider_id)
+        login = state.open_state(
+            context.box, sealed_state, state=params.state, provider_id=provider_id
+        )
+        await state.consume(session, login)
+        if random.random() < PURGE_PROBABILITY:  # noqa: S311 - not security, just housekeeping
+            await state.purge_expired(session)
+
+    _check_idp_error(params)
+    metadata = await provider_metadata(context, provider)
+    _check_iss(params, metadata)
+    if not params.code or len(params.code) > 8192:
+        raise SignInError(SignInErrorCode.IDP_ERROR, "the authorization response has no code")
+    tokens = await _exchange_code(context, provider, metadata, params.code, login)
+    claims = await id_token.validate(
+        tokens["id_token"],
+        metadata=metadata,
+        client_id=credentials(provider)[0],
+        nonce=login.nonce,
+        access_token=tokens.get("access_token")
+        if isinstance(tokens.get("access_token"), str)
+        else None,
+        signing_key=context.directory.signing_key,
+    )
+
+    async with session_scope(context.sessionmaker) as session:
+        stored = await session.get(SSOProvider, provider_id)
+        if stored is None or not stored.enabled:
+            raise SignInError(SignInErrorCode.PROVIDER_DISABLED, "disabled during the sign-in")
+        user = await resolve_user(session, stored, claims)
+        sign_in = await sessions_service.start(
+            session,
+            user,
+            provider_id=stored.id,
+            lifetime=timedelta(seconds=context.settings.session_max_age),
+            idp_sid=claims.sid,
+            login_hint=claims.login_hint,
+        )
+        code = await sessions_service.create_login_code(session, sign_in)
+        if stored.last_error is not None:
+            stored.last_error = None  # it signs people in again: the old failure is history
+    logger.info(
+        "sign-in succeeded",
+        extra={
+            "provider_id": str(provider_id),
+            "user_id": str(user.id),
+            "session_id": str(sign_in.id),
+            "idp_oid": claims.object_id,
+        },
+    )
+    query = {"code": code}
+    if login.return_to:
+        query["return_to"] = login.return_to
+    target = context.settings.sign_in_complete
+    return f"{target}{'&' if '?' in target else '?'}{urlencode(query)}"
+
+
+async def end_session_url(
+    context: AppContext, provider: SSOProvider, login_hint: str | None
+) -> str | None:
+    """Entra's end-session URL for the frontend to send the browser to after sign-out."""
+    try:
+        metadata = await context.directory.metadata(provider.base_url)
+    except DiscoveryError:
+        return None
+    if metadata.end_session_endpoint is None:
+        return None
+    params = {"post_logout_redirect_uri": logout_url(context, provider.id)}
+    if provider.client_id:
+        params["client_id"] = provider.client_id
+    if login_hint:
+        params["logout_hint"] = login_hint
+    separator = "&" if "?" in metadata.end_session_endpoint else "?"
+    return f"{metadata.end_session_endpoint}{separator}{urlencode(params)}"

@@ -1,0 +1,133 @@
+"""Login state: sealed in an HttpOnly cookie at initiate, consumed in the database at callback.
+
+Initiate writes nothing to the database: the state, nonce, PKCE verifier and ``return_to``
+are encrypted and authenticated (Fernet, the service's encryption keys, so any replica can
+open them) into a cookie bound to the callback path. The callback opens the cookie named
+after the ``state`` it receives, checks it, and records the state's hash as consumed, so a
+replayed authorization response finds it used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from sso_broker.crypto import DecryptionError, SecretBox
+from sso_broker.database import utcnow
+from sso_broker.errors import SignInError, SignInErrorCode
+from sso_broker.sso.models import ConsumedState
+
+STATE_TTL = timedelta(minutes=10)
+COOKIE_PREFIX = "sso_login_"
+MAX_STATE_LENGTH = 128
+MAX_COOKIE_LENGTH = 4096
+
+
+def token_hash(value: str) -> str:
+    """SHA-256 of a high-entropy token: what the database keeps instead of the token."""
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class LoginState:
+    state: str
+    nonce: str
+    code_verifier: str
+    provider_id: uuid.UUID
+    return_to: str | None
+    expires_at: datetime
+
+    @classmethod
+    def new(cls, provider_id: uuid.UUID, return_to: str | None) -> LoginState:
+        return cls(
+            state=secrets.token_urlsafe(32),
+            nonce=secrets.token_urlsafe(32),
+            code_verifier=secrets.token_urlsafe(64),  # 86 characters, within PKCE's 43..128
+            provider_id=provider_id,
+            return_to=return_to,
+            expires_at=utcnow() + STATE_TTL,
+        )
+
+    @property
+    def cookie_name(self) -> str:
+        return cookie_name(self.state)
+
+    def seal(self, box: SecretBox) -> str:
+        payload = {
+            "s": self.state,
+            "n": self.nonce,
+            "v": self.code_verifier,
+            "p": str(self.provider_id),
+            "r": self.return_to,
+            "e": int(self.expires_at.timestamp()),
+        }
+        return box.encrypt(json.dumps(payload, separators=(",", ":")))
+
+
+def cookie_name(state: str) -> str:
+    # One cookie per attempt, so two tabs signing in at once do not overwrite each other.
+    return COOKIE_PREFIX + token_hash(state)[:16]
+
+
+def open_state(
+    box: SecretBox, sealed: str | None, *, state: str | None, provider_id: uuid.UUID
+) -> LoginState:
+    """Opens the cookie and checks it belongs to this ``state`` and provider and is unexpired.
+
+    Each failure is ``invalid_state``: no state, no cookie (another browser, or cookies
+    blocked), a cookie we did not seal, a state that does not match it, another provider's
+    attempt, or an attempt older than ten minutes.
+    """
+    if not state or len(state) > MAX_STATE_LENGTH:
+        raise SignInError(SignInErrorCode.INVALID_STATE, "the callback carries no usable state")
+    if not sealed or len(sealed) > MAX_COOKIE_LENGTH:
+        raise SignInError(
+            SignInErrorCode.INVALID_STATE, "no login-state cookie for this state in this browser"
+        )
+    try:
+        payload = json.loads(box.decrypt(sealed))
+        opened = LoginState(
+            state=str(payload["s"]),
+            nonce=str(payload["n"]),
+            code_verifier=str(payload["v"]),
+            provider_id=uuid.UUID(str(payload["p"])),
+            return_to=payload["r"] if isinstance(payload["r"], str) else None,
+            expires_at=datetime.fromtimestamp(int(payload["e"]), tz=utcnow().tzinfo),
+        )
+    except (DecryptionError, ValueError, KeyError, TypeError) as e:
+        raise SignInError(
+            SignInErrorCode.INVALID_STATE, "the login-state cookie is not one we sealed"
+        ) from e
+    if not hmac.compare_digest(opened.state.encode(), state.encode()):
+        raise SignInError(SignInErrorCode.INVALID_STATE, "the state does not match the cookie")
+    if opened.provider_id != provider_id:
+        raise SignInError(SignInErrorCode.INVALID_STATE, "the state belongs to another provider")
+    if opened.expires_at <= utcnow():
+        raise SignInError(SignInErrorCode.INVALID_STATE, "the login state has expired")
+    return opened
+
+
+async def consume(session: AsyncSession, login: LoginState) -> None:
+    """Marks the state used; a second callback with it (a replay, or a race) is refused.
+
+    The primary key makes this atomic across replicas: of two concurrent callbacks exactly
+    one insert succeeds.
+    """
+    session.add(ConsumedState(state_hash=token_hash(login.state), expires_at=login.expires_at))
+    try:
+        await session.flush()
+    except IntegrityError as e:
+        raise SignInError(SignInErrorCode.INVALID_STATE, "the login state was already used") from e
+
+
+async def purge_expired(session: AsyncSession) -> None:
+    await session.execute(delete(ConsumedState).where(ConsumedState.expires_at < utcnow()))
