@@ -1,8 +1,9 @@
-"""Request size limits: a body larger than the limit is refused before it is read whole."""
+"""Middleware that bounds what reaches the app: body size, and which origin may call the API."""
 
 from __future__ import annotations
 
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sso_broker.errors import ErrorCode, problem_response
@@ -54,3 +55,29 @@ class BodySizeLimitMiddleware:
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+class ApiCORSMiddleware:
+    """CORS for the dashboard's origin on ``/api/`` only.
+
+    Browser routes and the JWKS need none; no credentials are allowed, because the API takes
+    bearer tokens, never cookies.
+    """
+
+    def __init__(self, app: ASGIApp, *, frontend_origin: str) -> None:
+        self.app = app
+        self.cors = CORSMiddleware(
+            app,
+            allow_origins=[frontend_origin],
+            allow_credentials=False,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+            max_age=600,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/api/"):
+            await self.cors(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)

@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from sso_broker import __version__
 from sso_broker.config import Settings
@@ -16,7 +15,7 @@ from sso_broker.database import bootstrap_connection, create_engine, create_sess
 from sso_broker.deps import AppContext
 from sso_broker.errors import install_error_handlers
 from sso_broker.health import router as health_router
-from sso_broker.limits import BodySizeLimitMiddleware
+from sso_broker.limits import ApiCORSMiddleware, BodySizeLimitMiddleware
 from sso_broker.logs import RequestContextMiddleware
 from sso_broker.providers.router import router as providers_router
 from sso_broker.sessions.router import router as sessions_router
@@ -79,15 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=[settings.frontend_origin],
-        allow_credentials=True,
-        allow_methods=["GET", "POST", "PATCH", "DELETE"],
-        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-        expose_headers=["X-Request-ID", "Retry-After"],
-        max_age=600,
-    )
+    app.add_middleware(ApiCORSMiddleware, frontend_origin=settings.frontend_origin)
     app.add_middleware(BodySizeLimitMiddleware)
     app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
     app.include_router(health_router)

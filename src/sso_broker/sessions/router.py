@@ -56,7 +56,8 @@ async def token(
     )
     return TokenResponse(
         access_token=pair.access.token,
-        expires_in=context.settings.access_token_ttl,
+        # Not simply ACCESS_TOKEN_TTL: a token is cut short when its session ends sooner.
+        expires_in=pair.access.expires_in,
         refresh_token=pair.refresh_token,
     )
 

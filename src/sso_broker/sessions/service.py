@@ -37,6 +37,8 @@ class IssuedToken:
     token: str
     expires_at: datetime
     session: SignInSession
+    # Seconds from ``iat`` to ``exp``: the TTL, or less when the session ends sooner.
+    expires_in: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +104,12 @@ def issue_access_token(
         issued_at=now,
         expires_at=expires_at,
     )
-    return IssuedToken(token=keyring.mint(claims), expires_at=expires_at, session=sign_in)
+    return IssuedToken(
+        token=keyring.mint(claims),
+        expires_at=expires_at,
+        session=sign_in,
+        expires_in=max(0, int(claims["exp"]) - int(claims["iat"])),
+    )
 
 
 async def authenticate(

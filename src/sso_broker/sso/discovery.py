@@ -70,7 +70,9 @@ class _Cached:
 @dataclass(slots=True)
 class _KeySet:
     keys: dict[str, jwt.PyJWK] = field(default_factory=dict)
-    fetched_at: float = float("-inf")
+    fetched_at: float = float("-inf")  # the last successful fetch
+    attempted_at: float = float("-inf")  # the last fetch, successful or not
+    unknown_kid_at: float = float("-inf")  # the last fetch an unknown kid caused
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -207,7 +209,10 @@ class EntraDirectory:
     async def signing_key(self, metadata: ProviderMetadata, kid: str | None) -> jwt.PyJWK:
         """The issuer's key for ``kid`` (or its only key when the token names none).
 
-        An unknown kid fetches the key set again, at most once per refetch interval.
+        An unknown kid fetches the key set again at once, and then not again for the refetch
+        interval: a rotation between two sign-ins works, a flood of forged kids costs Entra
+        one request per interval. A key set past its TTL is refreshed at most once per interval
+        too (failures count), so while Entra's key endpoint fails the cached keys serve.
         """
         key_set = self._keys.setdefault(metadata.issuer, _KeySet())
         found = self._pick(key_set, kid)
@@ -215,8 +220,20 @@ class EntraDirectory:
             return found
         async with key_set.lock:
             found = self._pick(key_set, kid)
-            age = time.monotonic() - key_set.fetched_at
-            if (found is None and age >= JWKS_REFETCH_INTERVAL) or age >= JWKS_TTL:
+            now = time.monotonic()
+            if not key_set.keys:
+                due = True
+            elif found is None:
+                due = now - key_set.unknown_kid_at >= JWKS_REFETCH_INTERVAL
+                if due:
+                    key_set.unknown_kid_at = now
+            else:
+                due = (
+                    now - key_set.fetched_at >= JWKS_TTL
+                    and now - key_set.attempted_at >= JWKS_REFETCH_INTERVAL
+                )
+            if due:
+                key_set.attempted_at = now
                 try:
                     key_set.keys = await self._fetch_keys(metadata.jwks_uri)
                     key_set.fetched_at = time.monotonic()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -120,14 +121,25 @@ def check_audience(claims: Mapping[str, Any], client_id: str) -> None:
         raise _fail("the ID token's authorized party is another client")
 
 
+def _numeric_date(value: Any) -> float:
+    """A JSON number that is a finite time: not a string, not a boolean, not NaN or Infinity
+    (which Python's JSON parser accepts and which would pass or skip every comparison)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail("the ID token's times are not numbers")
+    try:
+        number = float(value)
+    except OverflowError as e:
+        raise _fail("the ID token's times are not numbers") from e
+    if not math.isfinite(number):
+        raise _fail("the ID token's times are not numbers")
+    return number
+
+
 def check_times(claims: Mapping[str, Any], now: float | None = None) -> None:
     """``exp`` not passed, ``nbf`` reached, ``iat`` neither in the future nor long past."""
     current = time.time() if now is None else now
-    try:
-        expires, issued = float(claims["exp"]), float(claims["iat"])
-        not_before = float(claims["nbf"]) if claims.get("nbf") is not None else None
-    except (TypeError, ValueError) as e:
-        raise _fail("the ID token's times are not numbers") from e
+    expires, issued = _numeric_date(claims.get("exp")), _numeric_date(claims.get("iat"))
+    not_before = _numeric_date(claims["nbf"]) if claims.get("nbf") is not None else None
     if expires < current - LEEWAY:
         raise _fail("the ID token has expired")
     if not_before is not None and not_before > current + LEEWAY:
