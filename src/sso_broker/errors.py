@@ -295,14 +295,31 @@ def sign_in_error_redirect(request: Request, code: SignInErrorCode) -> RedirectR
     separator = "&" if "?" in target else "?"
     response = RedirectResponse(f"{target}{separator}{urlencode({'error': code.value})}", 302)
     response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"
     return response
 
 
-def log_sign_in_failure(request: Request, error: SignInError) -> None:
-    logger.warning(
-        "sign-in failed",
-        extra={"path": request.url.path, "error": error.code.value, "reason": error.reason},
-    )
+def sign_in_failure(request: Request, exc: Exception) -> RedirectResponse:
+    """Logs a failed browser sign-in and answers the redirect to the sign-in error page."""
+    path = request.url.path
+    if isinstance(exc, SignInError):
+        code = exc.code
+        logger.warning(
+            "sign-in failed", extra={"path": path, "error": code.value, "reason": exc.reason}
+        )
+    elif isinstance(exc, RequestValidationError):
+        # The provider id is the only parameter FastAPI validates on these routes.
+        code = SignInErrorCode.PROVIDER_NOT_FOUND
+        logger.info(
+            "sign-in failed",
+            extra={"path": path, "error": code.value, "reason": "malformed provider id"},
+        )
+    else:
+        code = SignInErrorCode.SERVER_ERROR
+        logger.error(
+            "sign-in failed unexpectedly", exc_info=exc, extra={"path": path, "error": code.value}
+        )
+    return sign_in_error_redirect(request, code)
 
 
 class BrowserRoute(APIRoute):
@@ -314,27 +331,8 @@ class BrowserRoute(APIRoute):
         async def browser_handler(request: Request) -> Response:
             try:
                 return await handler(request)
-            except SignInError as e:
-                log_sign_in_failure(request, e)
-                return sign_in_error_redirect(request, e.code)
-            except RequestValidationError:
-                # Only the provider id is a path parameter; a malformed one names no provider.
-                logger.info(
-                    "sign-in failed",
-                    extra={
-                        "path": request.url.path,
-                        "error": "provider_not_found",
-                        "reason": "malformed request",
-                    },
-                )
-                return sign_in_error_redirect(request, SignInErrorCode.PROVIDER_NOT_FOUND)
             except Exception as e:
-                logger.error(
-                    "sign-in failed unexpectedly",
-                    exc_info=e,
-                    extra={"path": request.url.path, "error": "server_error"},
-                )
-                return sign_in_error_redirect(request, SignInErrorCode.SERVER_ERROR)
+                return sign_in_failure(request, e)
 
         return browser_handler
 

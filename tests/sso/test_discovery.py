@@ -294,14 +294,30 @@ async def test_an_unreachable_entra_is_a_discovery_error(
     assert type(failure).__name__ in error.reason
 
 
-async def test_a_failure_with_nothing_cached_is_retried_on_the_next_call(
-    directory: EntraDirectory, entra: FakeEntra
+async def test_a_failure_with_nothing_cached_is_repeated_then_retried_after_a_pause(
+    directory: EntraDirectory, entra: FakeEntra, clock: FakeClock
 ) -> None:
     entra.discovery_response_override = httpx.ConnectError("down")
-    await refused(directory, TENANT_ID, "cannot reach")
+    first = await refused(directory, TENANT_ID, "cannot reach")
+    assert first.cached is False
     entra.discovery_response_override = None
+    # Within the pause the failure is repeated without asking Entra (bots cannot hammer it).
+    clock.advance(METADATA_RETRY_AFTER_FAILURE - 1)
+    repeated = await refused(directory, TENANT_ID, "cannot reach")
+    assert repeated.cached is True
+    assert entra.discovery_calls == 1
+    clock.advance(1)
     assert (await directory.metadata(TENANT_ID)).issuer == ISSUER
     assert entra.discovery_calls == 2
+
+
+async def test_an_unknown_tenant_keeps_its_aadsts_code_while_repeated(
+    directory: EntraDirectory, entra: FakeEntra
+) -> None:
+    first = await refused(directory, "00000000-0000-4000-8000-0000000000aa", "answered 400")
+    again = await refused(directory, "00000000-0000-4000-8000-0000000000aa", "answered 400")
+    assert (first.aadsts, again.aadsts) == ("AADSTS90002", "AADSTS90002")
+    assert (first.cached, again.cached) == (False, True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ class _Cached:
     metadata: ProviderMetadata | None = None
     fetched_at: float = float("-inf")
     failed_at: float = float("-inf")
+    failure: DiscoveryError | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -82,10 +83,12 @@ class DiscoveryError(Exception):
     ``aadsts`` carries Entra's error code when Entra gave one (AADSTS90002: no such tenant).
     """
 
-    def __init__(self, reason: str, *, aadsts: str | None = None) -> None:
+    def __init__(self, reason: str, *, aadsts: str | None = None, cached: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.aadsts = aadsts
+        # True when this repeats a recent failure without asking Entra again.
+        self.cached = cached
 
 
 async def _get_json(http: httpx.AsyncClient, url: str) -> tuple[int, Any]:
@@ -126,20 +129,24 @@ class EntraDirectory:
             now = time.monotonic()
             if cached.metadata is not None and now - cached.fetched_at < METADATA_TTL:
                 return cached.metadata
-            if (
-                cached.metadata is not None
-                and now - cached.failed_at < METADATA_RETRY_AFTER_FAILURE
-            ):
-                return cached.metadata
+            if now - cached.failed_at < METADATA_RETRY_AFTER_FAILURE:
+                # A tenant that just failed is not asked again for a while, so bots clicking a
+                # misconfigured provider's link cannot make us hammer Entra.
+                if cached.metadata is not None:
+                    return cached.metadata
+                if cached.failure is not None:
+                    raise DiscoveryError(
+                        cached.failure.reason, aadsts=cached.failure.aadsts, cached=True
+                    )
             try:
                 metadata = await self._fetch_metadata(tenant)
-            except DiscoveryError:
-                cached.failed_at = time.monotonic()
+            except DiscoveryError as e:
+                cached.failed_at, cached.failure = time.monotonic(), e
                 if cached.metadata is not None:
                     logger.warning("serving stale Entra metadata", extra={"tenant": tenant})
                     return cached.metadata
                 raise
-            cached.metadata, cached.fetched_at = metadata, time.monotonic()
+            cached.metadata, cached.fetched_at, cached.failure = metadata, time.monotonic(), None
             return metadata
 
     async def _fetch_metadata(self, tenant: str) -> ProviderMetadata:

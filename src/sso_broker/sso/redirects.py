@@ -17,16 +17,20 @@ def _dangerous(path: str) -> bool:
         return True
     if "\\" in path:
         return True
-    return any(ord(char) < 0x20 or ord(char) == 0x7F or char.isspace() for char in path)
+    # An encoded plain space (/search?q=a%20b) is harmless; tabs, newlines and other white
+    # space are what browsers strip or routers trip over.
+    return any(
+        ord(char) < 0x20 or ord(char) == 0x7F or (char.isspace() and char != " ") for char in path
+    )
 
 
 def safe_return_to(value: str | None) -> str | None:
     """``value`` if it is a relative path on the frontend, otherwise None.
 
     Refused: absolute URLs, scheme-relative ``//host``, backslashes (``/\\host``), control
-    characters and white space (tab and newline tricks), anything outside RFC 3986's path
-    characters (so no raw unicode look-alikes), and encodings that decode to any of those
-    (``/%2F%2Fhost``, double encoding).
+    characters and white space other than an encoded space (tab and newline tricks),
+    anything outside RFC 3986's path characters (so no raw unicode look-alikes), and
+    encodings that decode to any of those (``/%2F%2Fhost``, double encoding).
     """
     if value is None or not value or len(value) > MAX_RETURN_TO:
         return None

@@ -10,17 +10,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.responses import Response
 
 from sso_broker.deps import ContextDep, SessionDep
-from sso_broker.errors import (
-    BrowserRoute,
-    SignInError,
-    log_sign_in_failure,
-    sign_in_error_redirect,
-)
+from sso_broker.errors import BrowserRoute, sign_in_failure
 from sso_broker.sessions import service as sessions_service
 from sso_broker.sso import service
 from sso_broker.sso.state import STATE_TTL, cookie_name
-
-router = APIRouter(prefix="/sso/{provider_id}", tags=["Browser sign-in"], route_class=BrowserRoute)
 
 _REDIRECT: dict[int | str, dict[str, Any]] = {
     302: {"description": "To Entra, or to the frontend's completion or error page"}
@@ -31,6 +24,9 @@ def _no_store(response: Response) -> Response:
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "no-referrer"
     return response
+
+
+router = APIRouter(prefix="/sso/{provider_id}", tags=["Browser sign-in"], route_class=BrowserRoute)
 
 
 def _cookie_path(context: ContextDep, provider_id: uuid.UUID) -> str:
@@ -49,10 +45,10 @@ async def initiate(
     provider_id: uuid.UUID,
     session: SessionDep,
     context: ContextDep,
-    return_to: Annotated[str | None, Query(max_length=2048)] = None,
-    login_hint: Annotated[str | None, Query(max_length=256)] = None,
-    domain_hint: Annotated[str | None, Query(max_length=256)] = None,
-    prompt: Annotated[str | None, Query(max_length=32)] = None,
+    return_to: Annotated[str | None, Query()] = None,
+    login_hint: Annotated[str | None, Query()] = None,
+    domain_hint: Annotated[str | None, Query()] = None,
+    prompt: Annotated[str | None, Query()] = None,
 ) -> Response:
     result = await service.initiate(
         session,
@@ -87,10 +83,9 @@ async def _finish(
     try:
         target = await service.complete(context, provider_id, params, sealed)
         response = RedirectResponse(target, status_code=302)
-    except SignInError as e:
+    except Exception as e:
         # Answered here rather than by BrowserRoute, so the spent cookie is cleared too.
-        log_sign_in_failure(request, e)
-        response = sign_in_error_redirect(request, e.code)
+        response = sign_in_failure(request, e)
     if params.state:
         response.delete_cookie(
             cookie_name(params.state),
@@ -113,11 +108,11 @@ async def callback(
     request: Request,
     provider_id: uuid.UUID,
     context: ContextDep,
-    state: Annotated[str | None, Query(max_length=512)] = None,
-    code: Annotated[str | None, Query(max_length=8192)] = None,
-    error: Annotated[str | None, Query(max_length=256)] = None,
-    error_description: Annotated[str | None, Query(max_length=4096)] = None,
-    iss: Annotated[str | None, Query(max_length=512)] = None,
+    state: Annotated[str | None, Query()] = None,
+    code: Annotated[str | None, Query()] = None,
+    error: Annotated[str | None, Query()] = None,
+    error_description: Annotated[str | None, Query()] = None,
+    iss: Annotated[str | None, Query()] = None,
 ) -> Response:
     params = service.CallbackParams(
         state=state, code=code, error=error, error_description=error_description, iss=iss
@@ -136,11 +131,11 @@ async def callback_form_post(
     request: Request,
     provider_id: uuid.UUID,
     context: ContextDep,
-    state: Annotated[str | None, Form(max_length=512)] = None,
-    code: Annotated[str | None, Form(max_length=8192)] = None,
-    error: Annotated[str | None, Form(max_length=256)] = None,
-    error_description: Annotated[str | None, Form(max_length=4096)] = None,
-    iss: Annotated[str | None, Form(max_length=512)] = None,
+    state: Annotated[str | None, Form()] = None,
+    code: Annotated[str | None, Form()] = None,
+    error: Annotated[str | None, Form()] = None,
+    error_description: Annotated[str | None, Form()] = None,
+    iss: Annotated[str | None, Form()] = None,
 ) -> Response:
     params = service.CallbackParams(
         state=state, code=code, error=error, error_description=error_description, iss=iss
@@ -158,7 +153,7 @@ async def logout(
     provider_id: uuid.UUID,
     session: SessionDep,
     context: ContextDep,
-    sid: Annotated[str | None, Query(max_length=255)] = None,
+    sid: Annotated[str | None, Query()] = None,
 ) -> Response:
     """With ``sid``: Entra's front-channel logout (it loads this in a hidden frame), which
     ends every session of this provider with that Entra session. Without: the page Entra

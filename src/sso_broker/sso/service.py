@@ -114,7 +114,7 @@ async def provider_metadata(context: AppContext, provider: SSOProvider) -> Provi
     try:
         return await context.directory.metadata(provider.base_url)
     except DiscoveryError as e:
-        if e.aadsts in ACTIONABLE_AADSTS:
+        if e.aadsts in ACTIONABLE_AADSTS and not e.cached:
             await record_error(context, provider.id, e.aadsts)
         raise SignInError(SignInErrorCode.IDP_ERROR, f"discovery failed: {e.reason}") from e
 
