@@ -6,8 +6,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -15,7 +13,6 @@ import pytest
 
 from sso_broker.errors import SignInError, SignInErrorCode
 from sso_broker.providers.types import EntraType
-from sso_broker.sso import discovery
 from sso_broker.sso.discovery import (
     JWKS_REFETCH_INTERVAL,
     JWKS_TTL,
@@ -27,36 +24,11 @@ from sso_broker.sso.discovery import (
     aadsts_code,
 )
 from tests.fixtures.entra import AUTHORITY, TENANT_DOMAIN, TENANT_ID, FakeEntra
+from tests.sso.conftest import FakeClock
 
 OTHER_TENANT = "0d2e1c3b-5a4f-4e6d-8c7b-1a2b3c4d5e6f"
 CONSUMERS = EntraType.CONSUMER_TENANT_ID
 ISSUER = f"{AUTHORITY}/{TENANT_ID}/v2.0"
-
-
-class FakeClock:
-    """Stands in for the ``time`` module of ``sso_broker.sso.discovery`` (monotonic only)."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def monotonic(self) -> float:
-        return time.monotonic() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += seconds
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake_clock = FakeClock()
-    monkeypatch.setattr(discovery, "time", fake_clock)
-    return fake_clock
-
-
-@pytest.fixture
-async def directory(entra: FakeEntra) -> AsyncIterator[EntraDirectory]:
-    async with httpx.AsyncClient() as http:
-        yield EntraDirectory(http, AUTHORITY)
 
 
 async def refused(directory: EntraDirectory, tenant: str, reason: str) -> DiscoveryError:

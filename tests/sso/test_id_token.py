@@ -12,7 +12,6 @@ import base64
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import cache
 from types import EllipsisType
@@ -24,7 +23,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from sso_broker.errors import SignInError, SignInErrorCode
-from sso_broker.sso import discovery, id_token
+from sso_broker.sso import id_token
 from sso_broker.sso.discovery import JWKS_REFETCH_INTERVAL, JWKS_TTL, EntraDirectory
 from sso_broker.sso.id_token import LEEWAY, MAX_AGE, MAX_TOKEN_LENGTH, IdTokenClaims
 from tests.fixtures.entra import (
@@ -36,6 +35,7 @@ from tests.fixtures.entra import (
     FakeEntra,
     at_hash,
 )
+from tests.sso.conftest import FakeClock
 
 NONCE = "0S6_WzA2Mj-nonce-of-this-sign-in"
 ACCESS_TOKEN = "eyJ0eXAiOiJKV1QiLCJub25jZSI6.access-token-issued-with-the-id-token"
@@ -47,32 +47,6 @@ OTHER_CLIENT = "f1e2d3c4-b5a6-4978-8a6b-5c4d3e2f1a0b"
 def other_rsa_key() -> rsa.RSAPrivateKey:
     """An RSA key Entra never published."""
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-class FakeClock:
-    """Stands in for the ``time`` module of ``sso_broker.sso.discovery`` (monotonic only)."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def monotonic(self) -> float:
-        return time.monotonic() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += seconds
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake_clock = FakeClock()
-    monkeypatch.setattr(discovery, "time", fake_clock)
-    return fake_clock
-
-
-@pytest.fixture
-async def directory(entra: FakeEntra) -> AsyncIterator[EntraDirectory]:
-    async with httpx.AsyncClient() as http:
-        yield EntraDirectory(http, AUTHORITY)
 
 
 @pytest.fixture
