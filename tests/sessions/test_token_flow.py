@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import jwt
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from sso_broker.companies.models import Company
 from sso_broker.config import Settings
@@ -946,3 +946,38 @@ class TestCors:
         assert "access-control-allow-origin" not in browser_route.headers
         jwks = await client.get("/.well-known/jwks.json", headers={"Origin": FRONTEND})
         assert "access-control-allow-origin" not in jwks.headers
+
+
+class TestHousekeeping:
+    async def test_purge_removes_only_expired_codes_and_refresh_tokens(
+        self, factory: Factory, context: AppContext
+    ) -> None:
+        service = sessions_service
+        user = await factory.user(await factory.company())
+        async with session_scope(context.sessionmaker) as session:
+            sign_in = await service.start(
+                session, user, provider_id=None, lifetime=timedelta(hours=1)
+            )
+            live_code = await service.create_login_code(session, sign_in)
+            await service.create_login_code(session, sign_in)
+            await service._issue_refresh_token(session, sign_in)
+            await service._issue_refresh_token(session, sign_in)
+            past = utcnow() - timedelta(seconds=1)
+            await session.execute(
+                update(LoginCode)
+                .where(LoginCode.code_hash != service.token_hash(live_code))
+                .values(expires_at=past)
+            )
+            newest = await session.scalar(select(func.max(RefreshToken.token_hash)))
+            await session.execute(
+                update(RefreshToken)
+                .where(RefreshToken.token_hash != newest)
+                .values(expires_at=past)
+            )
+        async with session_scope(context.sessionmaker) as session:
+            await service.purge_expired(session)
+        async with session_scope(context.sessionmaker) as session:
+            codes = (await session.scalars(select(LoginCode.code_hash))).all()
+            tokens = (await session.scalars(select(RefreshToken.token_hash))).all()
+        assert codes == [service.token_hash(live_code)]
+        assert tokens == [newest]

@@ -328,3 +328,10 @@ async def grant(
             "refresh token reused; session revoked", extra={"session_id": str(reused.session_id)}
         )
         raise
+
+
+async def purge_expired(session: AsyncSession) -> None:
+    """Housekeeping: login codes and refresh tokens past their end are of no use to anyone."""
+    now = utcnow()
+    await session.execute(delete(LoginCode).where(LoginCode.expires_at < now))
+    await session.execute(delete(RefreshToken).where(RefreshToken.expires_at < now))

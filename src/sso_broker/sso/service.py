@@ -267,6 +267,7 @@ async def complete(
         await state.consume(session, login)
         if random.random() < PURGE_PROBABILITY:  # noqa: S311 - not security, just housekeeping
             await state.purge_expired(session)
+            await sessions_service.purge_expired(session)
 
     _check_idp_error(params)
     metadata = await provider_metadata(context, provider)
