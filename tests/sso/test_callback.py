@@ -1509,6 +1509,21 @@ class TestLastError:
         )
         assert CLIENT_SECRET not in rendered_logs(caplog)
 
+    async def test_a_plain_invalid_client_without_aadsts_is_recorded_too(
+        self, client: httpx.AsyncClient, factory: Factory, entra: FakeEntra
+    ) -> None:
+        """Another OpenID Provider (or a future Entra) may name no AADSTS code."""
+        s = await setup(factory)
+        entra.token_error = (
+            401,
+            {"error": "invalid_client", "error_description": "client authentication failed"},
+        )
+        assert_error(await sign_in(client, entra, s.provider, s.person), "token_exchange_failed")
+        recorded = await last_error(client, factory, s)
+        assert recorded is not None
+        assert recorded["code"] == "invalid_client"
+        assert "client secret" in recorded["message"]
+
     async def test_a_transient_failure_records_no_last_error(
         self, client: httpx.AsyncClient, factory: Factory, entra: FakeEntra
     ) -> None:

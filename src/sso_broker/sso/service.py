@@ -66,6 +66,12 @@ ACTIONABLE_AADSTS: dict[str, tuple[str, str]] = {
         "Entra does not know this tenant (AADSTS90002): check the Directory (tenant) ID or "
         "domain in base_url.",
     ),
+    # The plain OAuth error, when no AADSTS code says more (RFC 6749 §5.2).
+    "invalid_client": (
+        "invalid_client",
+        "The identity provider rejected the client credentials (invalid_client): check the "
+        "client ID and paste the client secret's Value again.",
+    ),
 }
 # Errors the user caused or chose: cancelled, not assigned to the app, consent declined.
 ACCESS_DENIED_AADSTS = frozenset({"AADSTS50105", "AADSTS65004", "AADSTS50126"})
@@ -161,7 +167,10 @@ async def initiate(
 
 
 async def record_error(context: AppContext, provider_id: uuid.UUID, aadsts: str) -> None:
-    """Stores an actionable failure as the provider's ``last_error`` (its own transaction)."""
+    """Stores an actionable failure as the provider's ``last_error`` (its own transaction).
+
+    ``aadsts`` is a key of :data:`ACTIONABLE_AADSTS`: Entra's code, or a plain OAuth error.
+    """
     code, message = ACTIONABLE_AADSTS[aadsts]
     logger.warning(
         "sign-in failure an administrator must fix",
@@ -236,6 +245,8 @@ async def _exchange_code(
         aadsts = aadsts_code(document.get("error_codes"), document.get("error_description"))
         if aadsts in ACTIONABLE_AADSTS:
             await record_error(context, provider.id, aadsts)
+        elif document.get("error") == "invalid_client":
+            await record_error(context, provider.id, "invalid_client")
         raise SignInError(
             SignInErrorCode.TOKEN_EXCHANGE_FAILED,
             f"token endpoint answered {response.status_code} "
