@@ -3,7 +3,8 @@
 The tree::
 
     AppError                      status, code, title, detail, headers
-    ├── NotAuthenticated          401 not_authenticated / invalid_token / session_expired
+    ├── NotAuthenticated          401 not_authenticated / invalid_token / token_expired
+    │                                 (refresh) / session_expired (sign in again)
     ├── Forbidden                 403 forbidden
     ├── NotFound                  404 not_found
     ├── InvalidGrant              400 invalid_grant
@@ -51,6 +52,7 @@ class ErrorCode(StrEnum):
     INVALID_GRANT = "invalid_grant"
     NOT_AUTHENTICATED = "not_authenticated"
     INVALID_TOKEN = "invalid_token"
+    TOKEN_EXPIRED = "token_expired"
     SESSION_EXPIRED = "session_expired"
     FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
@@ -363,6 +365,7 @@ STATUS_OF: dict[ErrorCode, int] = {
     ErrorCode.INVALID_GRANT: 400,
     ErrorCode.NOT_AUTHENTICATED: 401,
     ErrorCode.INVALID_TOKEN: 401,
+    ErrorCode.TOKEN_EXPIRED: 401,
     ErrorCode.SESSION_EXPIRED: 401,
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.NOT_FOUND: 404,

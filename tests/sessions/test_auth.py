@@ -186,7 +186,7 @@ class TestBearer:
         sign_in = await _session_for(context, admin)
         past = int(time.time()) - 3600
         token = context.keyring.mint(_claims(admin, sign_in.id, iat=past - 900, exp=past))
-        await self._assert_refused(client, token, "session_expired")
+        await self._assert_refused(client, token, "token_expired")
 
     async def test_unknown_kid_is_refused(
         self, client: httpx.AsyncClient, admin: User, context: AppContext

@@ -23,7 +23,12 @@ from sso_broker.users.schemas import UserRead
 
 router = APIRouter(tags=["Sessions"])
 
-_AUTH_ERRORS = (ErrorCode.NOT_AUTHENTICATED, ErrorCode.INVALID_TOKEN, ErrorCode.SESSION_EXPIRED)
+_AUTH_ERRORS = (
+    ErrorCode.NOT_AUTHENTICATED,
+    ErrorCode.INVALID_TOKEN,
+    ErrorCode.TOKEN_EXPIRED,
+    ErrorCode.SESSION_EXPIRED,
+)
 
 
 @router.get(

@@ -145,8 +145,8 @@ class KeyRing:
             )
         except jwt.ExpiredSignatureError as e:
             raise NotAuthenticated(
-                "The session token has expired; refresh it or sign in again.",
-                code=ErrorCode.SESSION_EXPIRED,
+                "The access token has expired; get a new one with the refresh token.",
+                code=ErrorCode.TOKEN_EXPIRED,
             ) from e
         except jwt.PyJWTError as e:
             raise invalid from e

@@ -14,6 +14,7 @@ router = APIRouter(prefix="/api/v1/users", tags=["Users"])
 _AUTH_ERRORS = (
     ErrorCode.NOT_AUTHENTICATED,
     ErrorCode.INVALID_TOKEN,
+    ErrorCode.TOKEN_EXPIRED,
     ErrorCode.SESSION_EXPIRED,
     ErrorCode.FORBIDDEN,
 )
