@@ -256,3 +256,8 @@ def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("SSO_BROKER_") and key != "SSO_BROKER_TEST_POSTGRES_URL":
             monkeypatch.delenv(key)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Runs the end-to-end tier last: it is the slowest, and it starts processes."""
+    items.sort(key=lambda item: "/tests/e2e/" in str(item.path))

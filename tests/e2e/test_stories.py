@@ -1,0 +1,140 @@
+"""The seed's story, told in a real browser against a real OpenID Provider and real processes."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+import pytest
+from tests.e2e.conftest import World, skip_unless_ready
+
+skip_unless_ready()
+pytestmark = pytest.mark.usefixtures("e2e_ready")
+
+SIGNED_IN = re.compile(r"^Signed in as (.+) \((.+)\)$")
+
+
+def initiate_url(world: World, broker_url: str | None = None) -> str:
+    return f"{broker_url or world.broker.url}/sso/{world.provider['id']}/initiate"
+
+
+def sign_in_at_op(page: Any, login: str) -> None:
+    """What a person does on the identity provider's login page."""
+    page.wait_for_selector("input[name=login]")
+    page.fill("input[name=login]", login)
+    page.fill("input[name=password]", "any-password")
+    page.click("button[type=submit]")
+
+
+def wait_for_status(page: Any, world: World) -> str:
+    page.wait_for_url(re.compile(re.escape(world.frontend_url) + r"/.*"))
+    page.wait_for_function(
+        "() => { const s = document.querySelector('#status');"
+        " return s && /Signed in as|signed out|Not signed in/i.test(s.textContent); }"
+    )
+    return str(page.text_content("#status")).strip()
+
+
+def error_code_on(page: Any, world: World) -> str:
+    page.wait_for_url(re.compile(re.escape(world.frontend_url) + r"/sso/error.*"))
+    page.wait_for_selector("#error-code:not(:empty)")
+    return str(page.text_content("#error-code")).strip()
+
+
+def access_token(page: Any) -> str:
+    """The access token the example frontend keeps in sessionStorage."""
+    token = page.evaluate("() => sessionStorage.getItem('sso-broker.access_token')")
+    assert token, "the frontend stored no access token"
+    return str(token)
+
+
+class TestSignIn:
+    def test_an_associated_user_signs_in_and_out(self, page: Any, world: World) -> None:
+        page.goto(initiate_url(world))
+        sign_in_at_op(page, "adele")
+        status = wait_for_status(page, world)
+        account = world.op.ACCOUNTS["adele"]
+        assert status == f"Signed in as {account['name']} ({account['email']})"
+        token = access_token(page)
+        me = httpx.get(
+            f"{world.broker.url}/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert me.status_code == 200
+        assert me.json()["user"]["id"] == world.users["adele"]["id"]
+
+        page.click("#sign-out")
+        # The broker ends the session, then the OP signs the browser out and sends it back
+        # through the provider's logout URL to the frontend.
+        page.wait_for_url(re.compile(re.escape(world.frontend_url) + r"/sso/logged-out.*"))
+        assert "signed out" in str(page.text_content("#status")).lower()
+        after = httpx.get(
+            f"{world.broker.url}/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert after.status_code == 401
+
+    def test_an_account_without_email_signs_in_by_preferred_username(
+        self, page: Any, world: World
+    ) -> None:
+        page.goto(initiate_url(world))
+        sign_in_at_op(page, "noemail")
+        account = world.op.ACCOUNTS["noemail"]
+        assert account["email"] is None
+        status = wait_for_status(page, world)
+        assert status == f"Signed in as {account['name']} ({account['preferred_username']})"
+
+    def test_a_sign_in_started_on_one_process_finishes_on_another(
+        self, page: Any, world: World
+    ) -> None:
+        # The second replica answers initiate; the callback URL (PUBLIC_URL) is the first's.
+        page.goto(initiate_url(world, world.second_broker.url))
+        sign_in_at_op(page, "adele")
+        assert wait_for_status(page, world).startswith("Signed in as Adele")
+
+    def test_signing_keys_rotated_between_two_sign_ins(self, page: Any, world: World) -> None:
+        page.goto(initiate_url(world))
+        sign_in_at_op(page, "adele")
+        assert wait_for_status(page, world).startswith("Signed in as")
+        world.op.rotate_keys()
+        second = page.context.browser.new_context()
+        try:
+            again = second.new_page()
+            again.goto(initiate_url(world))
+            sign_in_at_op(again, "adele")
+            assert wait_for_status(again, world).startswith("Signed in as")
+        finally:
+            second.close()
+
+
+class TestRefusals:
+    def test_a_user_not_associated_with_the_provider_is_not_provisioned(
+        self, page: Any, world: World
+    ) -> None:
+        page.goto(initiate_url(world))
+        sign_in_at_op(page, "outsider")
+        assert error_code_on(page, world) == "user_not_provisioned"
+        assert page.text_content("#error-message")
+
+    def test_a_disabled_provider_gives_provider_disabled(self, page: Any, world: World) -> None:
+        world.patch_provider(enabled=False)
+        try:
+            page.goto(initiate_url(world))
+            assert error_code_on(page, world) == "provider_disabled"
+        finally:
+            world.patch_provider(enabled=True)
+
+    def test_a_wrong_client_secret_fails_the_exchange_and_says_why(
+        self, page: Any, world: World
+    ) -> None:
+        world.patch_provider(client_secret="not-the-secret-" + "x" * 20)
+        try:
+            page.goto(initiate_url(world))
+            sign_in_at_op(page, "adele")
+            assert error_code_on(page, world) == "token_exchange_failed"
+            with world.api() as api:
+                provider = api.get(f"/api/v1/sso-providers/{world.provider['id']}").json()
+            assert provider["last_error"] is not None
+            assert provider["last_error"]["code"] == "invalid_client_secret"
+            assert "AADSTS7000215" in provider["last_error"]["message"]
+        finally:
+            world.patch_provider(client_secret=world.client_secret)
