@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(default=10, ge=1, le=200)
     database_timeout: float = Field(default=5.0, gt=0, le=60)
     http_timeout: float = Field(default=10.0, gt=0, le=120)
+    # Rate limits, per minute. Counters live in Redis when SSO_BROKER_REDIS_URL names one,
+    # otherwise in the database: either way every replica counts against the same limit.
+    redis_url: SecretStr | None = None
+    rate_limit_sign_in_per_ip: int = Field(default=60, ge=1)
+    rate_limit_sign_in_per_provider: int = Field(default=1200, ge=1)
+    rate_limit_token_per_ip: int = Field(default=120, ge=1)
 
     @field_validator("encryption_keys", mode="before")
     @classmethod

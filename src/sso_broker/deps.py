@@ -15,6 +15,7 @@ from sso_broker.config import Settings
 from sso_broker.crypto import SecretBox
 from sso_broker.database import session_scope
 from sso_broker.errors import ErrorCode, Forbidden, NotAuthenticated
+from sso_broker.ratelimit import CounterStore
 from sso_broker.sessions import service as sessions_service
 from sso_broker.sessions.service import Principal
 from sso_broker.sessions.tokens import KeyRing
@@ -35,6 +36,7 @@ class AppContext:
     keyring: KeyRing
     http: httpx.AsyncClient
     directory: EntraDirectory
+    counters: CounterStore
 
 
 def get_context(request: Request) -> AppContext:

@@ -12,7 +12,8 @@ The tree::
     ├── InvalidInput              422 validation_error, unsupported_tenant, invalid_tenant,
     │                             invalid_client_id, invalid_client_secret, provider_incomplete,
     │                             sso_provider_not_found
-    └── ServiceUnavailable        503 database_unavailable
+    ├── ServiceUnavailable        503 database_unavailable
+    └── (middleware)              413 request_too_large, 429 rate_limited
 
     SignInError                   a failed browser sign-in: never a body, always a 302 to
                                   SIGN_IN_ERROR_URL?error=<SignInErrorCode>
@@ -66,6 +67,7 @@ class ErrorCode(StrEnum):
     PROVIDER_INCOMPLETE = "provider_incomplete"
     SSO_PROVIDER_NOT_FOUND = "sso_provider_not_found"
     REQUEST_TOO_LARGE = "request_too_large"
+    RATE_LIMITED = "rate_limited"
     DATABASE_UNAVAILABLE = "database_unavailable"
     SERVER_ERROR = "server_error"
 
@@ -379,6 +381,7 @@ STATUS_OF: dict[ErrorCode, int] = {
     ErrorCode.INVALID_CLIENT_SECRET: 422,
     ErrorCode.PROVIDER_INCOMPLETE: 422,
     ErrorCode.SSO_PROVIDER_NOT_FOUND: 422,
+    ErrorCode.RATE_LIMITED: 429,
     ErrorCode.SERVER_ERROR: 500,
     ErrorCode.DATABASE_UNAVAILABLE: 503,
 }

@@ -15,9 +15,14 @@ from sso_broker.database import bootstrap_connection, create_engine, create_sess
 from sso_broker.deps import AppContext
 from sso_broker.errors import install_error_handlers
 from sso_broker.health import router as health_router
-from sso_broker.limits import ApiCORSMiddleware, BodySizeLimitMiddleware
 from sso_broker.logs import RequestContextMiddleware
+from sso_broker.middleware import (
+    ApiCORSMiddleware,
+    BodySizeLimitMiddleware,
+    SecurityHeadersMiddleware,
+)
 from sso_broker.providers.router import router as providers_router
+from sso_broker.ratelimit import RateLimitMiddleware, counter_store
 from sso_broker.sessions.router import router as sessions_router
 from sso_broker.sessions.tokens import KeyRing, ensure_signing_key
 from sso_broker.sso.discovery import EntraDirectory
@@ -54,14 +59,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             follow_redirects=False,
             headers={"User-Agent": f"sso-broker/{__version__}"},
         )
+        sessionmaker = create_sessionmaker(engine)
+        counters, redis = counter_store(settings, sessionmaker, engine.dialect.name)
         context = AppContext(
             settings=settings,
             engine=engine,
-            sessionmaker=create_sessionmaker(engine),
+            sessionmaker=sessionmaker,
             box=box,
             keyring=KeyRing(settings, box),
             http=http,
             directory=EntraDirectory(http, settings.entra_authority_base),
+            counters=counters,
         )
         try:
             await _load_keys(context)
@@ -69,6 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await http.aclose()
+            if redis is not None:
+                await redis.aclose()
             await engine.dispose()
 
     app = FastAPI(
@@ -79,7 +89,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(ApiCORSMiddleware, frontend_origin=settings.frontend_origin)
+    app.add_middleware(RateLimitMiddleware)
     app.add_middleware(BodySizeLimitMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
     app.include_router(health_router)
     app.include_router(sessions_router)

@@ -3,6 +3,7 @@
 from sso_broker.companies.models import Company
 from sso_broker.database import Base
 from sso_broker.providers.models import SSOProvider
+from sso_broker.ratelimit import RateLimitCounter
 from sso_broker.sessions.models import LoginCode, RefreshToken, SigningKey, SignInSession
 from sso_broker.sso.models import ConsumedState, IdentityLink
 from sso_broker.users.models import User
@@ -13,6 +14,7 @@ __all__ = [
     "ConsumedState",
     "IdentityLink",
     "LoginCode",
+    "RateLimitCounter",
     "RefreshToken",
     "SSOProvider",
     "SignInSession",

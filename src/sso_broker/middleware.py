@@ -1,7 +1,8 @@
-"""Middleware that bounds what reaches the app: body size, and which origin may call the API."""
+"""HTTP middleware: body size limit, CORS for the API, security headers on every answer."""
 
 from __future__ import annotations
 
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -9,6 +10,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sso_broker.errors import ErrorCode, problem_response
 
 MAX_BODY_BYTES = 64 * 1024
+# Entra's authorization responses (code, state, session_state, iss) fit well within this.
+MAX_QUERY_BYTES = 16 * 1024
 
 
 class BodySizeLimitMiddleware:
@@ -29,6 +32,15 @@ class BodySizeLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if len(scope.get("query_string", b"")) > MAX_QUERY_BYTES:
+            response = problem_response(
+                414,
+                ErrorCode.REQUEST_TOO_LARGE,
+                "URI too long",
+                f"The query string is longer than {MAX_QUERY_BYTES} bytes; send less.",
+            )
+            await response(scope, receive, send)
             return
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
@@ -81,3 +93,31 @@ class ApiCORSMiddleware:
             await self.cors(scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+
+class SecurityHeadersMiddleware:
+    """Headers every answer carries, and ``no-store`` on every API answer.
+
+    ``nosniff`` everywhere; API answers (tokens, personal data) are never cached; browser
+    routes already set ``no-store`` and ``no-referrer`` themselves. No frame restriction is
+    set globally: Entra loads the front-channel logout URL in a hidden frame.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        is_api = scope["path"].startswith("/api/")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["X-Content-Type-Options"] = "nosniff"
+                if is_api:
+                    headers["Cache-Control"] = "no-store"
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

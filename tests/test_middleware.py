@@ -56,3 +56,33 @@ class TestBodyLimit:
             headers=headers,
         )
         assert response.status_code == 201
+
+
+class TestSecurityHeaders:
+    async def test_every_answer_is_nosniff_and_api_answers_are_never_cached(
+        self, client: httpx.AsyncClient, factory: Factory
+    ) -> None:
+        headers = await _admin_headers(factory)
+        api = await client.get("/api/v1/users", headers=headers)
+        anonymous = await client.get("/api/v1/users")
+        health = await client.get("/healthz")
+        for response in (api, anonymous, health):
+            assert response.headers["x-content-type-options"] == "nosniff"
+        assert api.headers["cache-control"] == "no-store"
+        assert anonymous.headers["cache-control"] == "no-store"
+
+    async def test_sign_in_redirects_carry_no_referrer_and_no_store(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        import uuid
+
+        response = await client.get(f"/sso/{uuid.uuid4()}/initiate")
+        assert response.status_code == 302
+        assert response.headers["referrer-policy"] == "no-referrer"
+        assert response.headers["cache-control"] == "no-store"
+        assert response.headers["x-content-type-options"] == "nosniff"
+
+    async def test_an_oversized_query_string_is_refused(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/healthz", params={"q": "x" * 20_000})
+        assert response.status_code == 414
+        assert response.json()["code"] == "request_too_large"

@@ -1,0 +1,160 @@
+"""Rate limits on the public routes, counted where every replica sees them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from sso_broker.deps import AppContext
+from sso_broker.main import create_app
+from sso_broker.ratelimit import WINDOW_SECONDS
+from tests.conftest import PUBLIC_URL, Database, _empty_tables, make_settings
+
+REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+@asynccontextmanager
+async def limited_app(database: Database, **overrides: Any) -> AsyncIterator[FastAPI]:
+    settings = make_settings(
+        database.url,
+        rate_limit_enabled=True,
+        rate_limit_sign_in_per_ip=3,
+        rate_limit_sign_in_per_provider=5,
+        rate_limit_token_per_ip=2,
+        **overrides,
+    )
+    app = create_app(settings)
+    try:
+        async with app.router.lifespan_context(app):
+            yield app
+    finally:
+        await _empty_tables(database.url)
+
+
+def client_from(app: FastAPI, ip: str) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, client=(ip, 40000))
+    return httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL)
+
+
+def unique_ip() -> str:
+    raw = uuid.uuid4().bytes
+    return f"10.{raw[0]}.{raw[1]}.{raw[2]}"
+
+
+class TestSignInRoutes:
+    async def test_per_ip_limit_answers_429_with_retry_after(self, database: Database) -> None:
+        async with limited_app(database) as app, client_from(app, unique_ip()) as client:
+            provider = uuid.uuid4()
+            answers = [(await client.get(f"/sso/{provider}/initiate")) for _ in range(4)]
+        assert [a.status_code for a in answers[:3]] == [302, 302, 302]
+        limited = answers[3]
+        assert limited.status_code == 429
+        assert 1 <= int(limited.headers["retry-after"]) <= WINDOW_SECONDS
+        assert limited.headers["content-type"].startswith("text/html")
+        assert "Too many sign-in attempts" in limited.text
+
+    async def test_per_provider_limit_counts_every_address(self, database: Database) -> None:
+        provider = uuid.uuid4()
+        async with limited_app(database) as app:
+            statuses = []
+            for _ in range(6):
+                async with client_from(app, unique_ip()) as client:
+                    statuses.append((await client.get(f"/sso/{provider}/initiate")).status_code)
+            async with client_from(app, unique_ip()) as client:
+                other = await client.get(f"/sso/{uuid.uuid4()}/initiate")
+        assert statuses == [302] * 5 + [429]
+        assert other.status_code == 302  # another provider has its own budget
+
+    async def test_replicas_share_the_counters(self, database: Database) -> None:
+        ip, provider = unique_ip(), uuid.uuid4()
+        async with limited_app(database) as first:
+            settings = first.state.context.settings
+            second = create_app(settings)
+            async with (
+                second.router.lifespan_context(second),
+                client_from(first, ip) as a,
+                client_from(second, ip) as b,
+            ):
+                statuses = [
+                    (await client.get(f"/sso/{provider}/initiate")).status_code
+                    for client in (a, b, a, b)
+                ]
+        assert statuses == [302, 302, 302, 429]
+
+
+class TestTokenRoute:
+    async def test_per_ip_limit_is_a_problem_document(self, database: Database) -> None:
+        body = {"grant_type": "login_code", "code": "not-a-code"}
+        async with limited_app(database) as app, client_from(app, unique_ip()) as client:
+            answers = [await client.post("/api/v1/auth/token", json=body) for _ in range(3)]
+        assert [a.status_code for a in answers] == [400, 400, 429]
+        problem = answers[2].json()
+        assert problem["code"] == "rate_limited"
+        assert answers[2].headers["content-type"] == "application/problem+json"
+        assert int(answers[2].headers["retry-after"]) >= 1
+
+    async def test_admin_routes_are_not_counted(self, database: Database) -> None:
+        async with limited_app(database) as app, client_from(app, unique_ip()) as client:
+            statuses = {(await client.get("/api/v1/users")).status_code for _ in range(10)}
+        assert statuses == {401}
+
+
+class TestFailures:
+    async def test_a_failing_counter_store_lets_requests_through(
+        self, database: Database, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        class Broken:
+            async def hit(self, keys: list[str], window_end: float) -> list[int]:
+                raise RedisError("down")
+
+        async with limited_app(database) as app, client_from(app, unique_ip()) as client:
+            context: AppContext = app.state.context
+            context.counters = Broken()
+            statuses = {(await client.get(f"/sso/{uuid.uuid4()}/initiate")).status_code
+                        for _ in range(5)}  # fmt: skip
+        assert statuses == {302}
+        assert any("rate limiter unavailable" in r.getMessage() for r in caplog.records)
+
+
+async def _redis_reachable() -> bool:
+    redis: Redis = Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        return bool(await redis.ping())
+    except (RedisError, OSError):
+        return False
+    finally:
+        await redis.aclose()
+
+
+class TestRedisCounters:
+    async def test_counters_in_redis_when_a_url_names_one(
+        self, database: Database, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        if not await _redis_reachable():
+            pytest.skip(f"no Redis at {REDIS_URL}")
+        ip, provider = unique_ip(), uuid.uuid4()
+        seen: list[str] = []
+        original: Callable[..., Any] = Redis.pipeline
+
+        def spy(self: Redis, *args: Any, **kwargs: Any) -> Any:
+            seen.append("pipeline")
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Redis, "pipeline", spy)
+        async with (
+            limited_app(database, redis_url=REDIS_URL) as app,
+            client_from(app, ip) as client,
+        ):
+            statuses = [
+                (await client.get(f"/sso/{provider}/initiate")).status_code for _ in range(4)
+            ]
+        assert statuses == [302, 302, 302, 429]
+        assert len(seen) == 4
