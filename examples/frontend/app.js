@@ -231,7 +231,12 @@ function safeReturnTo(value) {
   if (/[\u0000-\u001f\u007f]|[^\S ]/.test(value)) return null;
   try {
     const url = new URL(value, window.location.origin);
-    return url.origin === window.location.origin ? value : null;
+    // The resolved path must not itself read as another origin (/..//evil.com resolves
+    // to //evil.com), and must be the path that was asked for: no dot segments.
+    if (url.origin !== window.location.origin || url.pathname.startsWith("//")) return null;
+    const path = value.split(/[?#]/, 1)[0];
+    const segments = decodeURIComponent(path).split("/");
+    return segments.some((s) => s === "." || s === "..") ? null : url.pathname + url.search + url.hash;
   } catch {
     return null;
   }
