@@ -28,6 +28,8 @@ secret: details are written by us, never copied from input.
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 from collections.abc import Callable, Coroutine, Mapping
 from enum import StrEnum
@@ -89,10 +91,14 @@ class SignInErrorCode(StrEnum):
 class SignInError(Exception):
     """A browser sign-in failed; ``reason`` is for the log only and never reaches the browser."""
 
-    def __init__(self, code: SignInErrorCode, reason: str) -> None:
+    def __init__(
+        self, code: SignInErrorCode, reason: str, *, idp_subject: str | None = None
+    ) -> None:
         super().__init__(f"{code.value}: {reason}")
         self.code = code
         self.reason = reason
+        # The identity provider's user id, when the failure came after a valid ID token.
+        self.idp_subject = idp_subject
 
 
 class Problem(BaseModel):
@@ -248,6 +254,17 @@ _HTTP_CODES = {
 
 async def http_error_handler(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)  # noqa: S101
+    if exc.status_code == 400:
+        # FastAPI answers 400 "There was an error parsing the body" when a body cannot even be
+        # decoded (not UTF-8), but a 422 when it decodes to broken JSON. To a client both are
+        # the same mistake: one status and code for both.
+        return problem_response(
+            422,
+            ErrorCode.VALIDATION_ERROR,
+            "Invalid request",
+            "The request body cannot be read: send JSON encoded as UTF-8.",
+            errors=[{"loc": ["body"], "type": "json_invalid", "msg": "body is not UTF-8 JSON"}],
+        )
     code, title = _HTTP_CODES.get(exc.status_code, (ErrorCode.SERVER_ERROR, "Error"))
     if exc.status_code == 404:
         detail = "There is nothing at this address; check the path against /docs."
@@ -318,6 +335,14 @@ def sign_in_failure(request: Request, exc: Exception) -> RedirectResponse:
             "sign-in failed",
             extra={"path": path, "error": code.value, "reason": "malformed provider id"},
         )
+    elif isinstance(exc, StarletteHTTPException) and exc.status_code < 500:
+        # The framework could not read the request (a form post that does not parse, a body
+        # over the limit): there is no authorization response to check.
+        code = SignInErrorCode.INVALID_STATE
+        logger.info(
+            "sign-in failed",
+            extra={"path": path, "error": code.value, "reason": "unreadable request"},
+        )
     else:
         code = SignInErrorCode.SERVER_ERROR
         logger.error(
@@ -342,10 +367,72 @@ class BrowserRoute(APIRoute):
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """Turns every error into problem+json, and documents errors as they are sent."""
     app.add_exception_handler(AppError, app_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(Exception, unhandled_error_handler)
+    _document_errors(app)
+
+
+# Answered by the size limits in front of every route (sso_broker.middleware), whatever the route.
+_BODY_TOO_LARGE: dict[str, Any] = {
+    "description": "Error codes: `request_too_large` (the body is over the size limit)",
+    "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
+_QUERY_TOO_LONG: dict[str, Any] = {
+    "description": "Error codes: `request_too_large` (the query string is over the size limit)",
+    "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
+
+
+def _document_errors(app: FastAPI) -> None:
+    """Makes ``app.openapi()`` describe the error answers the app really sends.
+
+    * FastAPI files a ``responses=`` model under ``application/json``; problem documents are
+      sent as ``application/problem+json``, so the schema belongs under that media type.
+    * FastAPI adds a 422 to every route with parameters; browser routes never answer it (a
+      malformed provider id redirects to the sign-in error page like any other failure).
+    * The size limits answer 413 (body) and 414 (query string) in front of every route.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = generate()
+            browser = {
+                (route.path_format, method.lower())
+                for route in app.routes
+                if isinstance(route, BrowserRoute)
+                for method in route.methods or ()
+            }
+            for path, path_item in spec.get("paths", {}).items():
+                for method, operation in path_item.items():
+                    responses = operation.setdefault("responses", {})
+                    for response in responses.values():
+                        content = response.get("content", {})
+                        if PROBLEM_JSON in content and "application/json" in content:
+                            content[PROBLEM_JSON] = content.pop("application/json")
+                    if (path, method) in browser:
+                        responses.pop("422", None)
+                    if "requestBody" in operation:
+                        responses.setdefault("413", copy.deepcopy(_BODY_TOO_LARGE))
+                    responses.setdefault("414", copy.deepcopy(_QUERY_TOO_LONG))
+            _drop_unreferenced_schemas(spec, ("HTTPValidationError", "ValidationError"))
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _drop_unreferenced_schemas(spec: dict[str, Any], names: tuple[str, ...]) -> None:
+    schemas: dict[str, Any] = spec.get("components", {}).get("schemas", {})
+    for name in names:
+        if name not in schemas:
+            continue
+        definition = schemas.pop(name)
+        if f'"#/components/schemas/{name}"' in json.dumps(spec):
+            schemas[name] = definition
 
 
 def error_responses(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:

@@ -9,6 +9,7 @@ import httpx
 from fastapi import FastAPI
 
 from sso_broker import __version__
+from sso_broker.audit.router import router as audit_router
 from sso_broker.config import Settings
 from sso_broker.crypto import SecretBox
 from sso_broker.database import bootstrap_connection, create_engine, create_sessionmaker
@@ -98,4 +99,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(providers_router)
     app.include_router(users_router)
     app.include_router(sso_router)
+    app.include_router(audit_router)
     return app

@@ -1,5 +1,6 @@
 """Every model, imported once so ``Base.metadata`` is complete (Alembic, tests)."""
 
+from sso_broker.audit.models import AuditEvent
 from sso_broker.companies.models import Company
 from sso_broker.database import Base
 from sso_broker.providers.models import SSOProvider
@@ -9,6 +10,7 @@ from sso_broker.sso.models import ConsumedState, IdentityLink
 from sso_broker.users.models import User
 
 __all__ = [
+    "AuditEvent",
     "Base",
     "Company",
     "ConsumedState",

@@ -14,6 +14,7 @@ import math
 import random
 import re
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -108,8 +109,23 @@ def _limits(settings: Settings, path: str, client_ip: str) -> list[Limit]:
         return []
     return [
         Limit(f"sso:ip:{client_ip}", settings.rate_limit_sign_in_per_ip),
-        Limit(f"sso:provider:{match.group(1).lower()}", settings.rate_limit_sign_in_per_provider),
+        Limit(
+            f"sso:provider:{_provider_key(match.group(1))}",
+            settings.rate_limit_sign_in_per_provider,
+        ),
     ]
+
+
+def _provider_key(segment: str) -> str:
+    """The provider's id in canonical form; one shared bucket for anything that is not an id.
+
+    The segment is chosen by the client: it must neither mint counters at will nor reach the
+    database with text it cannot store (PostgreSQL refuses NUL, which turned into a 500).
+    """
+    try:
+        return str(uuid.UUID(segment))
+    except ValueError:
+        return "malformed"
 
 
 def _too_many(path: str, retry_after: int) -> Response:

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import unicodedata
-from typing import Annotated, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    StringConstraints,
+    model_validator,
+)
 
 
 def refuse_control_characters(value: str) -> str:
@@ -30,14 +38,48 @@ DisplayName = Annotated[
 """A name shown to people: trimmed, 1 to 200 characters, no control characters."""
 
 
+def _refuse_numbers(value: object) -> object:
+    # Pydantic reads a number ("0.5", "1700000000") as Unix time; the API documents RFC 3339.
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+        raise ValueError("must be a date-time with a timezone, such as 2026-01-31T12:00:00Z")
+    return value
+
+
+IsoDateTime = Annotated[AwareDatetime, BeforeValidator(_refuse_numbers)]
+"""An RFC 3339 date-time with a timezone, as the OpenAPI ``date-time`` format says."""
+
+
 class StrictBody(BaseModel):
     """A request body: unknown fields are refused, never ignored or stored."""
 
     model_config = ConfigDict(extra="forbid")
 
 
+def _document_not_nullable(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """Drops ``null`` from the JSON schema of the fields a ``PatchBody`` refuses it for."""
+    properties = schema.get("properties", {})
+    for field in getattr(model, "NOT_NULLABLE", ()):
+        prop = properties.get(field)
+        if prop is None or "anyOf" not in prop:
+            continue
+        if "default" in prop and prop["default"] is None:
+            del prop["default"]  # leaving the field out keeps the value; null is refused
+        variants = [v for v in prop["anyOf"] if v != {"type": "null"}]
+        if len(variants) == 1:
+            del prop["anyOf"]
+            prop.update(variants[0])
+        else:
+            prop["anyOf"] = variants
+
+
 class PatchBody(StrictBody):
     """A partial update: absent fields keep their value; ``null`` only where a field allows it."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_document_not_nullable)
 
     NOT_NULLABLE: ClassVar[tuple[str, ...]] = ()
 

@@ -442,7 +442,7 @@ class TestLoginCodeGrant:
     ) -> None:
         signed_in = await sign_in(client, entra, factory)
         async with session_scope(context.sessionmaker) as session:
-            await sessions_service.revoke(session, signed_in.session_id)
+            await sessions_service.revoke(session, signed_in.session_id, reason="test")
         response = await client.post(
             TOKEN, json={"grant_type": "login_code", "code": signed_in.code}
         )
@@ -692,7 +692,7 @@ class TestMe:
         signed_in = await sign_in(client, entra, factory)
         tokens = await exchange(client, signed_in.code)
         async with session_scope(context.sessionmaker) as session:
-            await sessions_service.revoke(session, signed_in.session_id)
+            await sessions_service.revoke(session, signed_in.session_id, reason="test")
         response = await client.get(ME, headers=bearer(tokens["access_token"]))
         assert_problem(response, 401, "session_expired")
         assert response.headers["www-authenticate"] == "Bearer"

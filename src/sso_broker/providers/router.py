@@ -48,7 +48,9 @@ async def list_providers(
 async def create_provider(
     data: ProviderCreate, principal: CurrentAdmin, session: SessionDep, settings: SettingsDep
 ) -> ProviderRead:
-    provider = await service.create(session, principal.user.company_id, data)
+    provider = await service.create(
+        session, principal.user.company_id, data, actor_id=principal.user.id
+    )
     return ProviderRead.build(provider, settings)
 
 
@@ -88,8 +90,9 @@ async def update_provider(
     context: ContextDep,
 ) -> ProviderRead:
     provider = await service.update(
-        session, context.box, principal.user.company_id, provider_id, data
-    )
+        session, context.box, principal.user.company_id, provider_id, data,
+        actor_id=principal.user.id,
+    )  # fmt: skip
     return ProviderRead.build(provider, context.settings)
 
 
@@ -103,4 +106,6 @@ async def update_provider(
 async def delete_provider(
     provider_id: uuid.UUID, principal: CurrentAdmin, session: SessionDep
 ) -> None:
-    await service.delete(session, principal.user.company_id, provider_id)
+    await service.delete(
+        session, principal.user.company_id, provider_id, actor_id=principal.user.id
+    )

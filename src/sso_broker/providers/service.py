@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from sso_broker.audit import service as audit
+from sso_broker.audit.service import EventType
 from sso_broker.crypto import SecretBox
 from sso_broker.errors import ErrorCode, InvalidInput, NotFound
 from sso_broker.providers import repository
@@ -36,7 +38,9 @@ async def list_for_company(session: AsyncSession, company_id: uuid.UUID) -> Sequ
     return await repository.list_for_company(session, company_id)
 
 
-async def create(session: AsyncSession, company_id: uuid.UUID, data: ProviderCreate) -> SSOProvider:
+async def create(
+    session: AsyncSession, company_id: uuid.UUID, data: ProviderCreate, *, actor_id: uuid.UUID
+) -> SSOProvider:
     kind = provider_type(data.type)
     provider = SSOProvider(
         id=uuid.uuid4(),
@@ -48,6 +52,10 @@ async def create(session: AsyncSession, company_id: uuid.UUID, data: ProviderCre
     )
     session.add(provider)
     await session.flush()
+    audit.record(
+        session, company_id, EventType.PROVIDER_CREATED, actor_user_id=actor_id,
+        provider_id=provider.id,
+    )  # fmt: skip
     return provider
 
 
@@ -57,6 +65,8 @@ async def update(
     company_id: uuid.UUID,
     provider_id: uuid.UUID,
     data: ProviderUpdate,
+    *,
+    actor_id: uuid.UUID,
 ) -> SSOProvider:
     """Applies a partial update, checking the provider as it would be afterwards.
 
@@ -67,6 +77,7 @@ async def update(
     provider = await get(session, company_id, provider_id)
     kind = provider_type(provider.type)
     changed = data.model_fields_set
+    was_enabled = provider.enabled
 
     if "name" in changed and data.name is not None:
         provider.name = data.name
@@ -108,12 +119,29 @@ async def update(
     if changed & _CREDENTIAL_FIELDS:
         provider.last_error = None
     await session.flush()
+    # Field names only: never a value (the secret least of all).
+    audit.record(
+        session, company_id, EventType.PROVIDER_UPDATED, actor_user_id=actor_id,
+        provider_id=provider.id, details={"fields": sorted(changed)},
+    )  # fmt: skip
+    if provider.enabled != was_enabled:
+        audit.record(
+            session, company_id,
+            EventType.PROVIDER_ENABLED if provider.enabled else EventType.PROVIDER_DISABLED,
+            actor_user_id=actor_id, provider_id=provider.id,
+        )  # fmt: skip
     return provider
 
 
-async def delete(session: AsyncSession, company_id: uuid.UUID, provider_id: uuid.UUID) -> None:
+async def delete(
+    session: AsyncSession, company_id: uuid.UUID, provider_id: uuid.UUID, *, actor_id: uuid.UUID
+) -> None:
     """Deletes the provider; its users stay, unlinked, and its sign-in sessions end."""
     provider = await get(session, company_id, provider_id)
     await repository.detach(session, provider)
     await session.delete(provider)
     await session.flush()
+    audit.record(
+        session, company_id, EventType.PROVIDER_DELETED, actor_user_id=actor_id,
+        provider_id=provider_id,
+    )  # fmt: skip

@@ -96,7 +96,7 @@ async def logout(
     principal: CurrentPrincipal, session: SessionDep, context: ContextDep, response: Response
 ) -> LogoutResponse:
     response.headers["Cache-Control"] = "no-store"
-    await service.revoke(session, principal.session.id)
+    await service.revoke(session, principal.session.id, reason="logout", actor_id=principal.user.id)
     url = None
     if principal.session.provider_id is not None:
         provider = await session.get(SSOProvider, principal.session.provider_id)

@@ -6,12 +6,15 @@ import hashlib
 import logging
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Row, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from sso_broker.audit import service as audit
+from sso_broker.audit.service import EventType
 from sso_broker.companies.models import Company
 from sso_broker.config import Settings
 from sso_broker.database import session_scope, utcnow
@@ -277,28 +280,64 @@ async def refresh(
     return await _token_pair(session, settings, keyring, user, sign_in)
 
 
-async def revoke(session: AsyncSession, session_id: uuid.UUID) -> None:
+def _audit_revocations(
+    session: AsyncSession,
+    rows: Sequence[Row[uuid.UUID, uuid.UUID, uuid.UUID, uuid.UUID | None]],
+    reason: str,
+    actor_id: uuid.UUID | None,
+) -> None:
+    for session_id, company_id, user_id, provider_id in rows:
+        audit.record(
+            session, company_id, EventType.SESSION_REVOKED, actor_user_id=actor_id,
+            user_id=user_id, provider_id=provider_id, session_id=session_id,
+            details={"reason": reason},
+        )  # fmt: skip
+
+
+_REVOKED = (
+    SignInSession.id,
+    SignInSession.company_id,
+    SignInSession.user_id,
+    SignInSession.provider_id,
+)
+
+
+async def revoke(
+    session: AsyncSession,
+    session_id: uuid.UUID,
+    *,
+    reason: str,
+    actor_id: uuid.UUID | None = None,
+) -> None:
     """Ends a sign-in session: its JWTs stop working at once and its refresh tokens die."""
-    await session.execute(
-        update(SignInSession)
-        .where(SignInSession.id == session_id, SignInSession.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
-    )
+    rows = (
+        await session.execute(
+            update(SignInSession)
+            .where(SignInSession.id == session_id, SignInSession.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+            .returning(*_REVOKED)
+        )
+    ).all()
     await session.execute(delete(LoginCode).where(LoginCode.session_id == session_id))
+    _audit_revocations(session, rows, reason, actor_id)
 
 
 async def revoke_by_idp_session(session: AsyncSession, provider_id: uuid.UUID, idp_sid: str) -> int:
     """Front-channel logout: ends every live session of the provider with that IdP session."""
-    result = await session.execute(
-        update(SignInSession)
-        .where(
-            SignInSession.provider_id == provider_id,
-            SignInSession.idp_sid == idp_sid,
-            SignInSession.revoked_at.is_(None),
+    rows = (
+        await session.execute(
+            update(SignInSession)
+            .where(
+                SignInSession.provider_id == provider_id,
+                SignInSession.idp_sid == idp_sid,
+                SignInSession.revoked_at.is_(None),
+            )
+            .values(revoked_at=utcnow())
+            .returning(*_REVOKED)
         )
-        .values(revoked_at=utcnow())
-    )
-    return int(getattr(result, "rowcount", 0) or 0)
+    ).all()
+    _audit_revocations(session, rows, "front_channel_logout", None)
+    return len(rows)
 
 
 async def grant(
@@ -323,7 +362,7 @@ async def grant(
             raise InvalidGrant("Send a login code or a refresh token.")
     except RefreshTokenReused as reused:
         async with session_scope(sessionmaker) as session:
-            await revoke(session, reused.session_id)
+            await revoke(session, reused.session_id, reason="refresh_token_reuse")
         logger.warning(
             "refresh token reused; session revoked", extra={"session_id": str(reused.session_id)}
         )

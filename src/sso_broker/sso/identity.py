@@ -20,8 +20,8 @@ from sso_broker.users.models import User
 from sso_broker.users.repository import normalize_email
 
 
-def _not_provisioned(reason: str) -> SignInError:
-    return SignInError(SignInErrorCode.USER_NOT_PROVISIONED, reason)
+def _not_provisioned(reason: str, claims: IdTokenClaims) -> SignInError:
+    return SignInError(SignInErrorCode.USER_NOT_PROVISIONED, reason, idp_subject=claims.object_id)
 
 
 async def resolve_user(session: AsyncSession, provider: SSOProvider, claims: IdTokenClaims) -> User:
@@ -45,11 +45,13 @@ async def resolve_user(session: AsyncSession, provider: SSOProvider, claims: IdT
     ).scalar_one_or_none()
     if linked is not None:
         if linked.company_id != provider.company_id or linked.sso_provider_id != provider.id:
-            raise _not_provisioned("the linked user is no longer associated with this provider")
+            raise _not_provisioned(
+                "the linked user is no longer associated with this provider", claims
+            )
         return linked
 
     if claims.email is None:
-        raise _not_provisioned("the ID token carries neither email nor preferred_username")
+        raise _not_provisioned("the ID token carries neither email nor preferred_username", claims)
     user = await session.scalar(
         select(User).where(
             User.company_id == provider.company_id,
@@ -58,7 +60,7 @@ async def resolve_user(session: AsyncSession, provider: SSOProvider, claims: IdT
         )
     )
     if user is None:
-        raise _not_provisioned("no user of this company with that email uses this provider")
+        raise _not_provisioned("no user of this company with that email uses this provider", claims)
     session.add(
         IdentityLink(
             provider_id=provider.id,
@@ -72,5 +74,5 @@ async def resolve_user(session: AsyncSession, provider: SSOProvider, claims: IdT
     except IntegrityError as e:
         # The user is already linked to another identity of this provider (or a concurrent
         # first sign-in linked it a moment ago): a second account must not take it over.
-        raise _not_provisioned("the user is already linked to another identity") from e
+        raise _not_provisioned("the user is already linked to another identity", claims) from e
     return user

@@ -160,5 +160,6 @@ async def logout(
     sends the browser to after its sign-out, which forwards to the frontend."""
     if not sid:
         return _no_store(RedirectResponse(context.settings.logged_out, status_code=302))
-    await sessions_service.revoke_by_idp_session(session, provider_id, sid)
+    if "\x00" not in sid:  # no session has such a sid (PostgreSQL cannot even compare it)
+        await sessions_service.revoke_by_idp_session(session, provider_id, sid)
     return _no_store(HTMLResponse("<!doctype html><title>Signed out</title>", status_code=200))

@@ -21,6 +21,8 @@ from authlib.oauth2.rfc6749.parameters import prepare_grant_uri, prepare_token_r
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from sso_broker.audit import service as audit
+from sso_broker.audit.service import EventType
 from sso_broker.database import session_scope, utcnow
 from sso_broker.deps import AppContext
 from sso_broker.errors import SignInError, SignInErrorCode
@@ -111,9 +113,29 @@ async def load_provider(session: AsyncSession, provider_id: uuid.UUID) -> SSOPro
     """The provider, if it exists and is enabled with its credentials (one primary-key read)."""
     provider = await session.get(SSOProvider, provider_id)
     if provider is None:
-        raise SignInError(SignInErrorCode.PROVIDER_NOT_FOUND, "no such provider")
+        # Only the log hears of it: an unknown id belongs to no company's audit log, and a
+        # bot must not fill the database (the id is a UUID, so the log line is bounded).
+        raise SignInError(SignInErrorCode.PROVIDER_NOT_FOUND, f"no provider {provider_id}")
     credentials(provider)
     return provider
+
+
+async def record_failure(
+    context: AppContext, provider: SSOProvider, error: SignInError, *, stage: str
+) -> None:
+    """Writes a failed sign-in to the company's audit log (its own transaction).
+
+    A failure to write it is logged, never allowed to replace the sign-in's own error.
+    """
+    try:
+        async with session_scope(context.sessionmaker) as session:
+            audit.record(
+                session, provider.company_id, EventType.SIGN_IN_FAILED,
+                provider_id=provider.id, idp_subject=error.idp_subject, error=error.code.value,
+                details={"stage": stage},
+            )  # fmt: skip
+    except Exception as e:
+        logger.warning("could not audit a failed sign-in", extra={"error": type(e).__name__})
 
 
 async def provider_metadata(context: AppContext, provider: SSOProvider) -> ProviderMetadata:
@@ -143,7 +165,11 @@ async def initiate(
 ) -> InitiateResult:
     """Builds the redirect to Entra; writes nothing to the database (the state is sealed)."""
     provider = await load_provider(session, provider_id)
-    metadata = await provider_metadata(context, provider)
+    try:
+        metadata = await provider_metadata(context, provider)
+    except SignInError as e:
+        await record_failure(context, provider, e, stage="initiate")
+        raise
     safe_path = safe_return_to(return_to)
     if return_to and safe_path is None:
         logger.info("dropped an unsafe return_to", extra={"provider_id": str(provider_id)})
@@ -271,7 +297,25 @@ async def complete(
     code, a bad token) still leaves it used: an authorization response works once.
     """
     async with session_scope(context.sessionmaker) as session:
-        provider = await load_provider(session, provider_id)
+        provider = await session.get(SSOProvider, provider_id)
+    if provider is None:
+        raise SignInError(SignInErrorCode.PROVIDER_NOT_FOUND, f"no provider {provider_id}")
+    try:
+        return await _complete(context, provider, params, sealed_state)
+    except SignInError as e:
+        await record_failure(context, provider, e, stage="callback")
+        raise
+
+
+async def _complete(
+    context: AppContext,
+    provider: SSOProvider,
+    params: CallbackParams,
+    sealed_state: str | None,
+) -> str:
+    provider_id = provider.id
+    credentials(provider)
+    async with session_scope(context.sessionmaker) as session:
         login = state.open_state(
             context.box, sealed_state, state=params.state, provider_id=provider_id
         )
@@ -313,6 +357,10 @@ async def complete(
         code = await sessions_service.create_login_code(session, sign_in)
         if stored.last_error is not None:
             stored.last_error = None  # it signs people in again: the old failure is history
+        audit.record(
+            session, stored.company_id, EventType.SIGN_IN_SUCCEEDED, provider_id=stored.id,
+            user_id=user.id, session_id=sign_in.id, idp_subject=claims.object_id,
+        )  # fmt: skip
     logger.info(
         "sign-in succeeded",
         extra={

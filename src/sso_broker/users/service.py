@@ -9,6 +9,8 @@ from sqlalchemy import delete as sql_delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from sso_broker.audit import service as audit
+from sso_broker.audit.service import EventType
 from sso_broker.errors import Conflict, ErrorCode, Forbidden, InvalidInput, NotFound
 from sso_broker.providers import repository as providers_repository
 from sso_broker.sso.models import IdentityLink
@@ -121,6 +123,11 @@ async def create(
     )
     session.add(user)
     await _flush_checked(session)
+    audit.record(
+        session, company_id, EventType.USER_CREATED,
+        actor_user_id=actor.id if actor else None, user_id=user.id,
+        details={"role": user.role.value},
+    )  # fmt: skip
     return user
 
 
@@ -147,6 +154,10 @@ async def update(session: AsyncSession, actor: User, user_id: uuid.UUID, data: U
             user.email_normalized = normalized
         user.email = data.email
     await _flush_checked(session)
+    audit.record(
+        session, actor.company_id, EventType.USER_UPDATED, actor_user_id=actor.id,
+        user_id=user.id, details={"fields": sorted(changed), "role": user.role.value},
+    )  # fmt: skip
     return user
 
 
@@ -156,3 +167,7 @@ async def delete(session: AsyncSession, actor: User, user_id: uuid.UUID) -> None
     check_can_manage(actor, user)
     await session.delete(user)
     await session.flush()
+    audit.record(
+        session, actor.company_id, EventType.USER_DELETED, actor_user_id=actor.id,
+        user_id=user_id,
+    )  # fmt: skip
