@@ -91,10 +91,17 @@ class DiscoveryError(Exception):
         self.cached = cached
 
 
+def overall_deadline(http: httpx.AsyncClient) -> float:
+    """One call's total time budget: httpx's timeouts bound each read, not the whole call,
+    so a server dripping bytes could otherwise hold a sign-in (and a worker's slot) forever."""
+    return http.timeout.read or 10.0
+
+
 async def _get_json(http: httpx.AsyncClient, url: str) -> tuple[int, Any]:
     try:
-        response = await http.get(url, headers={"Accept": "application/json"})
-    except httpx.HTTPError as e:
+        async with asyncio.timeout(overall_deadline(http)):
+            response = await http.get(url, headers={"Accept": "application/json"})
+    except (httpx.HTTPError, TimeoutError) as e:
         raise DiscoveryError(f"cannot reach {urlsplit(url).netloc}: {type(e).__name__}") from e
     if len(response.content) > MAX_DOCUMENT_BYTES:
         raise DiscoveryError(f"{urlsplit(url).path} answered with an oversized document")

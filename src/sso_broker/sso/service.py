@@ -8,6 +8,7 @@ session and returns the frontend URL carrying a one-time login code.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import uuid
@@ -29,7 +30,12 @@ from sso_broker.errors import SignInError, SignInErrorCode
 from sso_broker.providers.models import SSOProvider
 from sso_broker.sessions import service as sessions_service
 from sso_broker.sso import id_token, state
-from sso_broker.sso.discovery import DiscoveryError, ProviderMetadata, aadsts_code
+from sso_broker.sso.discovery import (
+    DiscoveryError,
+    ProviderMetadata,
+    aadsts_code,
+    overall_deadline,
+)
 from sso_broker.sso.identity import resolve_user
 from sso_broker.sso.redirects import safe_return_to
 
@@ -246,15 +252,16 @@ async def _exchange_code(
         code_verifier=login.code_verifier,
     )
     try:
-        response = await context.http.post(
-            metadata.token_endpoint,
-            content=body,
-            headers={
-                "Content-Type": "application/x-www-form-urlencoded",
-                "Accept": "application/json",
-            },
-        )
-    except httpx.HTTPError as e:
+        async with asyncio.timeout(overall_deadline(context.http)):
+            response = await context.http.post(
+                metadata.token_endpoint,
+                content=body,
+                headers={
+                    "Content-Type": "application/x-www-form-urlencoded",
+                    "Accept": "application/json",
+                },
+            )
+    except (httpx.HTTPError, TimeoutError) as e:
         raise SignInError(
             SignInErrorCode.TOKEN_EXCHANGE_FAILED, f"token endpoint unreachable: {type(e).__name__}"
         ) from e
