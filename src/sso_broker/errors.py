@@ -375,6 +375,20 @@ def install_error_handlers(app: FastAPI) -> None:
     _document_errors(app)
 
 
+_RATE_LIMITED: dict[str, Any] = {
+    "description": "Error codes: `rate_limited` (with `Retry-After`)",
+    "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
+_RATE_LIMITED_PAGE: dict[str, Any] = {
+    "description": "Too many sign-in attempts: a small page, with `Retry-After`",
+    "content": {"text/html": {"schema": {"type": "string"}}},
+}
+_DATABASE_DOWN: dict[str, Any] = {
+    "description": "Error codes: `database_unavailable` (with `Retry-After`)",
+    "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
+_NO_DATABASE = frozenset({"/healthz", "/.well-known/jwks.json"})
+
 # Answered by the size limits in front of every route (sso_broker.middleware), whatever the route.
 _BODY_TOO_LARGE: dict[str, Any] = {
     "description": "Error codes: `request_too_large` (the body is over the size limit)",
@@ -394,6 +408,8 @@ def _document_errors(app: FastAPI) -> None:
     * FastAPI adds a 422 to every route with parameters; browser routes never answer it (a
       malformed provider id redirects to the sign-in error page like any other failure).
     * The size limits answer 413 (body) and 414 (query string) in front of every route.
+    * The rate limiter answers 429 on the sign-in routes and the token endpoint, and every
+      route that reads the database may answer 503 while it is down.
     """
     generate = app.openapi
 
@@ -418,6 +434,13 @@ def _document_errors(app: FastAPI) -> None:
                     if "requestBody" in operation:
                         responses.setdefault("413", copy.deepcopy(_BODY_TOO_LARGE))
                     responses.setdefault("414", copy.deepcopy(_QUERY_TOO_LONG))
+                    if path.startswith("/sso/"):
+                        responses.setdefault("429", copy.deepcopy(_RATE_LIMITED_PAGE))
+                    elif path == "/api/v1/auth/token":
+                        responses.setdefault("429", copy.deepcopy(_RATE_LIMITED))
+                    # Browser routes answer a database outage with the error redirect.
+                    if path not in _NO_DATABASE and not path.startswith("/sso/"):
+                        responses.setdefault("503", copy.deepcopy(_DATABASE_DOWN))
             _drop_unreferenced_schemas(spec, ("HTTPValidationError", "ValidationError"))
             app.openapi_schema = spec
         return app.openapi_schema
