@@ -7,9 +7,11 @@ created for the run). Set but unreachable fails the run: it never skips.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -25,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from sso_broker.config import Settings
 from sso_broker.database import create_engine, session_scope
 from sso_broker.deps import AppContext
+from sso_broker.logs import JSONFormatter
 from sso_broker.main import create_app
 from sso_broker.migrate import migrate
 from sso_broker.models import Base, Company, SSOProvider, User
@@ -261,3 +264,60 @@ def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Runs the end-to-end tier last: it is the slowest, and it starts processes."""
     items.sort(key=lambda item: "/tests/e2e/" in str(item.path))
+
+
+# --- no secret in any log line of the whole suite ------------------------------------------
+
+_JWT = re.compile(r"eyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]{8,}")
+_ENTRA_CODE = re.compile(r"1\.A[\w-]{60,}")
+
+
+class _LogCollector(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+        self.formatter_ = JSONFormatter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(self.formatter_.format(record))
+        except Exception:  # a record that cannot be formatted is not ours to judge
+            self.lines.append(record.getMessage())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log() -> Iterator[None]:
+    """Captures every log line the suite's sign-ins and admin calls write, at DEBUG, and
+    fails the run if one holds a client secret, an encryption key, a JWT, an Entra
+    authorization code, or any login code or refresh token the broker issued."""
+    from tests.fixtures.entra import CLIENT_SECRET
+
+    issued: list[str] = []
+    original = sessions_service.new_secret_token
+
+    def recording() -> str:
+        value = original()
+        issued.append(value)
+        return value
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(sessions_service, "new_secret_token", recording)
+    collector = _LogCollector()
+    ours = logging.getLogger("sso_broker")
+    previous_level = ours.level
+    ours.setLevel(logging.DEBUG)
+    logging.getLogger().addHandler(collector)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(collector)
+        ours.setLevel(previous_level)
+        patch.undo()
+    text = "\n".join(collector.lines)
+    assert collector.lines, "no log line was captured: the leak check checked nothing"
+    leaks = [name for name, secret in (("client secret", CLIENT_SECRET), ("key", TEST_KEY))
+             if secret in text]  # fmt: skip
+    leaks += ["a JWT"] if _JWT.search(text) else []
+    leaks += ["an Entra authorization code"] if _ENTRA_CODE.search(text) else []
+    leaks += [f"issued token #{n}" for n, token in enumerate(issued) if token in text]
+    assert not leaks, f"secrets in the suite's logs: {', '.join(leaks[:10])}"

@@ -41,7 +41,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -371,6 +371,10 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, app_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    # Database and network failures are answered in the app (503, or a logged 500) rather
+    # than by the outermost catch-all, which would re-raise them to the server as crashes.
+    app.add_exception_handler(SQLAlchemyError, unhandled_error_handler)
+    app.add_exception_handler(OSError, unhandled_error_handler)
     app.add_exception_handler(Exception, unhandled_error_handler)
     _document_errors(app)
 

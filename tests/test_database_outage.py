@@ -1,0 +1,78 @@
+"""The database goes away: requests fail fast with a 503 problem, and service comes back
+by itself when it returns."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from sso_broker.database import create_engine, create_sessionmaker
+from sso_broker.deps import AppContext
+from sso_broker.users.models import Role
+from tests.conftest import PUBLIC_URL, Database, Factory, make_settings
+
+DEAD = "postgresql+asyncpg://postgres@127.0.0.1:1/gone"
+
+
+async def test_requests_fail_fast_with_503_while_the_database_is_down(
+    app: FastAPI, factory: Factory
+) -> None:
+    context: AppContext = app.state.context
+    headers = await factory.headers(await factory.user(await factory.company(), Role.ADMINISTRATOR))
+    working = context.engine, context.sessionmaker
+    dead_engine = create_engine(make_settings(context.settings.database_url), url=DEAD)
+    context.engine, context.sessionmaker = dead_engine, create_sessionmaker(dead_engine)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as client:
+            began = time.perf_counter()
+            answers = [
+                await client.get("/api/v1/users", headers=headers),
+                await client.get("/api/v1/auth/me", headers=headers),
+                await client.post(
+                    "/api/v1/auth/token", json={"grant_type": "login_code", "code": "x"}
+                ),
+                await client.get("/readyz"),
+            ]
+            took = time.perf_counter() - began
+            sign_in = await client.get("/sso/00000000-0000-4000-8000-000000000000/initiate")
+    finally:
+        context.engine, context.sessionmaker = working
+        await dead_engine.dispose()
+    for answer in answers:
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert answer.json()["code"] == "database_unavailable"
+        assert "Traceback" not in answer.text
+        assert answer.headers["retry-after"]
+    assert took < 4 * context.settings.database_timeout
+    # A browser is sent to the error page, never shown a problem document.
+    assert sign_in.status_code == 302
+    assert sign_in.headers["location"].endswith("error=server_error")
+
+
+async def test_service_recovers_by_itself_after_connections_are_dropped(
+    app: FastAPI, factory: Factory, database: Database, client: httpx.AsyncClient
+) -> None:
+    if database.backend != "postgres":
+        pytest.skip("dropping server connections needs PostgreSQL")
+    headers = await factory.headers(await factory.user(await factory.company(), Role.ADMINISTRATOR))
+    assert (await client.get("/api/v1/users", headers=headers)).status_code == 200
+    # Kill every connection to the test database, as a server restart would.
+    admin = create_engine(make_settings(database.url))
+    async with admin.connect() as connection:
+        await connection.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+        await connection.commit()
+    await admin.dispose()
+    after = await client.get("/api/v1/users", headers=headers)
+    assert after.status_code == 200, after.text
+    assert (await client.get("/readyz")).status_code == 200
