@@ -477,6 +477,15 @@ def error_responses(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
     }
 
 
+# What a route behind the bearer token can answer, and what a role-restricted one adds.
+AUTHENTICATION_ERRORS = (
+    ErrorCode.NOT_AUTHENTICATED,
+    ErrorCode.INVALID_TOKEN,
+    ErrorCode.TOKEN_EXPIRED,
+    ErrorCode.SESSION_EXPIRED,
+)
+AUTHORIZATION_ERRORS = (*AUTHENTICATION_ERRORS, ErrorCode.FORBIDDEN)
+
 STATUS_OF: dict[ErrorCode, int] = {
     ErrorCode.INVALID_GRANT: 400,
     ErrorCode.NOT_AUTHENTICATED: 401,

@@ -12,7 +12,7 @@ from sso_broker.audit import service
 from sso_broker.audit.schemas import AuditEventPage, AuditEventRead
 from sso_broker.audit.service import EventType
 from sso_broker.deps import CurrentAdmin, SessionDep
-from sso_broker.errors import ErrorCode, InvalidInput, error_responses
+from sso_broker.errors import AUTHORIZATION_ERRORS, ErrorCode, InvalidInput, error_responses
 from sso_broker.schemas import IsoDateTime
 
 router = APIRouter(prefix="/api/v1/audit-events", tags=["Audit log"])
@@ -37,14 +37,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     "",
     summary="The company's audit log, newest first (administrators)",
     response_model=AuditEventPage,
-    responses=error_responses(
-        ErrorCode.NOT_AUTHENTICATED,
-        ErrorCode.INVALID_TOKEN,
-        ErrorCode.TOKEN_EXPIRED,
-        ErrorCode.SESSION_EXPIRED,
-        ErrorCode.FORBIDDEN,
-        ErrorCode.VALIDATION_ERROR,
-    ),
+    responses=error_responses(*AUTHORIZATION_ERRORS, ErrorCode.VALIDATION_ERROR),
 )
 async def list_audit_events(
     principal: CurrentAdmin,

@@ -5,26 +5,18 @@ import uuid
 from fastapi import APIRouter, Response, status
 
 from sso_broker.deps import ContextDep, CurrentAdmin, SessionDep, SettingsDep
-from sso_broker.errors import ErrorCode, error_responses
+from sso_broker.errors import AUTHORIZATION_ERRORS, ErrorCode, error_responses
 from sso_broker.providers import service
 from sso_broker.providers.schemas import ProviderCreate, ProviderList, ProviderRead, ProviderUpdate
 
 router = APIRouter(prefix="/api/v1/sso-providers", tags=["SSO providers"])
-
-_AUTH_ERRORS = (
-    ErrorCode.NOT_AUTHENTICATED,
-    ErrorCode.INVALID_TOKEN,
-    ErrorCode.TOKEN_EXPIRED,
-    ErrorCode.SESSION_EXPIRED,
-    ErrorCode.FORBIDDEN,
-)
 
 
 @router.get(
     "",
     summary="List the company's SSO providers",
     response_model=ProviderList,
-    responses=error_responses(*_AUTH_ERRORS),
+    responses=error_responses(*AUTHORIZATION_ERRORS),
 )
 async def list_providers(
     principal: CurrentAdmin, session: SessionDep, settings: SettingsDep
@@ -39,7 +31,7 @@ async def list_providers(
     status_code=status.HTTP_201_CREATED,
     response_model=ProviderRead,
     responses=error_responses(
-        *_AUTH_ERRORS,
+        *AUTHORIZATION_ERRORS,
         ErrorCode.VALIDATION_ERROR,
         ErrorCode.UNSUPPORTED_TENANT,
         ErrorCode.INVALID_TENANT,
@@ -58,7 +50,9 @@ async def create_provider(
     "/{provider_id}",
     summary="Read one SSO provider with its three URLs",
     response_model=ProviderRead,
-    responses=error_responses(*_AUTH_ERRORS, ErrorCode.NOT_FOUND, ErrorCode.VALIDATION_ERROR),
+    responses=error_responses(
+        *AUTHORIZATION_ERRORS, ErrorCode.NOT_FOUND, ErrorCode.VALIDATION_ERROR
+    ),
 )
 async def get_provider(
     provider_id: uuid.UUID, principal: CurrentAdmin, session: SessionDep, settings: SettingsDep
@@ -72,7 +66,7 @@ async def get_provider(
     summary="Change an SSO provider: name, tenant, credentials, enabled",
     response_model=ProviderRead,
     responses=error_responses(
-        *_AUTH_ERRORS,
+        *AUTHORIZATION_ERRORS,
         ErrorCode.NOT_FOUND,
         ErrorCode.VALIDATION_ERROR,
         ErrorCode.UNSUPPORTED_TENANT,
@@ -101,7 +95,9 @@ async def update_provider(
     summary="Delete an SSO provider (its users stay, unlinked)",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=error_responses(*_AUTH_ERRORS, ErrorCode.NOT_FOUND, ErrorCode.VALIDATION_ERROR),
+    responses=error_responses(
+        *AUTHORIZATION_ERRORS, ErrorCode.NOT_FOUND, ErrorCode.VALIDATION_ERROR
+    ),
 )
 async def delete_provider(
     provider_id: uuid.UUID, principal: CurrentAdmin, session: SessionDep

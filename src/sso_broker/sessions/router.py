@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Response
 
 from sso_broker.deps import ContextDep, CurrentPrincipal, SessionDep
-from sso_broker.errors import ErrorCode, error_responses
+from sso_broker.errors import AUTHENTICATION_ERRORS, ErrorCode, error_responses
 from sso_broker.providers.models import SSOProvider
 from sso_broker.sessions import service
 from sso_broker.sessions.schemas import (
@@ -22,13 +22,6 @@ from sso_broker.sso import service as sso_service
 from sso_broker.users.schemas import UserRead
 
 router = APIRouter(tags=["Sessions"])
-
-_AUTH_ERRORS = (
-    ErrorCode.NOT_AUTHENTICATED,
-    ErrorCode.INVALID_TOKEN,
-    ErrorCode.TOKEN_EXPIRED,
-    ErrorCode.SESSION_EXPIRED,
-)
 
 
 @router.get(
@@ -71,7 +64,7 @@ async def token(
     "/api/v1/auth/me",
     summary="The signed-in user, their company and session",
     response_model=MeResponse,
-    responses=error_responses(*_AUTH_ERRORS),
+    responses=error_responses(*AUTHENTICATION_ERRORS),
 )
 async def me(principal: CurrentPrincipal, response: Response) -> MeResponse:
     response.headers["Cache-Control"] = "no-store"
@@ -90,7 +83,7 @@ async def me(principal: CurrentPrincipal, response: Response) -> MeResponse:
     "/api/v1/auth/logout",
     summary="End the session now; returns the provider's sign-out URL",
     response_model=LogoutResponse,
-    responses=error_responses(*_AUTH_ERRORS),
+    responses=error_responses(*AUTHENTICATION_ERRORS),
 )
 async def logout(
     principal: CurrentPrincipal, session: SessionDep, context: ContextDep, response: Response

@@ -5,26 +5,18 @@ import uuid
 from fastapi import APIRouter, Response, status
 
 from sso_broker.deps import CurrentUserManager, SessionDep
-from sso_broker.errors import ErrorCode, error_responses
+from sso_broker.errors import AUTHORIZATION_ERRORS, ErrorCode, error_responses
 from sso_broker.users import service
 from sso_broker.users.schemas import UserCreate, UserList, UserRead, UserUpdate
 
 router = APIRouter(prefix="/api/v1/users", tags=["Users"])
-
-_AUTH_ERRORS = (
-    ErrorCode.NOT_AUTHENTICATED,
-    ErrorCode.INVALID_TOKEN,
-    ErrorCode.TOKEN_EXPIRED,
-    ErrorCode.SESSION_EXPIRED,
-    ErrorCode.FORBIDDEN,
-)
 
 
 @router.get(
     "",
     summary="List the company's users",
     response_model=UserList,
-    responses=error_responses(*_AUTH_ERRORS),
+    responses=error_responses(*AUTHORIZATION_ERRORS),
 )
 async def list_users(principal: CurrentUserManager, session: SessionDep) -> UserList:
     users = await service.list_for_company(session, principal.user.company_id)
@@ -37,7 +29,7 @@ async def list_users(principal: CurrentUserManager, session: SessionDep) -> User
     status_code=status.HTTP_201_CREATED,
     response_model=UserRead,
     responses=error_responses(
-        *_AUTH_ERRORS,
+        *AUTHORIZATION_ERRORS,
         ErrorCode.EMAIL_TAKEN,
         ErrorCode.VALIDATION_ERROR,
         ErrorCode.SSO_PROVIDER_NOT_FOUND,
@@ -54,7 +46,9 @@ async def create_user(
     "/{user_id}",
     summary="Read one user",
     response_model=UserRead,
-    responses=error_responses(*_AUTH_ERRORS, ErrorCode.NOT_FOUND, ErrorCode.VALIDATION_ERROR),
+    responses=error_responses(
+        *AUTHORIZATION_ERRORS, ErrorCode.NOT_FOUND, ErrorCode.VALIDATION_ERROR
+    ),
 )
 async def get_user(
     user_id: uuid.UUID, principal: CurrentUserManager, session: SessionDep
@@ -68,7 +62,7 @@ async def get_user(
     summary="Change a user: email, name, role, SSO provider",
     response_model=UserRead,
     responses=error_responses(
-        *_AUTH_ERRORS,
+        *AUTHORIZATION_ERRORS,
         ErrorCode.NOT_FOUND,
         ErrorCode.EMAIL_TAKEN,
         ErrorCode.VALIDATION_ERROR,
@@ -87,7 +81,9 @@ async def update_user(
     summary="Delete a user (their sessions end at once)",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=error_responses(*_AUTH_ERRORS, ErrorCode.NOT_FOUND, ErrorCode.VALIDATION_ERROR),
+    responses=error_responses(
+        *AUTHORIZATION_ERRORS, ErrorCode.NOT_FOUND, ErrorCode.VALIDATION_ERROR
+    ),
 )
 async def delete_user(
     user_id: uuid.UUID, principal: CurrentUserManager, session: SessionDep
