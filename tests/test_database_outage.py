@@ -8,12 +8,16 @@ import time
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import text
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import OperationalError
 
 from sso_broker.database import create_engine, create_sessionmaker
 from sso_broker.deps import AppContext
+from sso_broker.models import IdentityLink, LoginCode, SignInSession
+from sso_broker.sso import service as sso_service
 from sso_broker.users.models import Role
 from tests.conftest import PUBLIC_URL, Database, Factory, make_settings
+from tests.fixtures.entra import CLIENT_ID, CLIENT_SECRET, TENANT_ID, EntraUser, FakeEntra
 
 DEAD = "postgresql+asyncpg://postgres@127.0.0.1:1/gone"
 
@@ -76,3 +80,33 @@ async def test_service_recovers_by_itself_after_connections_are_dropped(
     after = await client.get("/api/v1/users", headers=headers)
     assert after.status_code == 200, after.text
     assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_a_database_failure_mid_sign_in_leaves_nothing_half_written(
+    client: httpx.AsyncClient,
+    factory: Factory,
+    context: AppContext,
+    entra: FakeEntra,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    company = await factory.company()
+    provider = await factory.provider(
+        company, base_url=TENANT_ID, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+        enabled=True,
+    )  # fmt: skip
+    person = EntraUser.make()
+    assert person.email is not None
+    await factory.user(company, email=person.email, provider=provider)
+
+    async def database_gone(*_args: object, **_kwargs: object) -> str:
+        raise OperationalError("INSERT INTO login_codes", {}, ConnectionResetError("gone"))
+
+    # The session row and identity link are already flushed when the login code fails.
+    monkeypatch.setattr(sso_service.sessions_service, "create_login_code", database_gone)
+    started = await client.get(f"/sso/{provider.id}/initiate")
+    finished = await client.get(entra.authorize(started.headers["location"], user=person))
+    assert finished.status_code == 302
+    assert finished.headers["location"].endswith("error=server_error")
+    async with context.sessionmaker() as session:
+        for model in (SignInSession, LoginCode, IdentityLink):
+            assert await session.scalar(select(func.count()).select_from(model)) == 0
