@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -35,7 +36,16 @@ def cli_env(
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    status = main(list(argv))
+    # The CLI points the root logger at this test's captured stderr; put the handlers back,
+    # or later tests would log into a closed stream.
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        status = main(list(argv))
+    finally:
+        root.handlers[:], root.level = handlers, level
+        for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "alembic"):
+            logging.getLogger(name).disabled = False
     captured = capsys.readouterr()
     return status, captured.out, captured.err
 
