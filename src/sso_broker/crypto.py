@@ -85,6 +85,15 @@ def load_encryption_keys(settings: Settings) -> list[str]:
     return [_check_key(key, str(path)) for key in _load_or_create_key_file(path)]
 
 
+def token_hash(value: str) -> str:
+    """SHA-256 of a high-entropy token: what the database keeps instead of the token.
+
+    No salt is needed: login codes, refresh tokens and states carry 256 random bits, so the
+    hash cannot be reversed by guessing.
+    """
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
 class SecretBox:
     """Encrypts and decrypts small secrets; the first key encrypts, all keys decrypt."""
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 import uuid
@@ -17,6 +16,7 @@ from sso_broker.audit import service as audit
 from sso_broker.audit.service import EventType
 from sso_broker.companies.models import Company
 from sso_broker.config import Settings
+from sso_broker.crypto import token_hash
 from sso_broker.database import session_scope, utcnow
 from sso_broker.errors import ErrorCode, InvalidGrant, NotAuthenticated
 from sso_broker.sessions.models import LoginCode, RefreshToken, SignInSession
@@ -162,10 +162,6 @@ LOGIN_CODE_TTL = timedelta(seconds=60)
 def new_secret_token() -> str:
     """256 bits from the OS's CSPRNG, URL-safe: login codes and refresh tokens."""
     return secrets.token_urlsafe(32)
-
-
-def token_hash(value: str) -> str:
-    return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
 async def create_login_code(session: AsyncSession, sign_in: SignInSession) -> str:

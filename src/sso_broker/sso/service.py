@@ -303,14 +303,25 @@ async def complete(
     The state is consumed in its own transaction first, so a failure later on (a rejected
     code, a bad token) still leaves it used: an authorization response works once.
     """
-    async with session_scope(context.sessionmaker) as session:
-        provider = await session.get(SSOProvider, provider_id)
-    if provider is None:
-        raise SignInError(SignInErrorCode.PROVIDER_NOT_FOUND, f"no provider {provider_id}")
+    provider: SSOProvider | None = None
     try:
-        return await _complete(context, provider, params, sealed_state)
+        # One transaction reads the provider and consumes the state.
+        async with session_scope(context.sessionmaker) as session:
+            provider = await session.get(SSOProvider, provider_id)
+            if provider is None:
+                raise SignInError(SignInErrorCode.PROVIDER_NOT_FOUND, f"no provider {provider_id}")
+            credentials(provider)
+            login = state.open_state(
+                context.box, sealed_state, state=params.state, provider_id=provider_id
+            )
+            await state.consume(session, login)
+            if random.random() < PURGE_PROBABILITY:  # noqa: S311 - housekeeping only
+                await state.purge_expired(session)
+                await sessions_service.purge_expired(session)
+        return await _complete(context, provider, params, login)
     except SignInError as e:
-        await record_failure(context, provider, e, stage="callback")
+        if provider is not None:  # an unknown provider belongs to no company's audit log
+            await record_failure(context, provider, e, stage="callback")
         raise
 
 
@@ -318,19 +329,9 @@ async def _complete(
     context: AppContext,
     provider: SSOProvider,
     params: CallbackParams,
-    sealed_state: str | None,
+    login: state.LoginState,
 ) -> str:
     provider_id = provider.id
-    credentials(provider)
-    async with session_scope(context.sessionmaker) as session:
-        login = state.open_state(
-            context.box, sealed_state, state=params.state, provider_id=provider_id
-        )
-        await state.consume(session, login)
-        if random.random() < PURGE_PROBABILITY:  # noqa: S311 - not security, just housekeeping
-            await state.purge_expired(session)
-            await sessions_service.purge_expired(session)
-
     _check_idp_error(params)
     metadata = await provider_metadata(context, provider)
     _check_iss(params, metadata)

@@ -9,7 +9,6 @@ replayed authorization response finds it used.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import secrets
@@ -21,7 +20,7 @@ from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from sso_broker.crypto import DecryptionError, SecretBox
+from sso_broker.crypto import DecryptionError, SecretBox, token_hash
 from sso_broker.database import utcnow
 from sso_broker.errors import SignInError, SignInErrorCode
 from sso_broker.sso.models import ConsumedState
@@ -30,11 +29,6 @@ STATE_TTL = timedelta(minutes=10)
 COOKIE_PREFIX = "sso_login_"
 MAX_STATE_LENGTH = 128
 MAX_COOKIE_LENGTH = 4096
-
-
-def token_hash(value: str) -> str:
-    """SHA-256 of a high-entropy token: what the database keeps instead of the token."""
-    return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
