@@ -11,7 +11,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 E2E_OP := tests/e2e/op
 
-.PHONY: run test lint typecheck pytest openapi migrate format clean e2e-deps demo
+.PHONY: run test lint typecheck pytest openapi migrate format clean e2e-deps demo bench
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -30,8 +30,8 @@ migrate: $(VENV)/.synced
 test: lint typecheck pytest  ## every check: ruff, mypy, all tests
 
 lint: $(VENV)/.synced
-	$(BIN)/ruff check src tests migrations
-	$(BIN)/ruff format --check src tests migrations
+	$(BIN)/ruff check src tests migrations bench
+	$(BIN)/ruff format --check src tests migrations bench
 
 typecheck: $(VENV)/.synced
 	$(BIN)/mypy src
@@ -52,12 +52,21 @@ e2e-deps:
 demo: $(VENV)/.synced e2e-deps  ## OP + broker + frontend, seeded; prints the URL to open
 	$(BIN)/python examples/demo.py
 
+# The benchmark (bench/README.md): make bench BENCH_ARGS="--scale small,large" for everything.
+# Single routes are driven by wrk (Debian's package, installed here when missing).
+bench: $(VENV)/.synced  ## measure the service on loopback against a bare FastAPI hello
+	@command -v wrk >/dev/null 2>&1 || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends wrk; } || \
+		echo "wrk could not be installed: single routes will be driven from Python"
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 openapi: $(VENV)/.synced  ## regenerate openapi/openapi.json from the app
 	$(BIN)/sso-broker openapi > openapi/openapi.json
 
 format: $(VENV)/.synced
-	$(BIN)/ruff check --fix src tests migrations
-	$(BIN)/ruff format src tests migrations
+	$(BIN)/ruff check --fix src tests migrations bench
+	$(BIN)/ruff format src tests migrations bench
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,222 @@
+"""The run's results as a text table (printed), Markdown (``latest.md``) and JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+SIGN_IN_STEPS = ("initiate", "authorize", "callback", "token", "me")
+UNITS = {"signin": "sign-in", "refresh": "refresh", "idp": "pair"}
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}%"
+
+
+def config_label(row: dict[str, Any]) -> tuple[str, str, str, str]:
+    return (
+        row.get("scale") or "-",
+        row.get("db") or "-",
+        str(row.get("workers") or "-"),
+        row.get("limiter") or "-",
+    )
+
+
+def _note(row: dict[str, Any]) -> str:
+    notes = []
+    if row["row"] == "signin":
+        if row.get("idp_ratio") is not None:
+            notes.append(f"IdP alone {row['idp_ratio']:.1f}x this rate")
+        if row.get("idp_cpu_ms") is not None:
+            notes.append(f"IdP CPU {row['idp_cpu_ms']:.2f} ms")
+    if row.get("tool") == "browser" and row["row"] in UNITS:
+        notes.append(f"rate and CPU per {UNITS[row['row']]}")
+    if row.get("errors"):
+        kinds = ", ".join(f"{k} x{v}" for k, v in list(row.get("error_kinds", {}).items())[:3])
+        notes.append(f"ERRORS: {kinds}")
+    return "; ".join(notes)
+
+
+MAIN_HEADER = (
+    "scale", "db", "workers", "limiter", "row", "rate/s", "p50 ms", "p99 ms",
+    "CPU ms/op", "% hello", "bg CPU", "errors", "notes",
+)  # fmt: skip
+
+
+def main_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
+    return [
+        [
+            *config_label(row),
+            row["row"],
+            _num(row.get("rate")),
+            _num(row.get("p50_ms"), 2),
+            _num(row.get("p99_ms"), 2),
+            _num(row.get("cpu_ms"), 3),
+            _pct(row.get("pct_hello")),
+            _pct(row.get("other_cpu_pct")),
+            str(row.get("errors", 0)),
+            _note(row),
+        ]
+        for row in rows
+    ]
+
+
+def step_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
+    out = []
+    for row in rows:
+        if row["row"] != "signin":
+            continue
+        cells = list(config_label(row))
+        for step in SIGN_IN_STEPS:
+            latency = row.get("steps", {}).get(step, {})
+            cells.append(f"{_num(latency.get('p50'), 2)} / {_num(latency.get('p99'), 2)}")
+        out.append(cells)
+    return out
+
+
+def scale_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """p99 of each hot path, small against large, per configuration."""
+    by_key: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("scale") is None:
+            continue
+        key = (row["db"], row["workers"], row["limiter"], row["row"])
+        by_key.setdefault(key, {})[row["scale"]] = row
+    out = []
+    for (db, workers, limiter, name), scales in by_key.items():
+        small, large = scales.get("small"), scales.get("large")
+        if small is None or large is None:
+            continue
+        p_small, p_large = small.get("p99_ms"), large.get("p99_ms")
+        delta = (p_large / p_small - 1) * 100 if p_small and p_large else None
+        verdict = "-" if delta is None else ("ok" if abs(delta) <= 20 else "OUTSIDE +-20%")
+        out.append(
+            [
+                db, str(workers), limiter, name, _num(p_small, 2), _num(p_large, 2),
+                "-" if delta is None else f"{delta:+.0f}%", verdict,
+            ]
+        )  # fmt: skip
+    return out
+
+
+def config_rows(configs: Sequence[dict[str, Any]]) -> list[list[str]]:
+    return [
+        [
+            *config_label(config),
+            ", ".join(_num(mib) for mib in config.get("peak_rss_mib", [])) or "-",
+            _num(config.get("startup_s"), 1),
+            str(config.get("log_errors", "-")),
+            str(config.get("log_warnings", "-")),
+            str(config.get("worker_restarts", "-")),
+            config.get("failure") or "",
+        ]
+        for config in configs
+    ]
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(header, widths, strict=False))]
+    lines.append("  ".join("-" * width for width in widths))
+    for row in rows:
+        cells = zip(row, widths, strict=False)
+        lines.append("  ".join(str(cell).ljust(width) for cell, width in cells).rstrip())
+    return "\n".join(lines)
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def sections(result: dict[str, Any]) -> list[tuple[str, Sequence[str], list[list[str]]]]:
+    rows = result["rows"]
+    out: list[tuple[str, Sequence[str], list[list[str]]]] = [
+        ("Results", MAIN_HEADER, main_rows(rows))
+    ]
+    steps = step_rows(rows)
+    if steps:
+        header = ("scale", "db", "workers", "limiter", *(f"{s} p50/p99 ms" for s in SIGN_IN_STEPS))
+        out.append(("Sign-in steps", header, steps))
+    scales = scale_rows(rows)
+    if scales:
+        header = ("db", "workers", "limiter", "row", "p99 small", "p99 large", "delta", "check")
+        out.append(("p99 by scale", header, scales))
+    header = (
+        "scale", "db", "workers", "limiter", "peak RSS/worker MiB", "start s", "log errors",
+        "log warnings", "worker restarts", "failure",
+    )  # fmt: skip
+    out.append(("Service processes", header, config_rows(result["configs"])))
+    return out
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    lines = []
+    idp = result.get("idp")
+    if idp:
+        ratio = idp.get("min_ratio")
+        lines.append(
+            f"IdP alone: {_num(idp.get('rate'))} authorize+token pairs/s "
+            f"(p50 {_num(idp.get('p50_ms'), 2)} ms, p99 {_num(idp.get('p99_ms'), 2)} ms, "
+            f"CPU {_num(idp.get('cpu_ms'), 3)} ms/pair, {idp.get('workers')} process(es)); "
+            + (
+                f"{ratio:.1f}x the fastest sign-in rate"
+                + (" (OK: >= 5x)" if ratio >= 5 else " (WARNING: < 5x, the IdP may limit sign-ins)")
+                if ratio is not None
+                else "no sign-in row to compare"
+            )
+        )
+    for item in result.get("seeds", []):
+        lines.append(
+            f"Seed {item['scale']} on {item['db']}: {item['providers']:,} providers, "
+            f"{item['users']:,} users in {item['seconds']:.1f} s"
+        )
+    lines.append(f"Wall time: {result['wall_s']:.0f} s. Status: {result['status']}")
+    for problem in result.get("problems", []):
+        lines.append(f"  - {problem}")
+    return lines
+
+
+def render_text(result: dict[str, Any]) -> str:
+    parts = []
+    for title, header, rows in sections(result):
+        parts.append(f"{title}\n{text_table(header, rows)}")
+    parts.append("\n".join(summary_lines(result)))
+    return "\n\n".join(parts) + "\n"
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    meta = result["meta"]
+    head = [
+        "# sso-broker bench",
+        "",
+        f"* date: {meta['date']}",
+        f"* machine: {meta['nproc']} CPUs, {meta['cpu_model']}",
+        f"* commit: `{meta['commit']}`{' (src/ has uncommitted changes)' if meta['dirty'] else ''}",
+        f"* command: `{meta['command']}`",
+        f"* load: wrk {meta['wrk_threads']} thread / {meta['wrk_connections']} connections; "
+        f"{meta['concurrency']} browsers; {meta['duration']} s measured after "
+        f"{meta['warmup']} s warm-up per row",
+        "",
+    ]
+    body = []
+    for title, header, rows in sections(result):
+        body += [f"## {title}", "", md_table(header, rows), ""]
+    body += ["## Summary", ""] + [f"* {line.strip()}" for line in summary_lines(result)]
+    return "\n".join(head + body) + "\n"
+
+
+def write(result: dict[str, Any], json_path: Path, md_path: Path) -> None:
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    md_path.write_text(render_markdown(result))
