@@ -6,18 +6,21 @@ providers (tenant and client id GUIDs, the client secret encrypted with the serv
 emails, ``sso_provider_id`` set) and one administrator. Ids come from
 :mod:`bench.common` (``md5(prefix:index)`` as a UUID), so they are random-looking yet known.
 
-PostgreSQL builds each table with one ``INSERT … SELECT … FROM generate_series``; SQLite
-takes ``executemany`` from a generator in one transaction with a large page cache.
+PostgreSQL builds each table with one ``INSERT … SELECT … FROM generate_series`` (foreign-key
+triggers off, secondary indexes built after the load); SQLite takes ``executemany`` from a
+generator in one transaction, without a journal, with a large page cache, its secondary
+indexes built after the load.
 """
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import shutil
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,56 +97,91 @@ async def seed(database: Database, scale: Scale, encryption_key: str) -> float:
     return time.perf_counter() - started
 
 
+@contextlib.asynccontextmanager
+async def _indexes_after(connection: asyncpg.Connection, table: str) -> AsyncIterator[None]:
+    """Drops ``table``'s secondary indexes and unique constraints, and builds them again from
+    their own definitions (read from the catalog) once the rows are in: as after a restore."""
+    constraints = await connection.fetch(
+        "SELECT conname, pg_get_constraintdef(oid) AS definition FROM pg_constraint "
+        "WHERE conrelid = $1::regclass AND contype = 'u'",
+        table,
+    )
+    for row in constraints:
+        await connection.execute(f'ALTER TABLE "{table}" DROP CONSTRAINT "{row["conname"]}"')
+    indexes = await connection.fetch(
+        "SELECT i.indexrelid::regclass::text AS name, pg_get_indexdef(i.indexrelid) AS definition "
+        "FROM pg_index i WHERE i.indrelid = $1::regclass AND NOT i.indisprimary",
+        table,
+    )
+    for row in indexes:
+        await connection.execute(f"DROP INDEX {row['name']}")
+    yield
+    await connection.execute("SET LOCAL maintenance_work_mem = '512MB'")
+    for row in indexes:
+        await connection.execute(row["definition"])
+    for row in constraints:
+        await connection.execute(
+            f'ALTER TABLE "{table}" ADD CONSTRAINT "{row["conname"]}" {row["definition"]}'
+        )
+
+
 async def _seed_postgres(url: str, scale: Scale, secret: str) -> None:
     connection = await asyncpg.connect(_asyncpg_dsn(url))
     try:
         async with connection.transaction():
+            # The rows are consistent by construction: skip the foreign-key triggers.
+            await connection.execute("SET LOCAL session_replication_role = replica")
             await connection.execute(
                 """
                 INSERT INTO companies (id, name, created_at, updated_at)
                 SELECT md5('c:' || i)::uuid, 'Company ' || i, now(), now()
                 FROM generate_series(0, $1::int - 1) AS i
+                ORDER BY 1
                 """,
                 scale.providers,
             )
-            await connection.execute(
-                """
-                INSERT INTO sso_providers (id, company_id, type, name, base_url, client_id,
-                    client_secret_encrypted, client_secret_expires_at, enabled, last_error,
-                    created_at, updated_at)
-                SELECT md5('p:' || i)::uuid, md5('c:' || i)::uuid, 'entra', $2,
-                    md5('t:' || i)::uuid::text, md5('a:' || i)::uuid::text, $3, NULL, true,
-                    NULL, now(), now()
-                FROM generate_series(0, $1::int - 1) AS i
-                """,
-                scale.providers,
-                PROVIDER_NAME,
-                secret,
-            )
-            await connection.execute(
-                """
-                INSERT INTO users (id, company_id, email, email_normalized, name, role,
-                    sso_provider_id, created_at, updated_at)
-                SELECT md5('u:' || i)::uuid, md5('c:' || (i % $2))::uuid,
-                    'user' || i || '@tenant' || (i % $2) || '.bench.example',
-                    'user' || i || '@tenant' || (i % $2) || '.bench.example',
-                    'User ' || i, 'user', md5('p:' || (i % $2))::uuid, now(), now()
-                FROM generate_series(0, $1::int - 1) AS i
-                """,
-                scale.users,
-                scale.providers,
-            )
-            await connection.execute(
-                """
-                INSERT INTO users (id, company_id, email, email_normalized, name, role,
-                    sso_provider_id, created_at, updated_at)
-                VALUES ($1, $2, $3, $3, 'Bench Administrator', 'administrator', NULL,
-                    now(), now())
-                """,
-                common.ADMIN_ID,
-                common.company_id(common.admin_company(scale)),
-                common.ADMIN_EMAIL,
-            )
+            async with _indexes_after(connection, "sso_providers"):
+                await connection.execute(
+                    """
+                    INSERT INTO sso_providers (id, company_id, type, name, base_url, client_id,
+                        client_secret_encrypted, client_secret_expires_at, enabled, last_error,
+                        created_at, updated_at)
+                    SELECT md5('p:' || i)::uuid, md5('c:' || i)::uuid, 'entra', $2,
+                        md5('t:' || i)::uuid::text, md5('a:' || i)::uuid::text, $3, NULL, true,
+                        NULL, now(), now()
+                    FROM generate_series(0, $1::int - 1) AS i
+                    ORDER BY 1
+                    """,
+                    scale.providers,
+                    PROVIDER_NAME,
+                    secret,
+                )
+            async with _indexes_after(connection, "users"):
+                await connection.execute(
+                    """
+                    INSERT INTO users (id, company_id, email, email_normalized, name, role,
+                        sso_provider_id, created_at, updated_at)
+                    SELECT md5('u:' || i)::uuid, md5('c:' || (i % $2))::uuid,
+                        'user' || i || '@tenant' || (i % $2) || '.bench.example',
+                        'user' || i || '@tenant' || (i % $2) || '.bench.example',
+                        'User ' || i, 'user', md5('p:' || (i % $2))::uuid, now(), now()
+                    FROM generate_series(0, $1::int - 1) AS i
+                    ORDER BY 1
+                    """,
+                    scale.users,
+                    scale.providers,
+                )
+                await connection.execute(
+                    """
+                    INSERT INTO users (id, company_id, email, email_normalized, name, role,
+                        sso_provider_id, created_at, updated_at)
+                    VALUES ($1, $2, $3, $3, 'Bench Administrator', 'administrator', NULL,
+                        now(), now())
+                    """,
+                    common.ADMIN_ID,
+                    common.company_id(common.admin_company(scale)),
+                    common.ADMIN_EMAIL,
+                )
         # What autovacuum would soon do on a production database.
         await connection.execute("ANALYZE")
     finally:
@@ -167,16 +205,22 @@ def _seed_sqlite(path: Path, scale: Scale, secret: str) -> None:
             )  # fmt: skip
 
     def user_rows() -> Iterator[tuple[object, ...]]:
-        for i in range(scale.users):
-            p = i % scale.providers
-            email = common.user_email(scale, i)
-            yield (
-                common.user_id(i).hex, companies[p], email, email, f"User {i}", "user",
-                providers[p], now, now,
-            )  # fmt: skip
+        # In the order of the UNIQUE (company_id, email_normalized) index, which cannot be
+        # dropped: its inserts then append instead of landing all over the tree.
+        for p in sorted(range(scale.providers), key=companies.__getitem__):
+            emails = sorted(
+                (common.user_email(scale, i), i) for i in range(p, scale.users, scale.providers)
+            )
+            for email, i in emails:
+                yield (
+                    common.user_id(i).hex, companies[p], email, email, f"User {i}", "user",
+                    providers[p], now, now,
+                )  # fmt: skip
 
     connection = sqlite3.connect(path, isolation_level=None)
     try:
+        # A throwaway database: no journal while loading, WAL again afterwards.
+        connection.execute("PRAGMA journal_mode=OFF")
         connection.execute("PRAGMA synchronous=OFF")
         connection.execute("PRAGMA cache_size=-1048576")  # 1 GiB: index inserts stay in memory
         connection.execute("PRAGMA temp_store=MEMORY")
@@ -191,6 +235,13 @@ def _seed_sqlite(path: Path, scale: Scale, secret: str) -> None:
             "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             provider_rows(),
         )
+        # Secondary indexes are built again, from their own SQL, once the rows are in.
+        indexes = connection.execute(
+            "SELECT name, sql FROM sqlite_master "
+            "WHERE type = 'index' AND tbl_name = 'users' AND sql IS NOT NULL"
+        ).fetchall()
+        for name, _sql in indexes:
+            connection.execute(f'DROP INDEX "{name}"')
         user_insert = (
             "INSERT INTO users (id, company_id, email, email_normalized, name, role, "
             "sso_provider_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -203,7 +254,9 @@ def _seed_sqlite(path: Path, scale: Scale, secret: str) -> None:
                 common.ADMIN_EMAIL, "Bench Administrator", "administrator", None, now, now,
             ),
         )  # fmt: skip
+        for _name, sql in indexes:
+            connection.execute(sql)
         connection.execute("COMMIT")
-        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        connection.execute("PRAGMA journal_mode=WAL")
     finally:
         connection.close()
