@@ -98,7 +98,8 @@ class Meter:
         self._started = time.perf_counter()
 
     def stop(self) -> dict[str, float]:
-        """Ticks per watched tree, and ``other_pct``: the rest of the machine's CPU use."""
+        """Ticks per watched tree and of the load ``generator`` (this process and what it ran),
+        and ``other_pct``: the rest of the machine's CPU use, in % of all its CPUs."""
         after = self._snapshot()
         elapsed = time.perf_counter() - self._started
         delta = {name: after[name] - self._before[name] for name in after}
@@ -106,6 +107,7 @@ class Meter:
         other = max(0, delta["_machine"] - ours)
         capacity = elapsed * CLOCK_TICKS * (os.cpu_count() or 1)
         result: dict[str, float] = {name: delta[name] for name in self.watch}
+        result["generator"] = delta["_self"]  # this process, and the wrk it ran
         result["other_pct"] = other / capacity * 100 if capacity else 0.0
         return result
 
@@ -125,6 +127,34 @@ def worker_pids(root: int) -> list[int]:
         if "multiprocessing" in _cmdline(pid) and "resource_tracker" not in _cmdline(pid)
     ]
     return workers or [root]
+
+
+def wait_settled(root: int, workers: int, timeout: float = 60.0) -> None:
+    """Waits until ``workers`` worker processes exist and each has gone quiet (start-up over).
+
+    Readiness answers from whichever worker accepts the connection first; with several
+    workers the others may still be importing, so a measurement would start half-staffed.
+    """
+    deadline = time.monotonic() + timeout
+    previous: dict[int, int] = {}
+    quiet_since: float | None = None
+    while time.monotonic() < deadline:
+        pids = worker_pids(root) if workers > 1 else [root]
+        now = {pid: cpu_ticks(pid) for pid in pids}
+        quiet = (
+            len(pids) == workers
+            and set(now) == set(previous)
+            and all(now[pid] - previous[pid] <= 2 for pid in pids)  # <= 20 ms in 0.25 s
+        )
+        if not quiet:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= 0.5:
+            return
+        previous = now
+        time.sleep(0.25)
+    raise TimeoutError(f"{workers} worker(s) did not settle within {timeout:.0f} s")
 
 
 def peak_rss_kib(pid: int) -> int | None:

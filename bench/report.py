@@ -47,7 +47,7 @@ def _note(row: dict[str, Any]) -> str:
 
 MAIN_HEADER = (
     "scale", "db", "workers", "limiter", "row", "rate/s", "p50 ms", "p99 ms",
-    "CPU ms/op", "% hello", "bg CPU", "errors", "notes",
+    "CPU ms/op", "% hello", "gen CPU ms/op", "bg CPU", "errors", "notes",
 )  # fmt: skip
 
 
@@ -61,6 +61,7 @@ def main_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
             _num(row.get("p99_ms"), 2),
             _num(row.get("cpu_ms"), 3),
             _pct(row.get("pct_hello")),
+            _num(row.get("generator_cpu_ms"), 3),
             _pct(row.get("other_cpu_pct")),
             str(row.get("errors", 0)),
             _note(row),
@@ -116,6 +117,7 @@ def config_rows(configs: Sequence[dict[str, Any]]) -> list[list[str]]:
             str(config.get("log_errors", "-")),
             str(config.get("log_warnings", "-")),
             str(config.get("worker_restarts", "-")),
+            str(config.get("access_log_lines", "-")),
             config.get("failure") or "",
         ]
         for config in configs
@@ -153,7 +155,7 @@ def sections(result: dict[str, Any]) -> list[tuple[str, Sequence[str], list[list
         out.append(("p99 by scale", header, scales))
     header = (
         "scale", "db", "workers", "limiter", "peak RSS/worker MiB", "start s", "log errors",
-        "log warnings", "worker restarts", "failure",
+        "log warnings", "worker restarts", "access log lines", "failure",
     )  # fmt: skip
     out.append(("Service processes", header, config_rows(result["configs"])))
     return out
@@ -179,6 +181,11 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         lines.append(
             f"Seed {item['scale']} on {item['db']}: {item['providers']:,} providers, "
             f"{item['users']:,} users in {item['seconds']:.1f} s"
+        )
+    if result.get("noisy_rows"):
+        lines.append(
+            f"{result['noisy_rows']} of {len(result['rows'])} rows ran while other processes used "
+            f"more than {result['noisy_pct']}% of the machine's CPU ('bg CPU'): compare with care"
         )
     lines.append(f"Wall time: {result['wall_s']:.0f} s. Status: {result['status']}")
     for problem in result.get("problems", []):
