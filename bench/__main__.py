@@ -192,7 +192,6 @@ def measure_route(
         meter.start()
         measured = wrk.run(base, lua, duration=args.duration, connections=args.concurrency)
         cpu = meter.stop()
-        ticks = cpu["service"]
         kinds = dict(measured.error_kinds)
         for kind, count in warm.error_kinds.items():
             kinds[f"warm-up: {kind}"] = count
@@ -203,14 +202,10 @@ def measure_route(
             "rate": measured.rate,
             "p50_ms": measured.p50_ms,
             "p99_ms": measured.p99_ms,
-            "cpu_ms": ticks / procs.CLOCK_TICKS * 1000 / measured.requests
-            if measured.requests
-            else None,
+            "cpu_ms": _per_op(cpu["service"], measured.requests),
             "errors": sum(kinds.values()),
             "error_kinds": kinds,
-            "generator_cpu_ms": cpu["generator"] / procs.CLOCK_TICKS * 1000 / measured.requests
-            if measured.requests
-            else None,
+            "generator_cpu_ms": _per_op(cpu["generator"], measured.requests),
             "other_cpu_pct": cpu["other_pct"],
         }
     result = run_async(
@@ -226,6 +221,11 @@ def measure_route(
         )
     )
     return {"tool": "python", **_result_fields(result, "service")}
+
+
+def _per_op(ticks: float, operations: int) -> float | None:
+    """CPU milliseconds per operation from clock ticks."""
+    return ticks / procs.CLOCK_TICKS * 1000 / operations if operations else None
 
 
 def _result_fields(result: Result, name: str) -> dict[str, Any]:

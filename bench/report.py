@@ -83,8 +83,12 @@ def step_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
     return out
 
 
+def _delta(small: float | None, large: float | None) -> float | None:
+    return (large / small - 1) * 100 if small and large else None
+
+
 def scale_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
-    """p99 of each hot path, small against large, per configuration."""
+    """Each hot path, small against large, per configuration: p99 (checked) and p50."""
     by_key: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
     for row in rows:
         if row.get("scale") is None:
@@ -96,13 +100,16 @@ def scale_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
         small, large = scales.get("small"), scales.get("large")
         if small is None or large is None:
             continue
-        p_small, p_large = small.get("p99_ms"), large.get("p99_ms")
-        delta = (p_large / p_small - 1) * 100 if p_small and p_large else None
-        verdict = "-" if delta is None else ("ok" if abs(delta) <= 20 else "OUTSIDE +-20%")
+        p99 = _delta(small.get("p99_ms"), large.get("p99_ms"))
+        p50 = _delta(small.get("p50_ms"), large.get("p50_ms"))
+        verdict = "-" if p99 is None else ("ok" if abs(p99) <= 20 else "OUTSIDE +-20%")
         out.append(
             [
-                db, str(workers), limiter, name, _num(p_small, 2), _num(p_large, 2),
-                "-" if delta is None else f"{delta:+.0f}%", verdict,
+                db, str(workers), limiter, name,
+                _num(small.get("p99_ms"), 2), _num(large.get("p99_ms"), 2),
+                "-" if p99 is None else f"{p99:+.0f}%", verdict,
+                _num(small.get("p50_ms"), 2), _num(large.get("p50_ms"), 2),
+                "-" if p50 is None else f"{p50:+.0f}%",
             ]
         )  # fmt: skip
     return out
@@ -151,7 +158,10 @@ def sections(result: dict[str, Any]) -> list[tuple[str, Sequence[str], list[list
         out.append(("Sign-in steps", header, steps))
     scales = scale_rows(rows)
     if scales:
-        header = ("db", "workers", "limiter", "row", "p99 small", "p99 large", "delta", "check")
+        header = (
+            "db", "workers", "limiter", "row", "p99 small", "p99 large", "p99 delta", "check",
+            "p50 small", "p50 large", "p50 delta",
+        )  # fmt: skip
         out.append(("p99 by scale", header, scales))
     header = (
         "scale", "db", "workers", "limiter", "peak RSS/worker MiB", "start s", "log errors",
