@@ -9,9 +9,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select, text
-from sqlalchemy.exc import OperationalError
 
-from sso_broker.database import create_engine, create_sessionmaker
+from sso_broker.database import create_autocommit, create_engine, create_sessionmaker
 from sso_broker.deps import AppContext
 from sso_broker.models import IdentityLink, LoginCode, SignInSession
 from sso_broker.sso import service as sso_service
@@ -27,9 +26,11 @@ async def test_requests_fail_fast_with_503_while_the_database_is_down(
 ) -> None:
     context: AppContext = app.state.context
     headers = await factory.headers(await factory.user(await factory.company(), Role.ADMINISTRATOR))
-    working = context.engine, context.sessionmaker
+    working = context.engine, context.sessionmaker, context.autocommit
     dead_engine = create_engine(make_settings(context.settings.database_url), url=DEAD)
-    context.engine, context.sessionmaker = dead_engine, create_sessionmaker(dead_engine)
+    context.engine = dead_engine
+    context.sessionmaker = create_sessionmaker(dead_engine)
+    context.autocommit = create_autocommit(dead_engine)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     try:
         async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as client:
@@ -45,7 +46,7 @@ async def test_requests_fail_fast_with_503_while_the_database_is_down(
             took = time.perf_counter() - began
             sign_in = await client.get("/sso/00000000-0000-4000-8000-000000000000/initiate")
     finally:
-        context.engine, context.sessionmaker = working
+        context.engine, context.sessionmaker, context.autocommit = working
         await dead_engine.dispose()
     for answer in answers:
         assert answer.status_code == 503, answer.text
@@ -77,8 +78,12 @@ async def test_service_recovers_by_itself_after_connections_are_dropped(
         )
         await connection.commit()
     await admin.dispose()
-    after = await client.get("/api/v1/users", headers=headers)
-    assert after.status_code == 200, after.text
+    # No ping before each checkout (README, *Performance*): a pooled connection whose end
+    # the driver has not noticed yet fails its first statement, which answers 503 (never a
+    # 500) and makes the pool drop every connection as old; the service then serves again.
+    answers = [await client.get("/api/v1/users", headers=headers) for _ in range(3)]
+    statuses = [answer.status_code for answer in answers]
+    assert statuses in ([200, 200, 200], [503, 200, 200]), [a.text for a in answers]
     assert (await client.get("/readyz")).status_code == 200
 
 
@@ -98,11 +103,9 @@ async def test_a_database_failure_mid_sign_in_leaves_nothing_half_written(
     assert person.email is not None
     await factory.user(company, email=person.email, provider=provider)
 
-    async def database_gone(*_args: object, **_kwargs: object) -> str:
-        raise OperationalError("INSERT INTO login_codes", {}, ConnectionResetError("gone"))
-
-    # The session row and identity link are already flushed when the login code fails.
-    monkeypatch.setattr(sso_service.sessions_service, "create_login_code", database_gone)
+    # The login code's row is refused by the database (NOT NULL) after the identity link and
+    # the session were written (SQLite, one by one), or in the same statement (PostgreSQL).
+    monkeypatch.setattr(sso_service, "token_hash", lambda _code: None)
     started = await client.get(f"/sso/{provider.id}/initiate")
     finished = await client.get(entra.authorize(started.headers["location"], user=person))
     assert finished.status_code == 302

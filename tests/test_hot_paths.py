@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 from sqlalchemy import event
 
 from sso_broker.deps import AppContext
+from sso_broker.providers.models import SSOProvider
 from sso_broker.users.models import Role
 from tests.conftest import Factory
-from tests.fixtures.entra import CLIENT_ID, CLIENT_SECRET, TENANT_ID, FakeEntra
+from tests.fixtures.entra import CLIENT_ID, CLIENT_SECRET, TENANT_ID, EntraUser, FakeEntra
 
 
 @contextmanager
@@ -30,19 +32,22 @@ def statements(context: AppContext) -> Iterator[list[str]]:
         event.remove(engine, "before_cursor_execute", record)
 
 
-async def test_me_is_one_query(
+async def test_me_is_one_query_then_none_while_cached(
     client: httpx.AsyncClient, factory: Factory, context: AppContext
 ) -> None:
     user = await factory.user(await factory.company(), Role.USER)
     headers = await factory.headers(user)
-    await client.get("/api/v1/auth/me", headers=headers)  # warm: nothing is lazily loaded
-    with statements(context) as seen:
-        response = await client.get("/api/v1/auth/me", headers=headers)
-    assert response.status_code == 200
-    assert seen == ["SELECT"], seen
+    with statements(context) as cold:
+        first = await client.get("/api/v1/auth/me", headers=headers)
+    with statements(context) as warm:
+        second = await client.get("/api/v1/auth/me", headers=headers)
+    assert first.status_code == second.status_code == 200
+    assert cold == ["SELECT"], cold
+    assert warm == [], warm
+    assert second.json() == first.json()
 
 
-async def test_initiate_reads_one_row_and_writes_nothing(
+async def test_initiate_reads_one_row_then_nothing_and_never_writes(
     client: httpx.AsyncClient, factory: Factory, context: AppContext, entra: FakeEntra
 ) -> None:
     provider = await factory.provider(
@@ -52,10 +57,76 @@ async def test_initiate_reads_one_row_and_writes_nothing(
         client_secret=CLIENT_SECRET,
         enabled=True,
     )
-    await client.get(f"/sso/{provider.id}/initiate")  # warm the discovery cache
-    with statements(context) as seen:
-        response = await client.get(f"/sso/{provider.id}/initiate")
-    assert response.status_code == 302
-    assert response.headers["location"].startswith(entra.authorization_endpoint)
-    assert seen == ["SELECT"], seen
+    with statements(context) as cold:
+        first = await client.get(f"/sso/{provider.id}/initiate")
+    with statements(context) as warm:
+        second = await client.get(f"/sso/{provider.id}/initiate")
+    assert first.status_code == second.status_code == 302
+    assert second.headers["location"].startswith(entra.authorization_endpoint)
+    assert cold == ["SELECT"], cold
+    assert warm == [], warm
     assert entra.discovery_calls == 1
+
+
+async def test_provider_list_is_one_query(
+    client: httpx.AsyncClient, factory: Factory, context: AppContext
+) -> None:
+    company = await factory.company()
+    admin = await factory.user(company, Role.ADMINISTRATOR)
+    headers = await factory.headers(admin)
+    await client.get("/api/v1/auth/me", headers=headers)  # the caller is cached
+    with statements(context) as seen:
+        response = await client.get("/api/v1/sso-providers", headers=headers)
+    assert response.status_code == 200
+    assert seen == ["SELECT"], seen
+
+
+async def _provider_with_user(factory: Factory) -> tuple[SSOProvider, EntraUser]:
+    company = await factory.company()
+    provider = await factory.provider(
+        company, base_url=TENANT_ID, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, enabled=True
+    )
+    person = EntraUser.make()
+    assert person.email is not None
+    await factory.user(company, email=person.email, provider=provider)
+    return provider, person
+
+
+async def test_callback_and_token_statements(
+    client: httpx.AsyncClient, factory: Factory, context: AppContext, entra: FakeEntra
+) -> None:
+    """A first sign-in (links the identity) and a later one (uses the link), statement by
+    statement: the callback consumes the state, resolves the user and writes the session,
+    its login code and the audit event; the token exchange spends the code and writes the
+    first refresh token."""
+    provider, person = await _provider_with_user(factory)
+    seen: dict[str, list[str]] = {}
+    for attempt in ("first", "again"):
+        started = await client.get(f"/sso/{provider.id}/initiate")
+        back = entra.authorize(started.headers["location"], user=person)
+        with statements(context) as seen[f"callback {attempt}"]:
+            finished = await client.get(back)
+        assert finished.status_code == 302
+        code = parse_qs(urlsplit(finished.headers["location"]).query)["code"][0]
+        with statements(context) as seen[f"token {attempt}"]:
+            tokens = await client.post(
+                "/api/v1/auth/token", json={"grant_type": "login_code", "code": code}
+            )
+        assert tokens.status_code == 200, tokens.text
+    if context.engine.dialect.name == "postgresql":
+        # One statement each for the state, the resolution and all the writes (CTEs).
+        assert seen == {
+            "callback first": ["INSERT", "SELECT", "WITH"],
+            "token first": ["WITH", "INSERT"],
+            "callback again": ["INSERT", "SELECT", "WITH"],
+            "token again": ["WITH", "INSERT"],
+        }, seen
+    else:
+        # SQLite has no data-modifying CTEs; in-process, its statements cost no round trip.
+        writes = ["INSERT", "INSERT", "INSERT"]
+        assert seen == {
+            "callback first": ["INSERT", "SELECT", "INSERT", *writes],
+            "token first": ["DELETE", "SELECT", "INSERT"],
+            "callback again": ["INSERT", "SELECT", *writes],
+            "token again": ["DELETE", "SELECT", "INSERT"],
+        }, seen

@@ -10,12 +10,14 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sso_broker.deps import AppContext
 from sso_broker.main import create_app
-from sso_broker.ratelimit import WINDOW_SECONDS
+from sso_broker.ratelimit import MAX_LEASE, WINDOW_SECONDS, Leases, Limit
 from tests.conftest import PUBLIC_URL, Database, _empty_tables, make_settings
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
@@ -112,12 +114,12 @@ class TestFailures:
         self, database: Database, caplog: pytest.LogCaptureFixture
     ) -> None:
         class Broken:
-            async def hit(self, keys: list[str], window_end: float) -> list[int]:
+            async def hit(self, increments: dict[str, int], window_end: float) -> dict[str, int]:
                 raise RedisError("down")
 
         async with limited_app(database) as app, client_from(app, unique_ip()) as client:
             context: AppContext = app.state.context
-            context.counters = Broken()
+            context.counters.store = Broken()
             statuses = {(await client.get(f"/sso/{uuid.uuid4()}/initiate")).status_code
                         for _ in range(5)}  # fmt: skip
         assert statuses == {302}
@@ -158,3 +160,58 @@ class TestRedisCounters:
             ]
         assert statuses == [302, 302, 302, 429]
         assert len(seen) == 4
+
+
+class MemoryStore:
+    """The shared counter store, in memory: what every replica's Leases talk to."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, int] = {}
+        self.calls = 0
+
+    async def hit(self, increments: dict[str, int], window_end: float) -> dict[str, int]:
+        self.calls += 1
+        for key, count in increments.items():
+            self.totals[key] = self.totals.get(key, 0) + count
+        return {key: self.totals[key] for key in increments}
+
+
+class TestLeases:
+    async def test_far_from_the_limit_one_round_trip_serves_many_requests(self) -> None:
+        store = MemoryStore()
+        leases = Leases(store)
+        limit = [Limit("sso:ip:10.0.0.1", 1_000_000)]
+        served = [await leases.allow(limit, 1, 60.0) for _ in range(1000)]
+        assert all(served)
+        assert store.calls <= 1000 // MAX_LEASE + 2
+
+    async def test_near_the_limit_every_hit_is_counted_in_the_store(self) -> None:
+        store = MemoryStore()
+        leases = Leases(store)
+        limit = [Limit("token:ip:10.0.0.2", 5)]
+        served = [await leases.allow(limit, 1, 60.0) for _ in range(7)]
+        assert served == [True] * 5 + [False] * 2
+        assert store.totals["token:ip:10.0.0.2"] == 5  # a spent limit asks no more
+
+    async def test_a_new_window_starts_afresh(self) -> None:
+        leases = Leases(MemoryStore())
+        assert [await leases.allow([Limit("k:1", 1)], 1, 60.0) for _ in range(2)] == [True, False]
+        assert await leases.allow([Limit("k:2", 1)], 2, 120.0)
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        limit=st.integers(min_value=1, max_value=400),
+        order=st.lists(st.integers(min_value=0, max_value=2), min_size=1, max_size=600),
+    )
+    async def test_replicas_together_never_serve_more_than_the_limit(
+        self, limit: int, order: list[int]
+    ) -> None:
+        store = MemoryStore()
+        replicas = [Leases(store) for _ in range(3)]
+        served = 0
+        for replica in order:
+            served += await replicas[replica].allow([Limit("sso:provider:p", limit)], 1, 60.0)
+        assert served <= limit
+        # Hits held unused by the other replicas stop a replica early by a small share at most.
+        if len(order) >= 2 * limit:
+            assert served >= limit - 2 * max(1, limit // 8)

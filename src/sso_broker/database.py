@@ -7,13 +7,16 @@ import fcntl
 import os
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from weakref import WeakKeyDictionary
 
-from sqlalchemy import DateTime, MetaData, event, text
-from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy import DateTime, MetaData, Table, event, text
+from sqlalchemy.engine import Dialect, Engine, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -67,6 +70,11 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime()}
 
 
+def table_of(model: type[Base]) -> Table:
+    """A mapped class's table, for prebuilt Core statements on the hot paths."""
+    return cast(Table, model.__table__)
+
+
 class IdMixin:
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
 
@@ -80,8 +88,50 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
+    # With WAL, NORMAL syncs at checkpoints rather than at every commit: a crash of the
+    # process loses nothing, a power cut at most the last commits (README, *Performance*).
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+_gate_held: ContextVar[bool] = ContextVar("sso_broker_write_gate_held", default=False)
+
+
+class WriteGate:
+    """Queues this process's SQLite writers, first come first served.
+
+    SQLite lets one writer in at a time and makes the others sleep and retry (its busy
+    handler naps up to 100 ms, in no order): at ten concurrent sign-ins that put the slowest
+    at 1.5 s (README, *Performance*). Queued here, each waits only for the writes ahead of
+    it. PostgreSQL needs no gate. A task already inside the gate passes straight through,
+    so nested units of work cannot deadlock.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+
+    @asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        if self._lock is None or _gate_held.get():
+            yield
+            return
+        async with self._lock:
+            token = _gate_held.set(True)
+            try:
+                yield
+            finally:
+                _gate_held.reset(token)
+
+
+_gates: WeakKeyDictionary[Engine, WriteGate] = WeakKeyDictionary()
+
+
+def write_gate(engine: AsyncEngine) -> WriteGate:
+    gate = _gates.get(engine.sync_engine)
+    if gate is None:
+        gate = _gates[engine.sync_engine] = WriteGate(engine)
+    return gate
 
 
 def create_engine(settings: Settings, *, url: str | None = None) -> AsyncEngine:
@@ -98,12 +148,14 @@ def create_engine(settings: Settings, *, url: str | None = None) -> AsyncEngine:
         )
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         database_url,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_pool_size,
         pool_timeout=settings.database_timeout,
-        pool_pre_ping=True,
+        # No ping before each checkout: it was one round trip in three on /me (README,
+        # *Performance*). A connection that died is found by its first statement instead;
+        # SQLAlchemy then invalidates every pooled connection that is older than the failure.
         pool_recycle=1800,
         # Errors must never carry bound values (encrypted secrets, token hashes) into logs.
         hide_parameters=True,
@@ -113,10 +165,38 @@ def create_engine(settings: Settings, *, url: str | None = None) -> AsyncEngine:
             "server_settings": {"application_name": "sso-broker"},
         },
     )
+    event.listen(engine.sync_engine, "checkout", _skip_closed_connection)
+    return engine
 
 
-def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+def _skip_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """Hands out no connection the server has already closed (a restart, a terminated
+    backend), without the round trip a pre-ping costs: asyncpg notices the server's goodbye
+    by itself, and the pool replaces a connection refused here (SQLAlchemy's "custom
+    pessimistic ping"). A connection that died silently fails its first statement instead."""
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    if driver is not None and driver.is_closed():
+        raise DisconnectionError("the database server closed this connection")
+
+
+def create_sessionmaker(
+    engine: AsyncEngine, *, info: dict[str, Any] | None = None
+) -> async_sessionmaker[AsyncSession]:
+    """Sessions for units of work; ``info`` (the process's caches) is copied into each."""
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False, info=info)
+
+
+def create_autocommit(
+    engine: AsyncEngine, *, info: dict[str, Any] | None = None
+) -> async_sessionmaker[AsyncSession]:
+    """Sessions whose every statement commits on its own: for a single read or a single
+    write, which then costs no BEGIN and COMMIT (or ROLLBACK) round trips of its own."""
+    return async_sessionmaker(
+        engine.execution_options(isolation_level="AUTOCOMMIT"),
+        expire_on_commit=False,
+        autoflush=False,
+        info=info,
+    )
 
 
 @asynccontextmanager
@@ -124,8 +204,27 @@ async def session_scope(
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> AsyncIterator[AsyncSession]:
     """One unit of work: commits when the block succeeds, rolls back when it raises."""
-    async with sessionmaker() as session, session.begin():
+    bind = sessionmaker.kw.get("bind")
+    gate = write_gate(bind).hold() if isinstance(bind, AsyncEngine) else nullcontext()
+    async with gate, sessionmaker() as session, session.begin():
         yield session
+
+
+@asynccontextmanager
+async def autocommit_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection whose every statement commits on its own: the hot paths' statements are
+    each atomic, so BEGIN and COMMIT would only add round trips (README, *Performance*).
+    On SQLite it waits its turn at the write gate."""
+    async with write_gate(engine).hold(), engine.connect() as connection:
+        await connection.execution_options(isolation_level="AUTOCOMMIT")
+        yield connection
+
+
+@asynccontextmanager
+async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A Core transaction for statements that must land together (SQLite, gated)."""
+    async with write_gate(engine).hold(), engine.begin() as connection:
+        yield connection
 
 
 def _sqlite_lock_path(engine: AsyncEngine) -> Path | None:

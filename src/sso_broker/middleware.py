@@ -89,7 +89,13 @@ class ApiCORSMiddleware:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/api/"):
+        # Only a browser's cross-origin request carries Origin; without it CORS has nothing
+        # to answer (and API answers are never cached, so no Vary is needed).
+        if (
+            scope["type"] == "http"
+            and scope["path"].startswith("/api/")
+            and any(name == b"origin" for name, _ in scope["headers"])
+        ):
             await self.cors(scope, receive, send)
         else:
             await self.app(scope, receive, send)

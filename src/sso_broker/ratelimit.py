@@ -5,6 +5,13 @@ provider on ``/sso/{id}/*``. Counters live in Redis when ``SSO_BROKER_REDIS_URL`
 (one pipelined round trip), otherwise in the database (one upsert for all of a request's
 counters). A limited request gets ``429`` with ``Retry-After``: problem+json on the API, a
 small HTML page on browser routes.
+
+A process does not ask the store on every request: it reserves *leases* of hits
+(:class:`Leases`). Far from a limit a lease covers up to :data:`MAX_LEASE` requests, one
+round trip for all of them; near the limit leases shrink to a single hit, so every replica
+counts exactly there. A hit is only ever served from a reservation the store has counted, so
+no window ever lets more than its limit through; reserved hits a process did not use can
+only make others stop a little early (README, *Rate limits*).
 """
 
 from __future__ import annotations
@@ -13,23 +20,26 @@ import logging
 import math
 import random
 import re
+import sys
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from redis.asyncio import Redis
 from sqlalchemy import String, delete
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 from starlette.responses import HTMLResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sso_broker.config import Settings
-from sso_broker.database import Base, session_scope, utcnow
+from sso_broker.database import Base, autocommit_connection, utcnow
 from sso_broker.errors import ErrorCode, is_database_unavailable, problem_response
+
+if TYPE_CHECKING:  # imported when a Redis URL is set: 7 MB the embedded default need not load
+    from redis.asyncio import Redis
 
 logger = logging.getLogger(__name__)
 
@@ -56,49 +66,106 @@ class Limit:
 
 
 class CounterStore(Protocol):
-    async def hit(self, keys: list[str], window_end: float) -> list[int]:
-        """Adds one to each key's counter for the window ending at ``window_end``."""
+    async def hit(self, increments: dict[str, int], window_end: float) -> dict[str, int]:
+        """Adds each key's increment to its counter for the window ending at ``window_end``;
+        returns every key's new total."""
 
 
 class DatabaseCounters:
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], dialect: str) -> None:
-        self._sessionmaker = sessionmaker
-        self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
-    async def hit(self, keys: list[str], window_end: float) -> list[int]:
+    async def hit(self, increments: dict[str, int], window_end: float) -> dict[str, int]:
         expires = datetime.fromtimestamp(window_end, tz=utcnow().tzinfo) + timedelta(seconds=5)
-        values = [{"key": key, "count": 1, "expires_at": expires} for key in keys]
-        statement = (
-            self._insert(RateLimitCounter)
-            .values(values)
-            .on_conflict_do_update(
-                index_elements=[RateLimitCounter.key],
-                set_={"count": RateLimitCounter.count + 1},
-            )
-            .returning(RateLimitCounter.key, RateLimitCounter.count)
-        )
-        async with session_scope(self._sessionmaker) as session:
-            rows = (await session.execute(statement)).all()
-            counts: dict[str, int] = {str(key): int(count) for key, count in rows}
+        values = [
+            {"key": key, "count": count, "expires_at": expires} for key, count in increments.items()
+        ]
+        insert = self._insert(RateLimitCounter).values(values)
+        statement = insert.on_conflict_do_update(
+            index_elements=[RateLimitCounter.key],
+            set_={"count": RateLimitCounter.count + insert.excluded.count},
+        ).returning(RateLimitCounter.key, RateLimitCounter.count)
+        # One statement, atomic on its own: no transaction round trips around it.
+        async with autocommit_connection(self._engine) as connection:
+            rows = (await connection.execute(statement)).all()
             if random.random() < PURGE_PROBABILITY:  # noqa: S311 - housekeeping, not security
-                await session.execute(
+                await connection.execute(
                     delete(RateLimitCounter).where(RateLimitCounter.expires_at < utcnow())
                 )
-        return [int(counts[key]) for key in keys]
+        return {str(key): int(count) for key, count in rows}
 
 
 class RedisCounters:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
 
-    async def hit(self, keys: list[str], window_end: float) -> list[int]:
+    async def hit(self, increments: dict[str, int], window_end: float) -> dict[str, int]:
         ttl = max(1, math.ceil(window_end - time.time()) + 5)
         async with self._redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.incr(f"sso-broker:rl:{key}")
+            for key, count in increments.items():
+                pipe.incrby(f"sso-broker:rl:{key}", count)
                 pipe.expire(f"sso-broker:rl:{key}", ttl)
             results = await pipe.execute()
-        return [int(value) for value in results[::2]]
+        return {key: int(value) for key, value in zip(increments, results[::2], strict=True)}
+
+
+MAX_LEASE = 100
+# A lease is at most this fraction of what is left of a limit, so the hits other replicas
+# hold unused can never take more than a small share of it.
+LEASE_SHARE = 8
+MAX_LEASED_KEYS = 100_000
+
+
+@dataclass(slots=True)
+class _Lease:
+    left: int  # reserved hits not used yet
+    total: int  # the store's total for the key when this process last asked
+
+
+class Leases:
+    """Serves hits from reservations in the shared store (see the module docstring)."""
+
+    def __init__(self, store: CounterStore) -> None:
+        self.store = store
+        self._window = -1
+        self._leases: dict[str, _Lease] = {}
+
+    @staticmethod
+    def lease_size(limit: int, total: int) -> int:
+        return max(1, min(MAX_LEASE, (limit - total) // LEASE_SHARE))
+
+    async def allow(self, limits: list[Limit], window: int, window_end: float) -> bool:
+        """Takes one hit of every limit; False when any of them is spent this window."""
+        if window != self._window or len(self._leases) > MAX_LEASED_KEYS:
+            # A new window starts every count afresh; unused reservations only ever count
+            # against a limit, never for it, so dropping them is safe.
+            self._leases.clear()
+            self._window = window
+        wanted: dict[str, int] = {}
+        allowed = True
+        for limit in limits:
+            lease = self._leases.get(limit.key)
+            if lease is not None and lease.left > 0:
+                lease.left -= 1
+            elif lease is not None and lease.total >= limit.limit:
+                allowed = False  # spent: asking the store again would only add to it
+            else:
+                wanted[limit.key] = self.lease_size(limit.limit, lease.total if lease else 0)
+        if not wanted:
+            return allowed
+        totals = await self.store.hit(wanted, window_end)
+        for limit in limits:
+            size = wanted.get(limit.key)
+            if size is None:
+                continue
+            total = totals[limit.key]
+            # The reservation is hits total-size+1 … total; only those within the limit count.
+            usable = min(size, limit.limit - (total - size))
+            self._leases[limit.key] = _Lease(left=max(0, usable - 1), total=total)
+            if usable <= 0:
+                allowed = False
+        return allowed
 
 
 def _limits(settings: Settings, path: str, client_ip: str) -> list[Limit]:
@@ -172,9 +239,9 @@ class RateLimitMiddleware:
             now = time.time()
             window = int(now // WINDOW_SECONDS)
             window_end = (window + 1) * WINDOW_SECONDS
-            keys = [f"{limit.key}:{window}" for limit in limits]
+            keyed = [Limit(f"{limit.key}:{window}", limit.limit) for limit in limits]
             try:
-                counts = await context.counters.hit(keys, window_end)
+                allowed = await context.counters.allow(keyed, window, window_end)
             except Exception as e:
                 if not is_database_unavailable(e) and not _is_redis_error(e):
                     raise
@@ -182,8 +249,8 @@ class RateLimitMiddleware:
                     "rate limiter unavailable; request let through",
                     extra={"error": type(e).__name__},
                 )
-                counts = [0] * len(keys)
-            if any(count > limit.limit for count, limit in zip(counts, limits, strict=True)):
+                allowed = True
+            if not allowed:
                 retry_after = max(1, math.ceil(window_end - now))
                 logger.info("rate limited", extra={"path": scope["path"]})
                 await _too_many(scope["path"], retry_after)(scope, receive, send)
@@ -192,20 +259,20 @@ class RateLimitMiddleware:
 
 
 def _is_redis_error(exc: BaseException) -> bool:
-    from redis.exceptions import RedisError
+    exceptions = sys.modules.get("redis.exceptions")  # never loaded: no Redis in use
+    return exceptions is not None and isinstance(exc, exceptions.RedisError)
 
-    return isinstance(exc, RedisError)
 
-
-def counter_store(
-    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], dialect: str
-) -> tuple[CounterStore, Redis | None]:
-    """The store the settings ask for, and the Redis client to close at shutdown (if any)."""
+def counter_store(settings: Settings, engine: AsyncEngine) -> tuple[Leases, Redis | None]:
+    """The store the settings ask for, behind this process's leases, and the Redis client to
+    close at shutdown (if any)."""
     if settings.redis_url is not None:
+        from redis.asyncio import Redis
+
         redis = Redis.from_url(
             settings.redis_url.get_secret_value(),
             socket_timeout=settings.database_timeout,
             socket_connect_timeout=settings.database_timeout,
         )
-        return RedisCounters(redis), redis
-    return DatabaseCounters(sessionmaker, dialect), None
+        return Leases(RedisCounters(redis)), redis
+    return Leases(DatabaseCounters(engine)), None

@@ -390,7 +390,11 @@ class TestLoginCodeGrant:
         for _ in range(100):
             _, code = await direct_session(context, user)
             pair = await sessions_service.grant(
-                context.sessionmaker, context.settings, context.keyring, login_code=code
+                context.engine,
+                context.sessionmaker,
+                context.settings,
+                context.keyring,
+                login_code=code,
             )
             tokens.append(pair.refresh_token)
         assert_high_entropy(tokens)
@@ -960,8 +964,15 @@ class TestHousekeeping:
             )
             live_code = await service.create_login_code(session, sign_in)
             await service.create_login_code(session, sign_in)
-            await service._issue_refresh_token(session, sign_in)
-            await service._issue_refresh_token(session, sign_in)
+            for _ in range(2):
+                session.add(
+                    RefreshToken(
+                        token_hash=service.token_hash(service.new_secret_token()),
+                        session_id=sign_in.id,
+                        expires_at=sign_in.expires_at,
+                    )
+                )
+            await session.flush()
             past = utcnow() - timedelta(seconds=1)
             await session.execute(
                 update(LoginCode)

@@ -604,12 +604,12 @@ class TestCookieCleared:
         entra: FakeEntra,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        async def broken(*_args: Any, **_kwargs: Any) -> Any:
+        def broken(*_args: Any, **_kwargs: Any) -> Any:
             raise RuntimeError("boom")
 
         s = await setup(factory)
         started = await start(client, s.provider)
-        monkeypatch.setattr(service, "resolve_user", broken)
+        monkeypatch.setattr(service, "choose_account", broken)
         response = await client.get(entra.authorize(started.location, user=s.person))
         assert_error(response, "server_error")
         assert_cookie_cleared(response, started, s.provider.id)
@@ -987,7 +987,7 @@ class TestProvisioningAndProvider:
 
 
 class TestServerError:
-    @pytest.mark.parametrize("target", ["resolve_user", "create_login_code"])
+    @pytest.mark.parametrize("target", ["choose_account", "write_sign_in"])
     async def test_an_unexpected_exception_is_server_error_without_a_trace(
         self,
         client: httpx.AsyncClient,
@@ -1001,11 +1001,13 @@ class TestServerError:
         async def broken(*_args: Any, **_kwargs: Any) -> Any:
             raise RuntimeError("boom: internal detail")
 
-        if target == "resolve_user":
-            monkeypatch.setattr(service, "resolve_user", broken)
+        def broken_sync(*_args: Any, **_kwargs: Any) -> Any:
+            raise RuntimeError("boom: internal detail")
+
+        if target == "choose_account":
+            monkeypatch.setattr(service, "choose_account", broken_sync)
         else:
-            # After the sign-in session row was written: the whole transaction rolls back.
-            monkeypatch.setattr(service.sessions_service, "create_login_code", broken)
+            monkeypatch.setattr(service.repository, "write_sign_in", broken)
         s = await setup(factory)
 
         response = await sign_in(client, entra, s.provider, s.person)

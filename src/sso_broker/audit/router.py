@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query
 from sso_broker.audit import service
 from sso_broker.audit.schemas import AuditEventPage, AuditEventRead
 from sso_broker.audit.service import EventType
-from sso_broker.deps import CurrentAdmin, SessionDep
+from sso_broker.deps import CurrentAdmin, ReadSessionDep
 from sso_broker.errors import AUTHORIZATION_ERRORS, ErrorCode, InvalidInput, error_responses
 from sso_broker.schemas import IsoDateTime
 
@@ -41,7 +41,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 )
 async def list_audit_events(
     principal: CurrentAdmin,
-    session: SessionDep,
+    session: ReadSessionDep,
     event_type: Annotated[list[EventType] | None, Query(alias="type")] = None,
     since: IsoDateTime | None = None,
     until: IsoDateTime | None = None,

@@ -4,7 +4,7 @@ import uuid
 
 from fastapi import APIRouter, Response, status
 
-from sso_broker.deps import ContextDep, CurrentAdmin, SessionDep, SettingsDep
+from sso_broker.deps import ContextDep, CurrentAdmin, ReadSessionDep, SessionDep, SettingsDep
 from sso_broker.errors import AUTHORIZATION_ERRORS, ErrorCode, error_responses
 from sso_broker.providers import service
 from sso_broker.providers.schemas import ProviderCreate, ProviderList, ProviderRead, ProviderUpdate
@@ -19,7 +19,7 @@ router = APIRouter(prefix="/api/v1/sso-providers", tags=["SSO providers"])
     responses=error_responses(*AUTHORIZATION_ERRORS),
 )
 async def list_providers(
-    principal: CurrentAdmin, session: SessionDep, settings: SettingsDep
+    principal: CurrentAdmin, session: ReadSessionDep, settings: SettingsDep
 ) -> ProviderList:
     providers = await service.list_for_company(session, principal.user.company_id)
     return ProviderList(items=[ProviderRead.build(p, settings) for p in providers])
@@ -55,7 +55,7 @@ async def create_provider(
     ),
 )
 async def get_provider(
-    provider_id: uuid.UUID, principal: CurrentAdmin, session: SessionDep, settings: SettingsDep
+    provider_id: uuid.UUID, principal: CurrentAdmin, session: ReadSessionDep, settings: SettingsDep
 ) -> ProviderRead:
     provider = await service.get(session, principal.user.company_id, provider_id)
     return ProviderRead.build(provider, settings)

@@ -46,12 +46,14 @@ async def token(
 ) -> TokenResponse:
     response.headers["Cache-Control"] = "no-store"
     pair = await service.grant(
+        context.engine,
         context.sessionmaker,
         context.settings,
         context.keyring,
         login_code=request.code if isinstance(request, LoginCodeGrant) else None,
         refresh_token=request.refresh_token if isinstance(request, RefreshTokenGrant) else None,
     )
+    service.remember(context.caches, pair.access)
     return TokenResponse(
         access_token=pair.access.token,
         # Not simply ACCESS_TOKEN_TTL: a token is cut short when its session ends sooner.
@@ -66,8 +68,8 @@ async def token(
     response_model=MeResponse,
     responses=error_responses(*AUTHENTICATION_ERRORS),
 )
-async def me(principal: CurrentPrincipal, response: Response) -> MeResponse:
-    response.headers["Cache-Control"] = "no-store"
+async def me(principal: CurrentPrincipal) -> MeResponse:
+    # no-store comes from SecurityHeadersMiddleware, as on every API answer.
     return MeResponse(
         user=UserRead.model_validate(principal.user),
         company=CompanyRead(id=principal.company.id, name=principal.company.name),

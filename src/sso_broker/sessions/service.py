@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Row, delete, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from sso_broker.audit import service as audit
 from sso_broker.audit.service import EventType
+from sso_broker.caches import Caches
 from sso_broker.companies.models import Company
 from sso_broker.config import Settings
 from sso_broker.crypto import token_hash
-from sso_broker.database import session_scope, utcnow
+from sso_broker.database import autocommit_connection, session_scope, utcnow
 from sso_broker.errors import ErrorCode, InvalidGrant, NotAuthenticated
+from sso_broker.sessions import repository
 from sso_broker.sessions.models import LoginCode, RefreshToken, SignInSession
-from sso_broker.sessions.tokens import KeyRing, session_claims
+from sso_broker.sessions.repository import SessionUser
+from sso_broker.sessions.tokens import KeyRing, SessionClaims, session_claims
 from sso_broker.users.models import User
 
 logger = logging.getLogger(__name__)
@@ -39,7 +43,7 @@ class Principal:
 class IssuedToken:
     token: str
     expires_at: datetime
-    session: SignInSession
+    claims: SessionClaims
     # Seconds from ``iat`` to ``exp``: the TTL, or less when the session ends sooner.
     expires_in: int
 
@@ -93,64 +97,112 @@ def issue_access_token(
     ttl: timedelta,
 ) -> IssuedToken:
     """Mints a session JWT for ``sign_in``; it never outlives the session itself."""
+    return mint(settings, keyring, SessionUser.of(user, sign_in), ttl=ttl)
+
+
+def mint(
+    settings: Settings, keyring: KeyRing, subject: SessionUser, *, ttl: timedelta
+) -> IssuedToken:
+    """A session JWT for the session and user in ``subject``, cut short by the session's end."""
     now = utcnow()
-    expires_at = min(now + ttl, sign_in.expires_at)
+    expires_at = min(now + ttl, subject.expires_at)
     claims = session_claims(
         settings,
-        user_id=user.id,
-        company_id=user.company_id,
-        role=user.role.value,
-        email=user.email,
-        name=user.name,
-        session_id=sign_in.id,
-        provider_id=sign_in.provider_id,
+        user_id=subject.user_id,
+        company_id=subject.company_id,
+        role=subject.role.value,
+        email=subject.email,
+        name=subject.name,
+        session_id=subject.session_id,
+        provider_id=subject.provider_id,
         issued_at=now,
         expires_at=expires_at,
     )
     return IssuedToken(
         token=keyring.mint(claims),
         expires_at=expires_at,
-        session=sign_in,
+        claims=SessionClaims(
+            user_id=subject.user_id,
+            company_id=subject.company_id,
+            session_id=subject.session_id,
+            issued_at=int(claims["iat"]),
+            expires_at=int(claims["exp"]),
+        ),
         expires_in=max(0, int(claims["exp"]) - int(claims["iat"])),
     )
 
 
+def remember(caches: Caches, issued: IssuedToken) -> None:
+    """Files a token this process just minted as verified: the frontend's first /me after a
+    sign-in then costs no signature check (README, *Performance*)."""
+    caches.tokens.put(caches.tokens.key(issued.token), issued.claims, issued.claims.expires_at)
+
+
 async def authenticate(
-    session: AsyncSession,
+    autocommit: async_sessionmaker[AsyncSession],
     keyring: KeyRing,
-    sessionmaker: async_sessionmaker[AsyncSession],
+    caches: Caches,
     token: str,
 ) -> Principal:
-    """Resolves a bearer token to its user, company and live session in one query.
+    """Resolves a bearer token to its user, company and live session.
 
     The signature alone is not enough: the user must still exist in the token's company and
     the session must be neither revoked nor past its end, so sign-out and user deletion take
-    effect at once on every replica.
+    effect at once here and within a second on every other replica (``caches.py``). A
+    verified token and the row behind it come from the caches when they can: the benchmark's
+    ``/me`` row then costs no cryptography and no query (README, *Performance*).
     """
-    claims = await keyring.verify(token, sessionmaker)
-    row = (
-        await session.execute(
-            select(User, SignInSession, Company)
-            .join(SignInSession, SignInSession.user_id == User.id)
-            .join(Company, Company.id == User.company_id)
-            .where(
-                SignInSession.id == claims.session_id,
-                User.id == claims.user_id,
-                User.company_id == claims.company_id,
-            )
+    key = caches.tokens.key(token)
+    claims: SessionClaims | None = caches.tokens.get(key)
+    if claims is None:
+        claims = await keyring.verify(token, autocommit)
+        caches.tokens.put(key, claims, claims.expires_at)
+    elif claims.expires_at <= time.time():  # PyJWT's own rule, for the cached token
+        raise NotAuthenticated(
+            "The access token has expired; get a new one with the refresh token.",
+            code=ErrorCode.TOKEN_EXPIRED,
         )
-    ).one_or_none()
-    if row is None:
+    found = claims
+    principal: Principal | None = await caches.principals.get(
+        (found.session_id, found.user_id, found.company_id),
+        lambda: _load_principal(autocommit, found),
+    )
+    if principal is None:
         raise NotAuthenticated(
             "The session or its user no longer exists; sign in again.",
             code=ErrorCode.INVALID_TOKEN,
         )
-    user, sign_in, company = row
+    sign_in = principal.session
     if sign_in.revoked_at is not None or sign_in.expires_at <= utcnow():
         raise NotAuthenticated(
             "The session has ended (signed out or expired); sign in again.",
             code=ErrorCode.SESSION_EXPIRED,
         )
+    return principal
+
+
+async def _load_principal(
+    autocommit: async_sessionmaker[AsyncSession], claims: SessionClaims
+) -> Principal | None:
+    """One query for the user, session and company a token names (all three must match)."""
+    async with autocommit() as session:
+        row = (
+            await session.execute(
+                select(User, SignInSession, Company)
+                .join(SignInSession, SignInSession.user_id == User.id)
+                .join(Company, Company.id == User.company_id)
+                .where(
+                    SignInSession.id == claims.session_id,
+                    User.id == claims.user_id,
+                    User.company_id == claims.company_id,
+                )
+            )
+        ).one_or_none()
+        # Shared read-only by concurrent requests from the cache: nothing may expire them.
+        session.expunge_all()
+    if row is None:
+        return None
+    user, sign_in, company = row
     return Principal(user=user, company=company, session=sign_in)
 
 
@@ -178,75 +230,48 @@ async def create_login_code(session: AsyncSession, sign_in: SignInSession) -> st
     return code
 
 
-async def _issue_refresh_token(session: AsyncSession, sign_in: SignInSession) -> str:
-    token = new_secret_token()
-    session.add(
-        RefreshToken(
-            token_hash=token_hash(token),
-            session_id=sign_in.id,
-            expires_at=sign_in.expires_at,
-        )
-    )
-    await session.flush()
-    return token
-
-
-async def _live_session(session: AsyncSession, session_id: uuid.UUID) -> tuple[User, SignInSession]:
-    row = (
-        await session.execute(
-            select(User, SignInSession)
-            .join(SignInSession, SignInSession.user_id == User.id)
-            .where(SignInSession.id == session_id)
-        )
-    ).one_or_none()
-    if row is None:
+def _live(subject: SessionUser | None, now: datetime) -> SessionUser:
+    if subject is None:
         raise InvalidGrant("The sign-in session no longer exists; sign in again.")
-    user, sign_in = row
-    if sign_in.revoked_at is not None or sign_in.expires_at <= utcnow():
+    if subject.revoked_at is not None or subject.expires_at <= now:
         raise InvalidGrant("The sign-in session has ended; sign in again.")
-    return user, sign_in
+    return subject
 
 
 async def _token_pair(
-    session: AsyncSession,
-    settings: Settings,
-    keyring: KeyRing,
-    user: User,
-    sign_in: SignInSession,
+    connection: AsyncConnection, settings: Settings, keyring: KeyRing, subject: SessionUser
 ) -> TokenPair:
-    issued = issue_access_token(
-        settings, keyring, user, sign_in, ttl=timedelta(seconds=settings.access_token_ttl)
+    issued = mint(settings, keyring, subject, ttl=timedelta(seconds=settings.access_token_ttl))
+    refresh_token = new_secret_token()
+    await repository.add_refresh_token(
+        connection,
+        token_hash=token_hash(refresh_token),
+        session_id=subject.session_id,
+        expires_at=subject.expires_at,
     )
-    refresh = await _issue_refresh_token(session, sign_in)
-    return TokenPair(access=issued, refresh_token=refresh)
+    return TokenPair(access=issued, refresh_token=refresh_token)
 
 
 async def exchange_login_code(
-    session: AsyncSession, settings: Settings, keyring: KeyRing, code: str
+    connection: AsyncConnection, settings: Settings, keyring: KeyRing, code: str
 ) -> TokenPair:
     """Trades a login code for an access token and the session's first refresh token.
 
     The code is deleted in the same statement that reads it, so of two concurrent
     exchanges exactly one finds it.
     """
-    deleted = (
-        await session.execute(
-            delete(LoginCode)
-            .where(LoginCode.code_hash == token_hash(code))
-            .returning(LoginCode.session_id, LoginCode.expires_at)
-        )
-    ).one_or_none()
-    if deleted is None:
+    spent = await repository.spend_login_code(connection, token_hash(code))
+    if spent is None:
         raise InvalidGrant("The login code is unknown or was already used; sign in again.")
-    session_id, expires_at = deleted
-    if expires_at <= utcnow():
+    expires_at, subject = spent
+    now = utcnow()
+    if expires_at <= now:
         raise InvalidGrant("The login code has expired; sign in again.")
-    user, sign_in = await _live_session(session, session_id)
-    return await _token_pair(session, settings, keyring, user, sign_in)
+    return await _token_pair(connection, settings, keyring, _live(subject, now))
 
 
 async def refresh(
-    session: AsyncSession, settings: Settings, keyring: KeyRing, token: str
+    connection: AsyncConnection, settings: Settings, keyring: KeyRing, token: str
 ) -> TokenPair:
     """Rotates a refresh token: each works once.
 
@@ -254,26 +279,17 @@ async def refresh(
     (RFC 9700 §4.14), so whoever holds the newer token is signed out too and must sign in.
     """
     now = utcnow()
-    used = (
-        await session.execute(
-            update(RefreshToken)
-            .where(RefreshToken.token_hash == token_hash(token), RefreshToken.used_at.is_(None))
-            .values(used_at=now)
-            .returning(RefreshToken.session_id, RefreshToken.expires_at)
-        )
-    ).one_or_none()
+    hashed = token_hash(token)
+    used = await repository.use_refresh_token(connection, hashed, now)
     if used is None:
-        reused = await session.scalar(
-            select(RefreshToken.session_id).where(RefreshToken.token_hash == token_hash(token))
-        )
+        reused = await repository.reused_session(connection, hashed)
         if reused is not None:
             raise RefreshTokenReused(reused)
         raise InvalidGrant("The refresh token is unknown; sign in again.")
-    session_id, expires_at = used
+    expires_at, subject = used
     if expires_at <= now:
         raise InvalidGrant("The refresh token has expired; sign in again.")
-    user, sign_in = await _live_session(session, session_id)
-    return await _token_pair(session, settings, keyring, user, sign_in)
+    return await _token_pair(connection, settings, keyring, _live(subject, now))
 
 
 def _audit_revocations(
@@ -337,6 +353,7 @@ async def revoke_by_idp_session(session: AsyncSession, provider_id: uuid.UUID, i
 
 
 async def grant(
+    engine: AsyncEngine,
     sessionmaker: async_sessionmaker[AsyncSession],
     settings: Settings,
     keyring: KeyRing,
@@ -346,15 +363,16 @@ async def grant(
 ) -> TokenPair:
     """The token endpoint: one login code or one refresh token in, a fresh token pair out.
 
-    A reused refresh token revokes its session in a transaction of its own, so the
-    revocation sticks although the request itself fails.
+    Its statements each commit on their own (``sessions/repository.py``). A reused refresh
+    token revokes its session in a transaction of its own, so the revocation sticks although
+    the request itself fails.
     """
     try:
-        async with session_scope(sessionmaker) as session:
+        async with autocommit_connection(engine) as connection:
             if login_code is not None:
-                return await exchange_login_code(session, settings, keyring, login_code)
+                return await exchange_login_code(connection, settings, keyring, login_code)
             if refresh_token is not None:
-                return await refresh(session, settings, keyring, refresh_token)
+                return await refresh(connection, settings, keyring, refresh_token)
             raise InvalidGrant("Send a login code or a refresh token.")
     except RefreshTokenReused as reused:
         async with session_scope(sessionmaker) as session:

@@ -8,71 +8,37 @@ afterwards the link alone counts.
 
 from __future__ import annotations
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from sso_broker.errors import SignInError, SignInErrorCode
 from sso_broker.providers.models import SSOProvider
 from sso_broker.sso.id_token import IdTokenClaims
-from sso_broker.sso.models import IdentityLink
-from sso_broker.users.models import User
-from sso_broker.users.repository import normalize_email
+from sso_broker.sso.repository import Account, Resolution
 
 
-def _not_provisioned(reason: str, claims: IdTokenClaims) -> SignInError:
+def not_provisioned(reason: str, claims: IdTokenClaims) -> SignInError:
     return SignInError(SignInErrorCode.USER_NOT_PROVISIONED, reason, idp_subject=claims.object_id)
 
 
-async def resolve_user(session: AsyncSession, provider: SSOProvider, claims: IdTokenClaims) -> User:
-    """The user this identity signs in as, linking it on first sign-in.
+def choose_account(
+    found: Resolution, provider: SSOProvider, claims: IdTokenClaims
+) -> tuple[Account, bool]:
+    """The account this identity signs in as, and whether this first sign-in links it.
 
     A link counts only while its user still belongs to the provider's company and is still
     associated with this provider: removing the association locks the identity out at once.
     A first sign-in links only a user of the provider's company, associated with this
-    provider, whose email equals the token's (case-insensitively) and who has no link yet.
+    provider, whose email equals the token's (case-insensitively) and who has no link yet
+    (the database's unique constraints refuse a second link; the caller answers that as
+    not provisioned too).
     """
-    linked = (
-        await session.execute(
-            select(User)
-            .join(IdentityLink, IdentityLink.user_id == User.id)
-            .where(
-                IdentityLink.provider_id == provider.id,
-                IdentityLink.tenant_id == claims.tenant_id,
-                IdentityLink.subject == claims.object_id,
-            )
-        )
-    ).scalar_one_or_none()
+    linked = found.linked
     if linked is not None:
         if linked.company_id != provider.company_id or linked.sso_provider_id != provider.id:
-            raise _not_provisioned(
+            raise not_provisioned(
                 "the linked user is no longer associated with this provider", claims
             )
-        return linked
-
+        return linked, False
     if claims.email is None:
-        raise _not_provisioned("the ID token carries neither email nor preferred_username", claims)
-    user = await session.scalar(
-        select(User).where(
-            User.company_id == provider.company_id,
-            User.email_normalized == normalize_email(claims.email),
-            User.sso_provider_id == provider.id,
-        )
-    )
-    if user is None:
-        raise _not_provisioned("no user of this company with that email uses this provider", claims)
-    session.add(
-        IdentityLink(
-            provider_id=provider.id,
-            tenant_id=claims.tenant_id,
-            subject=claims.object_id,
-            user_id=user.id,
-        )
-    )
-    try:
-        await session.flush()
-    except IntegrityError as e:
-        # The user is already linked to another identity of this provider (or a concurrent
-        # first sign-in linked it a moment ago): a second account must not take it over.
-        raise _not_provisioned("the user is already linked to another identity", claims) from e
-    return user
+        raise not_provisioned("the ID token carries neither email nor preferred_username", claims)
+    if found.candidate is None:
+        raise not_provisioned("no user of this company with that email uses this provider", claims)
+    return found.candidate, True

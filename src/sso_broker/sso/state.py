@@ -18,11 +18,12 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from sso_broker.crypto import DecryptionError, SecretBox, token_hash
 from sso_broker.database import utcnow
 from sso_broker.errors import SignInError, SignInErrorCode
+from sso_broker.sso import repository
 from sso_broker.sso.models import ConsumedState
 
 STATE_TTL = timedelta(minutes=10)
@@ -110,15 +111,14 @@ def open_state(
     return opened
 
 
-async def consume(session: AsyncSession, login: LoginState) -> None:
+async def consume(engine: AsyncEngine, login: LoginState) -> None:
     """Marks the state used; a second callback with it (a replay, or a race) is refused.
 
     The primary key makes this atomic across replicas: of two concurrent callbacks exactly
     one insert succeeds.
     """
-    session.add(ConsumedState(state_hash=token_hash(login.state), expires_at=login.expires_at))
     try:
-        await session.flush()
+        await repository.consume_state(engine, token_hash(login.state), login.expires_at)
     except IntegrityError as e:
         raise SignInError(SignInErrorCode.INVALID_STATE, "the login state was already used") from e
 

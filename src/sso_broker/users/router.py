@@ -4,7 +4,7 @@ import uuid
 
 from fastapi import APIRouter, Response, status
 
-from sso_broker.deps import CurrentUserManager, SessionDep
+from sso_broker.deps import CurrentUserManager, ReadSessionDep, SessionDep
 from sso_broker.errors import AUTHORIZATION_ERRORS, ErrorCode, error_responses
 from sso_broker.users import service
 from sso_broker.users.schemas import UserCreate, UserList, UserRead, UserUpdate
@@ -18,7 +18,7 @@ router = APIRouter(prefix="/api/v1/users", tags=["Users"])
     response_model=UserList,
     responses=error_responses(*AUTHORIZATION_ERRORS),
 )
-async def list_users(principal: CurrentUserManager, session: SessionDep) -> UserList:
+async def list_users(principal: CurrentUserManager, session: ReadSessionDep) -> UserList:
     users = await service.list_for_company(session, principal.user.company_id)
     return UserList(items=[UserRead.model_validate(u) for u in users])
 
@@ -51,7 +51,7 @@ async def create_user(
     ),
 )
 async def get_user(
-    user_id: uuid.UUID, principal: CurrentUserManager, session: SessionDep
+    user_id: uuid.UUID, principal: CurrentUserManager, session: ReadSessionDep
 ) -> UserRead:
     user = await service.get(session, principal.user.company_id, user_id)
     return UserRead.model_validate(user)
