@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
 import platform
 import shlex
@@ -361,6 +362,15 @@ def log_row(run: Run, row: dict[str, Any]) -> None:
     print(f"  {label:28} {row['row']:10} {rate:>12}  p99 {p99_text} ms{errors}", flush=True)
 
 
+def source_version() -> str:
+    """A fingerprint of the service's code as it is on disk now (committed or not): the code
+    is being changed while benchmarks run, so each configuration records what it started."""
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "src").rglob("*.py")):
+        digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
 def run_config(
     run: Run,
     database: Database,
@@ -378,6 +388,8 @@ def run_config(
         "workers": config.workers,
         "limiter": config.limiter,
         "log": str(run.logs / f"service-{label}.log"),
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "src": source_version(),
     }
     run.configs.append(info)
     log = run.logs / f"service-{label}.log"
@@ -626,6 +638,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif not row.get("rate"):
             run.problems.append(f"{' '.join(report.config_label(row))} {row['row']}: no throughput")
+    versions = sorted({config["src"] for config in run.configs})
+    meta["src_versions"] = versions
     result = {
         "meta": meta,
         "rows": run.rows,

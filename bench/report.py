@@ -125,6 +125,7 @@ def config_rows(configs: Sequence[dict[str, Any]]) -> list[list[str]]:
             str(config.get("log_warnings", "-")),
             str(config.get("worker_restarts", "-")),
             str(config.get("access_log_lines", "-")),
+            config.get("src", "-"),
             config.get("failure") or "",
         ]
         for config in configs
@@ -165,7 +166,7 @@ def sections(result: dict[str, Any]) -> list[tuple[str, Sequence[str], list[list
         out.append(("p99 by scale", header, scales))
     header = (
         "scale", "db", "workers", "limiter", "peak RSS/worker MiB", "start s", "log errors",
-        "log warnings", "worker restarts", "access log lines", "failure",
+        "log warnings", "worker restarts", "access log lines", "src", "failure",
     )  # fmt: skip
     out.append(("Service processes", header, config_rows(result["configs"])))
     return out
@@ -191,6 +192,12 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         lines.append(
             f"Seed {item['scale']} on {item['db']}: {item['providers']:,} providers, "
             f"{item['users']:,} users in {item['seconds']:.1f} s"
+        )
+    versions = result["meta"].get("src_versions", [])
+    if len(versions) > 1:
+        lines.append(
+            f"src/ changed during the run: {len(versions)} versions of the service's code were "
+            "measured (column 'src'); compare rows of the same version only"
         )
     if result.get("noisy_rows"):
         lines.append(
