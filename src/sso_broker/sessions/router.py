@@ -4,7 +4,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Response
 
-from sso_broker.deps import ContextDep, CurrentPrincipal, SessionDep
+from sso_broker.deps import ContextDep, CurrentPrincipal, PrincipalRoute, SessionDep
 from sso_broker.errors import AUTHENTICATION_ERRORS, ErrorCode, error_responses
 from sso_broker.providers.models import SSOProvider
 from sso_broker.sessions import service
@@ -62,12 +62,6 @@ async def token(
     )
 
 
-@router.get(
-    "/api/v1/auth/me",
-    summary="The signed-in user, their company and session",
-    response_model=MeResponse,
-    responses=error_responses(*AUTHENTICATION_ERRORS),
-)
 async def me(principal: CurrentPrincipal) -> MeResponse:
     # no-store comes from SecurityHeadersMiddleware, as on every API answer.
     return MeResponse(
@@ -79,6 +73,17 @@ async def me(principal: CurrentPrincipal) -> MeResponse:
             expires_at=principal.session.expires_at,
         ),
     )
+
+
+router.add_api_route(
+    "/api/v1/auth/me",
+    me,
+    methods=["GET"],
+    summary="The signed-in user, their company and session",
+    response_model=MeResponse,
+    responses=error_responses(*AUTHENTICATION_ERRORS),
+    route_class_override=PrincipalRoute,
+)
 
 
 @router.post(

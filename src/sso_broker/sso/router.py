@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.responses import Response
 
 from sso_broker.deps import AppContext, ContextDep, SessionDep
-from sso_broker.errors import BrowserRoute, sign_in_failure
+from sso_broker.errors import BrowserRoute, direct, sign_in_failure
 from sso_broker.sessions import service as sessions_service
 from sso_broker.sso import service
 from sso_broker.sso.state import STATE_TTL, cookie_name
@@ -71,7 +71,8 @@ def _login_state_cookie(context: AppContext, provider_id: uuid.UUID, name: str, 
     responses=_REDIRECT,
     openapi_extra=_optional_query("return_to", "login_hint", "domain_hint", "prompt"),
 )
-async def initiate(provider_id: uuid.UUID, request: Request) -> Response:
+@direct
+async def initiate(request: Request, provider_id: uuid.UUID) -> Response:
     context: AppContext = request.app.state.context
     query = request.query_params
     result = await service.initiate(
@@ -127,6 +128,7 @@ async def _finish(
     responses=_REDIRECT,
     openapi_extra=_optional_query("state", "code", "error", "error_description", "iss"),
 )
+@direct
 async def callback(request: Request, provider_id: uuid.UUID) -> Response:
     query = request.query_params
     params = service.CallbackParams(
