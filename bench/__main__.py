@@ -390,6 +390,7 @@ def run_config(
         "log": str(run.logs / f"service-{label}.log"),
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "src": source_version(),
+        "commit": _git("rev-parse", "--short", "HEAD"),
     }
     run.configs.append(info)
     log = run.logs / f"service-{label}.log"
