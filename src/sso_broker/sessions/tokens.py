@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sso_broker.config import Settings
 from sso_broker.crypto import SIGNING_ALGORITHM, SecretBox, generate_signing_key, load_private_key
 from sso_broker.errors import ErrorCode, NotAuthenticated
+from sso_broker.jws import MalformedToken, unverified_header
 from sso_broker.sessions.models import SigningKey
 
 # An unknown kid (a key made by another replica since we loaded ours) reloads the key set
@@ -125,8 +126,8 @@ class KeyRing:
             code=ErrorCode.INVALID_TOKEN,
         )
         try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as e:
+            header = unverified_header(token)
+        except MalformedToken as e:
             raise invalid from e
         kid = header.get("kid")
         if header.get("alg") != SIGNING_ALGORITHM or not isinstance(kid, str) or len(kid) > 64:

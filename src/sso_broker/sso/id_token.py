@@ -18,6 +18,7 @@ from typing import Any
 import jwt
 
 from sso_broker.errors import SignInError, SignInErrorCode
+from sso_broker.jws import MalformedToken, unverified_header
 from sso_broker.sso.discovery import ProviderMetadata
 
 ALGORITHM = "RS256"
@@ -53,8 +54,8 @@ def check_header(token: str) -> str | None:
     if len(token) > MAX_TOKEN_LENGTH:
         raise _fail("the ID token is oversized")
     try:
-        header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError as e:
+        header = unverified_header(token)
+    except MalformedToken as e:
         raise _fail("the ID token is not a JWT") from e
     if header.get("alg") != ALGORITHM:
         raise _fail(f"the ID token is signed with {str(header.get('alg'))[:16]!r}, not RS256")
