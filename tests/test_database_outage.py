@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -12,6 +13,7 @@ from sqlalchemy import func, select, text
 
 from sso_broker.database import create_autocommit, create_engine, create_sessionmaker
 from sso_broker.deps import AppContext
+from sso_broker.fastpath import FastPath
 from sso_broker.models import IdentityLink, LoginCode, SignInSession
 from sso_broker.sso import service as sso_service
 from sso_broker.users.models import Role
@@ -26,11 +28,17 @@ async def test_requests_fail_fast_with_503_while_the_database_is_down(
 ) -> None:
     context: AppContext = app.state.context
     headers = await factory.headers(await factory.user(await factory.company(), Role.ADMINISTRATOR))
-    working = context.engine, context.sessionmaker, context.autocommit
+    working = context.engine, context.sessionmaker, context.autocommit, context.fast
     dead_engine = create_engine(make_settings(context.settings.database_url), url=DEAD)
     context.engine = dead_engine
     context.sessionmaker = create_sessionmaker(dead_engine)
     context.autocommit = create_autocommit(dead_engine)
+    dead_fast = (
+        FastPath(await asyncpg.create_pool(DEAD.replace("+asyncpg", ""), min_size=0, timeout=2))
+        if working[3] is not None
+        else None
+    )
+    context.fast = dead_fast
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     try:
         async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as client:
@@ -46,8 +54,10 @@ async def test_requests_fail_fast_with_503_while_the_database_is_down(
             took = time.perf_counter() - began
             sign_in = await client.get("/sso/00000000-0000-4000-8000-000000000000/initiate")
     finally:
-        context.engine, context.sessionmaker, context.autocommit = working
+        context.engine, context.sessionmaker, context.autocommit, context.fast = working
         await dead_engine.dispose()
+        if dead_fast is not None:
+            await dead_fast.close()
     for answer in answers:
         assert answer.status_code == 503, answer.text
         assert answer.headers["content-type"] == "application/problem+json"

@@ -278,7 +278,12 @@ async def _new_grant(context: AppContext, user: User, sentinel: str) -> str:
     if sentinel == FRESH_LOGIN_CODE:
         return code
     pair = await sessions_service.grant(
-        context.engine, context.sessionmaker, context.settings, context.keyring, login_code=code
+        context.engine,
+        context.fast,
+        context.sessionmaker,
+        context.settings,
+        context.keyring,
+        login_code=code,
     )
     return pair.refresh_token
 

@@ -8,17 +8,39 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import pytest
 from sqlalchemy import event
 
 from sso_broker.deps import AppContext
 from sso_broker.providers.models import SSOProvider
+from sso_broker.sso import service as sso_service
 from sso_broker.users.models import Role
 from tests.conftest import Factory
 from tests.fixtures.entra import CLIENT_ID, CLIENT_SECRET, TENANT_ID, EntraUser, FakeEntra
 
 
+class CountingPool:
+    """asyncpg's pool, noting each statement's first word on its way."""
+
+    def __init__(self, pool: Any, seen: list[str]) -> None:
+        self._pool, self._seen = pool, seen
+
+    def __getattr__(self, name: str) -> Any:
+        send = getattr(self._pool, name)
+        if name not in ("execute", "fetch", "fetchrow", "fetchval"):
+            return send
+
+        def counted(query: str, *args: Any) -> Any:
+            self._seen.append(query.split()[0].upper())
+            return send(query, *args)
+
+        return counted
+
+
 @contextmanager
 def statements(context: AppContext) -> Iterator[list[str]]:
+    """Every statement sent, by its first word: through SQLAlchemy, and on PostgreSQL also
+    through the hot paths' own asyncpg pool (fastpath.py)."""
     seen: list[str] = []
 
     def record(*args: Any) -> None:
@@ -26,10 +48,14 @@ def statements(context: AppContext) -> Iterator[list[str]]:
 
     engine = context.engine.sync_engine
     event.listen(engine, "before_cursor_execute", record)
+    patches = pytest.MonkeyPatch()
+    if context.fast is not None:
+        patches.setattr(context.fast, "pool", CountingPool(context.fast.pool, seen))
     try:
         yield seen
     finally:
         event.remove(engine, "before_cursor_execute", record)
+        patches.undo()
 
 
 async def test_me_is_one_query_then_none_while_cached(
@@ -93,12 +119,17 @@ async def _provider_with_user(factory: Factory) -> tuple[SSOProvider, EntraUser]
 
 
 async def test_callback_and_token_statements(
-    client: httpx.AsyncClient, factory: Factory, context: AppContext, entra: FakeEntra
+    client: httpx.AsyncClient,
+    factory: Factory,
+    context: AppContext,
+    entra: FakeEntra,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A first sign-in (links the identity) and a later one (uses the link), statement by
     statement: the callback consumes the state, resolves the user and writes the session,
     its login code and the audit event; the token exchange spends the code and writes the
     first refresh token."""
+    monkeypatch.setattr(sso_service, "PURGE_PROBABILITY", 0.0)  # housekeeping, now and then
     provider, person = await _provider_with_user(factory)
     seen: dict[str, list[str]] = {}
     for attempt in ("first", "again"):

@@ -19,6 +19,7 @@ from sso_broker.config import Settings
 from sso_broker.crypto import SecretBox
 from sso_broker.database import session_scope
 from sso_broker.errors import ErrorCode, Forbidden, NotAuthenticated
+from sso_broker.fastpath import FastPath
 from sso_broker.ratelimit import Leases
 from sso_broker.sessions import service as sessions_service
 from sso_broker.sessions.service import Principal
@@ -40,6 +41,8 @@ class AppContext:
     # Sessions whose statements commit one by one: single reads and single writes.
     autocommit: async_sessionmaker[AsyncSession]
     caches: Caches
+    # asyncpg's own pool for the hot paths' statements on PostgreSQL (fastpath.py).
+    fast: FastPath | None
     box: SecretBox
     keyring: KeyRing
     http: httpx.AsyncClient
@@ -113,7 +116,7 @@ class SessionBearer(HTTPBearer):
             )
         context: AppContext = request.app.state.context
         principal = await sessions_service.authenticate(
-            context.autocommit, context.keyring, context.caches, token
+            context.autocommit, context.fast, context.keyring, context.caches, token
         )
         if self.allowed and principal.user.role not in self.allowed:
             raise Forbidden(

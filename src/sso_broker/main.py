@@ -22,7 +22,9 @@ from sso_broker.database import (
 )
 from sso_broker.deps import AppContext
 from sso_broker.errors import install_error_handlers
+from sso_broker.fastpath import FastPath
 from sso_broker.health import router as health_router
+from sso_broker.http import IdentityProviderClient
 from sso_broker.logs import RequestContextMiddleware, configure_logging
 from sso_broker.middleware import (
     ApiCORSMiddleware,
@@ -66,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             configure_logging(settings.logging_level)
         engine = create_engine(settings)
         box = SecretBox.from_settings(settings)
-        http = httpx.AsyncClient(
+        http = IdentityProviderClient(
             timeout=httpx.Timeout(settings.http_timeout, connect=min(settings.http_timeout, 5.0)),
             follow_redirects=False,
             headers={"User-Agent": f"sso-broker/{__version__}"},
@@ -75,12 +77,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sessionmaker = create_sessionmaker(engine, info={SESSION_INFO_KEY: caches})
         autocommit = create_autocommit(engine, info={SESSION_INFO_KEY: caches})
         counters, redis = counter_store(settings, engine)
+        fast = await FastPath.connect(settings) if engine.dialect.name == "postgresql" else None
         context = AppContext(
             settings=settings,
             engine=engine,
             sessionmaker=sessionmaker,
             autocommit=autocommit,
             caches=caches,
+            fast=fast,
             box=box,
             keyring=KeyRing(settings, box),
             http=http,
@@ -93,6 +97,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await http.aclose()
+            if fast is not None:
+                await fast.close()
             if redis is not None:
                 await redis.aclose()
             await engine.dispose()

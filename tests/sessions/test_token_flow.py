@@ -391,6 +391,7 @@ class TestLoginCodeGrant:
             _, code = await direct_session(context, user)
             pair = await sessions_service.grant(
                 context.engine,
+                context.fast,
                 context.sessionmaker,
                 context.settings,
                 context.keyring,

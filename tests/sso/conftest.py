@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 
+from sso_broker.http import IdentityProviderClient
 from sso_broker.sso import discovery
 from sso_broker.sso.discovery import EntraDirectory
 from tests.fixtures.entra import AUTHORITY, FakeEntra
@@ -36,5 +36,5 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
 
 @pytest.fixture
 async def directory(entra: FakeEntra) -> AsyncIterator[EntraDirectory]:
-    async with httpx.AsyncClient() as http:
+    async with IdentityProviderClient() as http:
         yield EntraDirectory(http, AUTHORITY)

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sso_broker.database import session_scope, utcnow
 from sso_broker.deps import AppContext
+from sso_broker.fastpath import FastPath
 from sso_broker.logs import JSONFormatter
 from sso_broker.main import create_app
 from sso_broker.models import (
@@ -1006,8 +1007,9 @@ class TestServerError:
 
         if target == "choose_account":
             monkeypatch.setattr(service, "choose_account", broken_sync)
-        else:
+        else:  # SQLite writes through the repository, PostgreSQL through the fast path
             monkeypatch.setattr(service.repository, "write_sign_in", broken)
+            monkeypatch.setattr(FastPath, "write_sign_in", broken)
         s = await setup(factory)
 
         response = await sign_in(client, entra, s.provider, s.person)
@@ -1069,9 +1071,9 @@ class TestRace:
         consume = state_module.consume
         barrier = asyncio.Barrier(2)
 
-        async def consume_together(session: AsyncSession, login: LoginState) -> None:
+        async def consume_together(*args: Any) -> None:
             await asyncio.wait_for(barrier.wait(), timeout=10)
-            await consume(session, login)
+            await consume(*args)
 
         monkeypatch.setattr(state_module, "consume", consume_together)
 

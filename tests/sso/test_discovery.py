@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from sso_broker.errors import SignInError, SignInErrorCode
+from sso_broker.http import IdentityProviderClient
 from sso_broker.providers.types import EntraType
 from sso_broker.sso.discovery import (
     JWKS_REFETCH_INTERVAL,
@@ -80,14 +81,14 @@ async def test_a_document_without_end_session_endpoint_is_accepted(
 
 
 async def test_an_authority_with_a_trailing_slash(entra: FakeEntra) -> None:
-    async with httpx.AsyncClient() as http:
+    async with IdentityProviderClient() as http:
         directory = EntraDirectory(http, AUTHORITY + "/")
         assert directory.discovery_url(TENANT_ID) == entra.discovery_url
         assert (await directory.metadata(TENANT_ID)).issuer == ISSUER
 
 
 def test_the_discovery_url_escapes_the_tenant() -> None:
-    directory = EntraDirectory(httpx.AsyncClient(), AUTHORITY)
+    directory = EntraDirectory(IdentityProviderClient(), AUTHORITY)
     assert directory.discovery_url("a/../b?x#y") == (
         f"{AUTHORITY}/a%2F..%2Fb%3Fx%23y/v2.0/.well-known/openid-configuration"
     )

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -165,3 +165,45 @@ async def add_refresh_token(
         _ADD_REFRESH,
         {"token_hash": token_hash, "session_id": session_id, "expires_at": expires_at},
     )
+
+
+class CoreTokens:
+    """The token endpoint's statements through SQLAlchemy Core (SQLite); ``FastPath`` has the
+    same methods for PostgreSQL."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self.connection = connection
+
+    async def spend_login_code(self, code_hash: str) -> tuple[datetime, SessionUser | None] | None:
+        return await spend_login_code(self.connection, code_hash)
+
+    async def use_refresh_token(
+        self, token_hash: str, now: datetime
+    ) -> tuple[datetime, SessionUser | None] | None:
+        return await use_refresh_token(self.connection, token_hash, now)
+
+    async def reused_session(self, token_hash: str) -> uuid.UUID | None:
+        return await reused_session(self.connection, token_hash)
+
+    async def add_refresh_token(
+        self, *, token_hash: str, session_id: uuid.UUID, expires_at: datetime, now: datetime
+    ) -> None:
+        await add_refresh_token(
+            self.connection, token_hash=token_hash, session_id=session_id, expires_at=expires_at
+        )
+
+
+class TokenStore(Protocol):
+    async def spend_login_code(
+        self, code_hash: str
+    ) -> tuple[datetime, SessionUser | None] | None: ...
+
+    async def use_refresh_token(
+        self, token_hash: str, now: datetime
+    ) -> tuple[datetime, SessionUser | None] | None: ...
+
+    async def reused_session(self, token_hash: str) -> uuid.UUID | None: ...
+
+    async def add_refresh_token(
+        self, *, token_hash: str, session_id: uuid.UUID, expires_at: datetime, now: datetime
+    ) -> None: ...

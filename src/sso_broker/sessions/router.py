@@ -47,6 +47,7 @@ async def token(
     response.headers["Cache-Control"] = "no-store"
     pair = await service.grant(
         context.engine,
+        context.fast,
         context.sessionmaker,
         context.settings,
         context.keyring,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Row, delete, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from sso_broker.audit import service as audit
 from sso_broker.audit.service import EventType
@@ -21,9 +21,9 @@ from sso_broker.config import Settings
 from sso_broker.crypto import token_hash
 from sso_broker.database import autocommit_connection, session_scope, utcnow
 from sso_broker.errors import ErrorCode, InvalidGrant, NotAuthenticated
-from sso_broker.sessions import repository
+from sso_broker.fastpath import FastPath
 from sso_broker.sessions.models import LoginCode, RefreshToken, SignInSession
-from sso_broker.sessions.repository import SessionUser
+from sso_broker.sessions.repository import CoreTokens, SessionUser, TokenStore
 from sso_broker.sessions.tokens import KeyRing, SessionClaims, session_claims
 from sso_broker.users.models import User
 
@@ -140,6 +140,7 @@ def remember(caches: Caches, issued: IssuedToken) -> None:
 
 async def authenticate(
     autocommit: async_sessionmaker[AsyncSession],
+    fast: FastPath | None,
     keyring: KeyRing,
     caches: Caches,
     token: str,
@@ -165,7 +166,7 @@ async def authenticate(
     found = claims
     principal: Principal | None = await caches.principals.get(
         (found.session_id, found.user_id, found.company_id),
-        lambda: _load_principal(autocommit, found),
+        lambda: _load_principal(autocommit, fast, found),
     )
     if principal is None:
         raise NotAuthenticated(
@@ -182,9 +183,11 @@ async def authenticate(
 
 
 async def _load_principal(
-    autocommit: async_sessionmaker[AsyncSession], claims: SessionClaims
+    autocommit: async_sessionmaker[AsyncSession], fast: FastPath | None, claims: SessionClaims
 ) -> Principal | None:
     """One query for the user, session and company a token names (all three must match)."""
+    if fast is not None:
+        return await fast.principal(claims.session_id, claims.user_id, claims.company_id)
     async with autocommit() as session:
         row = (
             await session.execute(
@@ -239,40 +242,38 @@ def _live(subject: SessionUser | None, now: datetime) -> SessionUser:
 
 
 async def _token_pair(
-    connection: AsyncConnection, settings: Settings, keyring: KeyRing, subject: SessionUser
+    store: TokenStore, settings: Settings, keyring: KeyRing, subject: SessionUser
 ) -> TokenPair:
     issued = mint(settings, keyring, subject, ttl=timedelta(seconds=settings.access_token_ttl))
     refresh_token = new_secret_token()
-    await repository.add_refresh_token(
-        connection,
+    await store.add_refresh_token(
         token_hash=token_hash(refresh_token),
         session_id=subject.session_id,
         expires_at=subject.expires_at,
+        now=utcnow(),
     )
     return TokenPair(access=issued, refresh_token=refresh_token)
 
 
 async def exchange_login_code(
-    connection: AsyncConnection, settings: Settings, keyring: KeyRing, code: str
+    store: TokenStore, settings: Settings, keyring: KeyRing, code: str
 ) -> TokenPair:
     """Trades a login code for an access token and the session's first refresh token.
 
     The code is deleted in the same statement that reads it, so of two concurrent
     exchanges exactly one finds it.
     """
-    spent = await repository.spend_login_code(connection, token_hash(code))
+    spent = await store.spend_login_code(token_hash(code))
     if spent is None:
         raise InvalidGrant("The login code is unknown or was already used; sign in again.")
     expires_at, subject = spent
     now = utcnow()
     if expires_at <= now:
         raise InvalidGrant("The login code has expired; sign in again.")
-    return await _token_pair(connection, settings, keyring, _live(subject, now))
+    return await _token_pair(store, settings, keyring, _live(subject, now))
 
 
-async def refresh(
-    connection: AsyncConnection, settings: Settings, keyring: KeyRing, token: str
-) -> TokenPair:
+async def refresh(store: TokenStore, settings: Settings, keyring: KeyRing, token: str) -> TokenPair:
     """Rotates a refresh token: each works once.
 
     Presenting one that was already used means it was copied: the whole session is revoked
@@ -280,16 +281,16 @@ async def refresh(
     """
     now = utcnow()
     hashed = token_hash(token)
-    used = await repository.use_refresh_token(connection, hashed, now)
+    used = await store.use_refresh_token(hashed, now)
     if used is None:
-        reused = await repository.reused_session(connection, hashed)
+        reused = await store.reused_session(hashed)
         if reused is not None:
             raise RefreshTokenReused(reused)
         raise InvalidGrant("The refresh token is unknown; sign in again.")
     expires_at, subject = used
     if expires_at <= now:
         raise InvalidGrant("The refresh token has expired; sign in again.")
-    return await _token_pair(connection, settings, keyring, _live(subject, now))
+    return await _token_pair(store, settings, keyring, _live(subject, now))
 
 
 def _audit_revocations(
@@ -352,8 +353,23 @@ async def revoke_by_idp_session(session: AsyncSession, provider_id: uuid.UUID, i
     return len(rows)
 
 
+async def _grant(
+    store: TokenStore,
+    settings: Settings,
+    keyring: KeyRing,
+    login_code: str | None,
+    refresh_token: str | None,
+) -> TokenPair:
+    if login_code is not None:
+        return await exchange_login_code(store, settings, keyring, login_code)
+    if refresh_token is not None:
+        return await refresh(store, settings, keyring, refresh_token)
+    raise InvalidGrant("Send a login code or a refresh token.")
+
+
 async def grant(
     engine: AsyncEngine,
+    fast: FastPath | None,
     sessionmaker: async_sessionmaker[AsyncSession],
     settings: Settings,
     keyring: KeyRing,
@@ -368,12 +384,12 @@ async def grant(
     the request itself fails.
     """
     try:
+        if fast is not None:
+            return await _grant(fast, settings, keyring, login_code, refresh_token)
         async with autocommit_connection(engine) as connection:
-            if login_code is not None:
-                return await exchange_login_code(connection, settings, keyring, login_code)
-            if refresh_token is not None:
-                return await refresh(connection, settings, keyring, refresh_token)
-            raise InvalidGrant("Send a login code or a refresh token.")
+            return await _grant(
+                CoreTokens(connection), settings, keyring, login_code, refresh_token
+            )
     except RefreshTokenReused as reused:
         async with session_scope(sessionmaker) as session:
             await revoke(session, reused.session_id, reason="refresh_token_reuse")

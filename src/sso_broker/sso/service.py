@@ -28,13 +28,13 @@ from sso_broker.audit.service import EventType
 from sso_broker.caches import provider_key
 from sso_broker.crypto import token_hash
 from sso_broker.database import (
-    autocommit_connection,
     session_scope,
     utcnow,
     write_transaction,
 )
 from sso_broker.deps import AppContext
 from sso_broker.errors import SignInError, SignInErrorCode
+from sso_broker.fastpath import LinkConflict
 from sso_broker.providers.models import SSOProvider
 from sso_broker.sessions import service as sessions_service
 from sso_broker.sso import id_token, repository, state
@@ -125,6 +125,8 @@ def credentials(provider: SSOProvider) -> tuple[str, str]:
 
 
 async def _read_provider(context: AppContext, provider_id: uuid.UUID) -> SSOProvider | None:
+    if context.fast is not None:
+        return await context.fast.provider(provider_id)
     async with context.autocommit() as session:
         provider = await session.get(SSOProvider, provider_id)
         # Shared read-only by concurrent sign-ins from the cache: nothing may expire it.
@@ -357,7 +359,7 @@ async def complete(
             context.box, sealed_state, state=params.state, provider_id=provider_id
         )
         # One statement, committed on its own before anything else can fail.
-        await state.consume(context.engine, login)
+        await state.consume(context.engine, context.fast, login)
         if random.random() < PURGE_PROBABILITY:  # noqa: S311 - housekeeping only
             async with session_scope(context.sessionmaker) as session:
                 await state.purge_expired(session)
@@ -416,48 +418,73 @@ async def _write_sign_in(
 ) -> repository.NewSignIn:
     """Resolves the account and writes the link, session, login code and audit event: one
     SELECT and, on PostgreSQL, one INSERT (``sso/repository.py``)."""
-    engine = context.engine
-    postgres = engine.dialect.name == "postgresql"
-    # PostgreSQL writes everything in one atomic statement; SQLite needs the transaction.
-    connect = autocommit_connection(engine) if postgres else write_transaction(engine)
-    async with connect as connection:
+    email = normalize_email(claims.email) if claims.email else None
+    fast = context.fast
+    if fast is not None:
+        found = await fast.resolve(provider.id, claims.tenant_id, claims.object_id, email)
+        new = _new_sign_in(context, provider, claims, code, found)
+        try:
+            await fast.write_sign_in(new, clear_last_error=_had_error(found))
+        except LinkConflict as e:
+            raise not_provisioned("the user is already linked to another identity", claims) from e
+        return new
+    # SQLite: the statements one by one, in a transaction.
+    async with write_transaction(context.engine) as connection:
         found = await repository.resolve(
             connection,
             provider_id=provider.id,
             tenant_id=claims.tenant_id,
             subject=claims.object_id,
-            email=normalize_email(claims.email) if claims.email else None,
+            email=email,
         )
-        if found is None or not found.enabled:
-            raise SignInError(SignInErrorCode.PROVIDER_DISABLED, "disabled during the sign-in")
-        account, link = choose_account(found, provider, claims)
-        now = utcnow()
-        new = repository.NewSignIn(
-            provider_id=provider.id,
-            account=account,
-            tenant_id=claims.tenant_id,
-            subject=claims.object_id,
-            link=link,
-            session_id=uuid.uuid4(),
-            idp_sid=claims.sid,
-            login_hint=claims.login_hint,
-            now=now,
-            expires_at=now + timedelta(seconds=context.settings.session_max_age),
-            code_hash=token_hash(code),
-            code_expires_at=now + sessions_service.LOGIN_CODE_TTL,
-            event_type=EventType.SIGN_IN_SUCCEEDED.value,
-        )
+        new = _new_sign_in(context, provider, claims, code, found)
         try:
             await repository.write_sign_in(
-                connection, new, clear_last_error=found.last_error is not None
+                connection,
+                new,
+                clear_last_error=_had_error(found),
             )
         except IntegrityError as e:
-            if not link or "identity_links" not in str(e.orig):
+            if not new.link or "identity_links" not in str(e.orig):
                 raise
             # The account is already linked to another identity of this provider (or a
             # concurrent first sign-in linked it a moment ago): it must not be taken over.
             raise not_provisioned("the user is already linked to another identity", claims) from e
     return new
+
+
+def _had_error(found: repository.Resolution | None) -> bool:
+    # It signs people in again: the provider's last failure is history.
+    return found is not None and found.last_error is not None
+
+
+def _new_sign_in(
+    context: AppContext,
+    provider: SSOProvider,
+    claims: id_token.IdTokenClaims,
+    code: str,
+    found: repository.Resolution | None,
+) -> repository.NewSignIn:
+    """The rows a sign-in writes, once the provider is known to be enabled still."""
+    if found is None or not found.enabled:
+        raise SignInError(SignInErrorCode.PROVIDER_DISABLED, "disabled during the sign-in")
+    account, link = choose_account(found, provider, claims)
+    now = utcnow()
+    return repository.NewSignIn(
+        provider_id=provider.id,
+        account=account,
+        tenant_id=claims.tenant_id,
+        subject=claims.object_id,
+        link=link,
+        session_id=uuid.uuid4(),
+        idp_sid=claims.sid,
+        login_hint=claims.login_hint,
+        now=now,
+        expires_at=now + timedelta(seconds=context.settings.session_max_age),
+        code_hash=token_hash(code),
+        code_expires_at=now + sessions_service.LOGIN_CODE_TTL,
+        event_type=EventType.SIGN_IN_SUCCEEDED.value,
+    )
 
 
 async def end_session_url(

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sso_broker.crypto import DecryptionError, SecretBox, token_hash
 from sso_broker.database import utcnow
 from sso_broker.errors import SignInError, SignInErrorCode
+from sso_broker.fastpath import FastPath
 from sso_broker.sso import repository
 from sso_broker.sso.models import ConsumedState
 
@@ -111,16 +112,22 @@ def open_state(
     return opened
 
 
-async def consume(engine: AsyncEngine, login: LoginState) -> None:
+async def consume(engine: AsyncEngine, fast: FastPath | None, login: LoginState) -> None:
     """Marks the state used; a second callback with it (a replay, or a race) is refused.
 
     The primary key makes this atomic across replicas: of two concurrent callbacks exactly
     one insert succeeds.
     """
+    used = SignInError(SignInErrorCode.INVALID_STATE, "the login state was already used")
+    state_hash = token_hash(login.state)
+    if fast is not None:
+        if not await fast.consume_state(state_hash, login.expires_at):
+            raise used
+        return
     try:
-        await repository.consume_state(engine, token_hash(login.state), login.expires_at)
+        await repository.consume_state(engine, state_hash, login.expires_at)
     except IntegrityError as e:
-        raise SignInError(SignInErrorCode.INVALID_STATE, "the login state was already used") from e
+        raise used from e
 
 
 async def purge_expired(session: AsyncSession) -> None:

@@ -1,0 +1,240 @@
+"""The hot paths' statements on PostgreSQL, sent with asyncpg itself (README, *Performance*).
+
+Each sign-in row of the benchmark ran about ten statements through SQLAlchemy's async layer,
+and each paid for a greenlet (a fresh 16 KB frame stack, mapped and unmapped), a pool
+checkout and statement building: a third of a sign-in's CPU. Here the same statements go
+straight to asyncpg, prepared once per connection, on a small pool of their own; everything
+else (the admin API, revocations, the audit of failures) stays on SQLAlchemy. SQLite, which
+is in-process, keeps the SQLAlchemy Core versions in ``sso/repository.py`` and
+``sessions/repository.py``; both versions answer the same types, and the whole test suite
+runs on both databases.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from sso_broker.companies.models import Company
+from sso_broker.config import Settings
+from sso_broker.providers.models import SSOProvider
+from sso_broker.sessions.models import SignInSession
+from sso_broker.sessions.repository import SessionUser
+from sso_broker.sso.repository import Account, NewSignIn, Resolution
+from sso_broker.users.models import Role, User
+
+if TYPE_CHECKING:
+    from sso_broker.sessions.service import Principal
+
+
+class LinkConflict(Exception):
+    """A first sign-in's identity link met an identity or account already linked."""
+
+
+_PROVIDER = """
+SELECT id, company_id, type, name, base_url, client_id, client_secret_encrypted,
+       client_secret_expires_at, enabled, last_error, created_at, updated_at
+FROM sso_providers WHERE id = $1
+"""
+_PRINCIPAL = """
+SELECT u.id, u.company_id, u.email, u.email_normalized, u.name, u.role, u.sso_provider_id,
+       u.created_at, u.updated_at,
+       s.id, s.provider_id, s.idp_sid, s.login_hint, s.created_at, s.expires_at, s.revoked_at,
+       c.name, c.created_at, c.updated_at
+FROM sign_in_sessions s
+JOIN users u ON u.id = s.user_id
+JOIN companies c ON c.id = u.company_id
+WHERE s.id = $1 AND u.id = $2 AND u.company_id = $3
+"""
+_CONSUME = "INSERT INTO consumed_login_states (state_hash, expires_at) VALUES ($1, $2)"
+_RESOLVE = """
+SELECT p.enabled, p.last_error,
+       l.id, l.company_id, l.email, l.name, l.role, l.sso_provider_id,
+       c.id, c.company_id, c.email, c.name, c.role, c.sso_provider_id
+FROM sso_providers p
+LEFT JOIN identity_links k ON k.provider_id = p.id AND k.tenant_id = $2 AND k.subject = $3
+LEFT JOIN users l ON l.id = k.user_id
+LEFT JOIN users c
+  ON c.company_id = p.company_id AND c.email_normalized = $4 AND c.sso_provider_id = p.id
+WHERE p.id = $1
+"""
+# One statement writes the session, its login code and the audit event (and, at a first
+# sign-in, the identity link): atomic on its own, so no BEGIN and COMMIT either.
+_WRITE_SESSION = """
+new_session AS (
+  INSERT INTO sign_in_sessions
+    (id, user_id, company_id, provider_id, idp_sid, login_hint, created_at, expires_at)
+  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)),
+new_code AS (
+  INSERT INTO login_codes (code_hash, session_id, expires_at) VALUES ($9, $1, $10))
+INSERT INTO audit_events
+  (id, company_id, type, created_at, provider_id, user_id, session_id, idp_subject)
+VALUES ($11, $3, $12, $7, $4, $2, $1, $13)
+"""
+_WRITE = "WITH " + _WRITE_SESSION
+_WRITE_AND_LINK = (  # noqa: S608 - constant text; every value is a $n parameter
+    "WITH new_link AS (INSERT INTO identity_links"
+    " (id, provider_id, tenant_id, subject, user_id, created_at)"
+    " VALUES ($14, $4, $15, $16, $2, $7)),"
+) + _WRITE_SESSION
+_CLEAR_LAST_ERROR = "UPDATE sso_providers SET last_error = NULL WHERE id = $1"
+_SESSION_USER = """
+SELECT spent.expires_at, u.id, u.company_id, u.email, u.name, u.role,
+       s.id, s.provider_id, s.expires_at, s.revoked_at
+FROM spent
+JOIN sign_in_sessions s ON s.id = spent.session_id
+JOIN users u ON u.id = s.user_id
+"""
+_SPEND_CODE = (
+    "WITH spent AS (DELETE FROM login_codes WHERE code_hash = $1"  # noqa: S608 - constant text
+    " RETURNING session_id, expires_at)" + _SESSION_USER
+)
+_USE_REFRESH = (
+    "WITH spent AS (UPDATE refresh_tokens SET used_at = $2"  # noqa: S608 - constant text
+    " WHERE token_hash = $1 AND used_at IS NULL RETURNING session_id, expires_at)" + _SESSION_USER
+)
+_REUSED = "SELECT session_id FROM refresh_tokens WHERE token_hash = $1"
+_ADD_REFRESH = (
+    "INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at)"
+    " VALUES ($1, $2, $3, $4)"
+)
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _account(row: Sequence[Any], start: int) -> Account | None:
+    if row[start] is None:
+        return None
+    id_, company_id, email, name, role, provider_id = row[start : start + 6]
+    return Account(id_, company_id, email, name, Role(role), provider_id)
+
+
+def _session_user(row: Sequence[Any]) -> tuple[datetime, SessionUser]:
+    spent_expires, user_id, company_id, email, name, role, sid, pid, expires, revoked = row
+    subject = SessionUser(user_id, company_id, email, name, Role(role), sid, pid, expires, revoked)
+    return spent_expires, subject
+
+
+class FastPath:
+    """asyncpg's own pool and the hot statements (see the module docstring)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def connect(cls, settings: Settings) -> FastPath:
+        url = make_url(settings.database_url).set(drivername="postgresql")
+        pool = await asyncpg.create_pool(
+            url.render_as_string(hide_password=False),
+            min_size=1,
+            max_size=settings.database_pool_size,
+            timeout=settings.database_timeout,
+            command_timeout=settings.database_timeout * 6,
+            server_settings={"application_name": "sso-broker"},
+        )
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def provider(self, provider_id: uuid.UUID) -> SSOProvider | None:
+        row = await self.pool.fetchrow(_PROVIDER, provider_id)
+        if row is None:
+            return None
+        values = dict(row)
+        values["last_error"] = _json(values["last_error"])
+        return SSOProvider(**values)
+
+    async def principal(
+        self, session_id: uuid.UUID, user_id: uuid.UUID, company_id: uuid.UUID
+    ) -> Principal | None:
+        from sso_broker.sessions.service import Principal
+
+        row = await self.pool.fetchrow(_PRINCIPAL, session_id, user_id, company_id)
+        if row is None:
+            return None
+        (uid, cid, email, normalized, name, role, provider, u_created, u_updated,
+         sid, s_provider, idp_sid, hint, s_created, expires, revoked,
+         company_name, c_created, c_updated) = row  # fmt: skip
+        return Principal(
+            user=User(
+                id=uid, company_id=cid, email=email, email_normalized=normalized, name=name,
+                role=Role(role), sso_provider_id=provider, created_at=u_created,
+                updated_at=u_updated,
+            ),
+            company=Company(id=cid, name=company_name, created_at=c_created, updated_at=c_updated),
+            session=SignInSession(
+                id=sid, user_id=uid, company_id=cid, provider_id=s_provider, idp_sid=idp_sid,
+                login_hint=hint, created_at=s_created, expires_at=expires, revoked_at=revoked,
+            ),
+        )  # fmt: skip
+
+    async def consume_state(self, state_hash: str, expires_at: datetime) -> bool:
+        """Records a login state as used; False when it was used before."""
+        try:
+            await self.pool.execute(_CONSUME, state_hash, expires_at)
+        except asyncpg.UniqueViolationError:
+            return False
+        return True
+
+    async def resolve(
+        self, provider_id: uuid.UUID, tenant_id: str, subject: str, email: str | None
+    ) -> Resolution | None:
+        row = await self.pool.fetchrow(_RESOLVE, provider_id, tenant_id, subject, email)
+        if row is None:
+            return None
+        return Resolution(
+            enabled=bool(row[0]),
+            last_error=_json(row[1]),
+            linked=_account(row, 2),
+            candidate=_account(row, 8),
+        )
+
+    async def write_sign_in(self, new: NewSignIn, *, clear_last_error: bool) -> None:
+        """Writes the sign-in's rows in one statement; LinkConflict (nothing written) when
+        ``new.link`` meets an identity or account that is already linked."""
+        args: list[Any] = [
+            new.session_id, new.account.id, new.account.company_id, new.provider_id,
+            new.idp_sid, new.login_hint, new.now, new.expires_at, new.code_hash,
+            new.code_expires_at, uuid.uuid4(), new.event_type, new.subject[:64],
+        ]  # fmt: skip
+        try:
+            if new.link:
+                await self.pool.execute(
+                    _WRITE_AND_LINK, *args, uuid.uuid4(), new.tenant_id, new.subject
+                )
+            else:
+                await self.pool.execute(_WRITE, *args)
+        except asyncpg.UniqueViolationError as e:
+            if new.link and (e.table_name == "identity_links"):
+                raise LinkConflict(str(e.constraint_name)) from e
+            raise
+        if clear_last_error:
+            await self.pool.execute(_CLEAR_LAST_ERROR, new.provider_id)
+
+    async def spend_login_code(self, code_hash: str) -> tuple[datetime, SessionUser | None] | None:
+        row = await self.pool.fetchrow(_SPEND_CODE, code_hash)
+        return None if row is None else _session_user(row)
+
+    async def use_refresh_token(
+        self, token_hash: str, now: datetime
+    ) -> tuple[datetime, SessionUser | None] | None:
+        row = await self.pool.fetchrow(_USE_REFRESH, token_hash, now)
+        return None if row is None else _session_user(row)
+
+    async def reused_session(self, token_hash: str) -> uuid.UUID | None:
+        found = await self.pool.fetchval(_REUSED, token_hash)
+        return found if isinstance(found, uuid.UUID) else None
+
+    async def add_refresh_token(
+        self, *, token_hash: str, session_id: uuid.UUID, expires_at: datetime, now: datetime
+    ) -> None:
+        await self.pool.execute(_ADD_REFRESH, token_hash, session_id, now, expires_at)
