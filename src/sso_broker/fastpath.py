@@ -123,6 +123,10 @@ def _session_user(row: Sequence[Any]) -> tuple[datetime, SessionUser]:
     return spent_expires, subject
 
 
+async def _keep_as_is(_connection: asyncpg.Connection) -> None:
+    return None
+
+
 class FastPath:
     """asyncpg's own pool and the hot statements (see the module docstring)."""
 
@@ -139,6 +143,9 @@ class FastPath:
             timeout=settings.database_timeout,
             command_timeout=settings.database_timeout * 6,
             server_settings={"application_name": "sso-broker"},
+            # asyncpg resets every connection it takes back (UNLISTEN, RESET ALL, ...): one
+            # more round trip per statement here, for state these statements never set.
+            reset=_keep_as_is,
         )
         return cls(pool)
 
