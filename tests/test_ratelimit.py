@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -215,3 +216,27 @@ class TestLeases:
         # Hits held unused by the other replicas stop a replica early by a small share at most.
         if len(order) >= 2 * limit:
             assert served >= limit - 2 * max(1, limit // 8)
+
+
+async def test_concurrent_requests_keep_every_hit_they_reserved() -> None:
+    """Ten requests find the lease empty at once and each reserves a lease: all of them are
+    served later without asking the store again."""
+    store = MemoryStore()
+    gate = asyncio.Event()
+    original = store.hit
+
+    async def slow_hit(increments: dict[str, int], window_end: float) -> dict[str, int]:
+        await gate.wait()
+        return await original(increments, window_end)
+
+    store.hit = slow_hit  # type: ignore[method-assign]
+    leases = Leases(store)
+    limit = [Limit("sso:ip:10.0.0.3", 1_000_000)]
+    herd = [asyncio.create_task(leases.allow(limit, 1, 60.0)) for _ in range(10)]
+    await asyncio.sleep(0)
+    gate.set()
+    assert all(await asyncio.gather(*herd))
+    calls = store.calls
+    served = [await leases.allow(limit, 1, 60.0) for _ in range(10 * MAX_LEASE - 10)]
+    assert all(served)
+    assert store.calls == calls  # every reserved hit was still there

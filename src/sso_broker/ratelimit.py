@@ -25,6 +25,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import String, delete
@@ -162,27 +163,33 @@ class Leases:
             total = totals[limit.key]
             # The reservation is hits total-size+1 … total; only those within the limit count.
             usable = min(size, limit.limit - (total - size))
-            self._leases[limit.key] = _Lease(left=max(0, usable - 1), total=total)
             if usable <= 0:
                 allowed = False
+            # Concurrent requests may have reserved at the same time: their leases add up,
+            # so no reserved hit is dropped and the next round trip is as far off as it can be.
+            lease = self._leases.get(limit.key)
+            left = max(0, usable - 1) + (lease.left if lease is not None else 0)
+            latest = max(total, lease.total) if lease is not None else total
+            self._leases[limit.key] = _Lease(left=left, total=latest)
         return allowed
 
 
-def _limits(settings: Settings, path: str, client_ip: str) -> list[Limit]:
+def _limits(settings: Settings, path: str, client_ip: str, window: int) -> list[Limit]:
     if path == TOKEN_PATH:
-        return [Limit(f"token:ip:{client_ip}", settings.rate_limit_token_per_ip)]
+        return [Limit(f"token:ip:{client_ip}:{window}", settings.rate_limit_token_per_ip)]
     match = _SSO_PATH.match(path)
     if match is None:
         return []
     return [
-        Limit(f"sso:ip:{client_ip}", settings.rate_limit_sign_in_per_ip),
+        Limit(f"sso:ip:{client_ip}:{window}", settings.rate_limit_sign_in_per_ip),
         Limit(
-            f"sso:provider:{_provider_key(match.group(1))}",
+            f"sso:provider:{_provider_key(match.group(1))}:{window}",
             settings.rate_limit_sign_in_per_provider,
         ),
     ]
 
 
+@lru_cache(maxsize=4096)  # the same few providers over and over: parse each once
 def _provider_key(segment: str) -> str:
     """The provider's id in canonical form; one shared bucket for anything that is not an id.
 
@@ -230,18 +237,17 @@ class RateLimitMiddleware:
         context = scope["app"].state.context
         settings: Settings = context.settings
         client = scope.get("client")
+        now = time.time()
+        window = int(now // WINDOW_SECONDS)
         limits = (
-            _limits(settings, scope["path"], client[0] if client else "unknown")
+            _limits(settings, scope["path"], client[0] if client else "unknown", window)
             if settings.rate_limit_enabled
             else []
         )
         if limits:
-            now = time.time()
-            window = int(now // WINDOW_SECONDS)
             window_end = (window + 1) * WINDOW_SECONDS
-            keyed = [Limit(f"{limit.key}:{window}", limit.limit) for limit in limits]
             try:
-                allowed = await context.counters.allow(keyed, window, window_end)
+                allowed = await context.counters.allow(limits, window, window_end)
             except Exception as e:
                 if not is_database_unavailable(e) and not _is_redis_error(e):
                     raise
