@@ -1,10 +1,9 @@
-"""The token endpoint's database work, written for speed (README, *Performance*).
+"""The token endpoint's database work through SQLAlchemy Core: the embedded SQLite's version.
 
-Prebuilt Core statements on an autocommit connection, the fewest round trips each dialect
-allows: on PostgreSQL spending a login code (or a refresh token) and reading its session and
-user is one statement, a data-modifying CTE; SQLite, in-process, takes two. No transaction
-wraps them: each statement is atomic on its own, and the one that spends the code or token
-comes first, so a request that fails after it has still spent it.
+Prebuilt statements on an autocommit connection. No transaction wraps them: each statement
+is atomic on its own, and the one that spends the code or token comes first, so a request
+that fails after it has still spent it. PostgreSQL runs the same work through asyncpg
+(``fastpath.py``), spending and reading in one statement; both answer the types here.
 """
 
 from __future__ import annotations
@@ -74,29 +73,17 @@ def _session_user(row: Sequence[Any]) -> SessionUser:
     return SessionUser(*row[-len(_SESSION_USER) :])
 
 
-def _joined(spent: Any) -> Any:
-    """What was spent, with its session and user (the session's company is the user's)."""
-    return (
-        select(spent.c.expires_at, *_SESSION_USER)
-        .select_from(spent)
-        .join(_sessions, _sessions.c.id == spent.c.session_id)
-        .join(_users, _users.c.id == _sessions.c.user_id)
-    )
-
-
 _SPEND_CODE = (
     delete(_codes)
     .where(_codes.c.code_hash == bindparam("hash"))
     .returning(_codes.c.session_id, _codes.c.expires_at)
 )
-_SPEND_CODE_PG = _joined(_SPEND_CODE.cte("spent"))
 _USE_REFRESH = (
     update(_refresh)
     .where(_refresh.c.token_hash == bindparam("hash"), _refresh.c.used_at.is_(None))
     .values(used_at=bindparam("now"))
     .returning(_refresh.c.session_id, _refresh.c.expires_at)
 )
-_USE_REFRESH_PG = _joined(_USE_REFRESH.cte("used"))
 _SESSION_USER_BY_ID = (
     select(*_SESSION_USER)
     .select_from(_sessions)
@@ -114,12 +101,6 @@ async def spend_login_code(
 
     Of two concurrent exchanges exactly one deletes the row, so a code works once.
     """
-    if connection.dialect.name == "postgresql":
-        row = (await connection.execute(_SPEND_CODE_PG, {"hash": code_hash})).first()
-        if row is not None:
-            return row[0], _session_user(row)
-        # No row: either no such code, or a code whose session is gone; both are unknown.
-        return None
     spent = (await connection.execute(_SPEND_CODE, {"hash": code_hash})).first()
     if spent is None:
         return None
@@ -133,11 +114,6 @@ async def use_refresh_token(
     """Marks an unused refresh token used; answers its expiry and session, or None when the
     token is unknown or was used before (:func:`reused_session` tells which)."""
     params = {"hash": token_hash, "now": now}
-    if connection.dialect.name == "postgresql":
-        row = (await connection.execute(_USE_REFRESH_PG, params)).first()
-        if row is not None:
-            return row[0], _session_user(row)
-        return None
     used = (await connection.execute(_USE_REFRESH, params)).first()
     if used is None:
         return None

@@ -1,11 +1,12 @@
-"""The callback's database work, written for speed (README, *Performance*).
+"""The callback's database work through SQLAlchemy Core: the embedded SQLite's version.
 
 After the identity provider has answered, a sign-in needs to know three things — is the
 provider still enabled, which account is linked to this identity, and (at a first sign-in)
 which account of the company has this email — and then to write the link, the session, its
-login code and the audit event. That is one SELECT with outer joins and, on PostgreSQL, one
-INSERT whose data-modifying CTEs write all four rows at once (atomic as one statement, so no
-BEGIN and COMMIT either); SQLite, in-process, takes the inserts one by one in a transaction.
+login code and the audit event. That is one SELECT with outer joins and, in one transaction,
+the inserts one by one (SQLite, in-process, has no data-modifying CTEs and no round trips).
+PostgreSQL runs the same work as two statements through asyncpg (``fastpath.py``); the
+types defined here are shared by both.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql import Insert
 
 from sso_broker.audit.models import AuditEvent
 from sso_broker.database import autocommit_connection, table_of
@@ -130,17 +130,6 @@ _INSERT_AUDIT = insert(_audit).values(
 )
 
 
-def _all_in_one(*, link: bool) -> Insert:
-    """PostgreSQL: the session, its code (and the first link) as CTEs of the audit insert."""
-    ctes = [_INSERT_SESSION.cte("new_session"), _INSERT_CODE.cte("new_code")]
-    if link:
-        ctes.insert(0, _INSERT_LINK.cte("new_link"))
-    return _INSERT_AUDIT.add_cte(*ctes)
-
-
-_OPEN_PG = {True: _all_in_one(link=True), False: _all_in_one(link=False)}
-
-
 def _account(row: Any, start: int) -> Account | None:
     values = tuple(row[start : start + 6])
     return None if values[0] is None else Account(*values)
@@ -241,13 +230,10 @@ async def write_sign_in(
     """Writes the sign-in's rows; IntegrityError (nothing written) when ``new.link`` meets an
     identity or account that is already linked."""
     params = new.params()
-    if connection.dialect.name == "postgresql":
-        await connection.execute(_OPEN_PG[new.link], params)
-    else:
-        if new.link:
-            await connection.execute(_INSERT_LINK, params)
-        for statement in (_INSERT_SESSION, _INSERT_CODE, _INSERT_AUDIT):
-            await connection.execute(statement, params)
+    if new.link:
+        await connection.execute(_INSERT_LINK, params)
+    for statement in (_INSERT_SESSION, _INSERT_CODE, _INSERT_AUDIT):
+        await connection.execute(statement, params)
     if clear_last_error:
         # It signs people in again: the old failure is history.
         await connection.execute(_CLEAR_LAST_ERROR, {"pid": new.provider_id})
