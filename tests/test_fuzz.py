@@ -473,7 +473,7 @@ RESPONSE_CHECKS = [
 
 def checks_for(case: Case) -> list[Callable[..., Any]]:
     # Browser routes answer every failure, a malformed provider id included, with a redirect to
-    # the sign-in error page (contract section 5), never with a 4xx: there, invalid input
+    # the sign-in error page (README, *Signing in*), never with a 4xx: there, invalid input
     # rejected means "redirected to the error page", which `browser_routes_redirect_home` checks.
     if _is_browser_route(case):
         return RESPONSE_CHECKS

@@ -1,4 +1,4 @@
-"""Company isolation on every admin route (contract section 4).
+"""Company isolation on every admin route (README, *The admin API in short*).
 
 Two companies, Contoso (A) and Fabrikam (B). Whatever B's staff send, A's users and SSO
 providers are never listed, read, changed or deleted: by-id routes answer ``404`` exactly as
@@ -26,7 +26,7 @@ USERS = "/api/v1/users"
 PROVIDERS = "/api/v1/sso-providers"
 PROBLEM_JSON = "application/problem+json"
 
-# Who in B may use each collection at all (contract section 4).
+# Who in B may use each collection at all (README, *The admin API in short*).
 USER_STAFF = (Role.ADMINISTRATOR, Role.MANAGER)
 PROVIDER_STAFF = (Role.ADMINISTRATOR,)
 

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     rate_limit_enabled: bool = True
     log_level: LogLevel = "info"
     access_log: bool = True
-    # Not in the contract's table; documented in the README.
+    # Tuning knobs beyond the core settings; each is documented in the README (Configuration).
     database_pool_size: int = Field(default=10, ge=1, le=200)
     database_timeout: float = Field(default=5.0, gt=0, le=60)
     http_timeout: float = Field(default=10.0, gt=0, le=120)

@@ -76,7 +76,7 @@ class ErrorCode(StrEnum):
 
 
 class SignInErrorCode(StrEnum):
-    """The ``error`` of a failed sign-in's redirect to the frontend (contract section 5)."""
+    """The ``error`` of a failed sign-in's redirect to the frontend (README, *Signing in*)."""
 
     PROVIDER_NOT_FOUND = "provider_not_found"
     PROVIDER_DISABLED = "provider_disabled"

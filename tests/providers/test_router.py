@@ -1,4 +1,4 @@
-"""The SSO provider admin API: /api/v1/sso-providers (contract section 4)."""
+"""The SSO provider admin API: /api/v1/sso-providers (README, *The admin API in short*)."""
 
 from __future__ import annotations
 

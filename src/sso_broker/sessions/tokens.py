@@ -176,7 +176,7 @@ def session_claims(
     issued_at: datetime,
     expires_at: datetime,
 ) -> dict[str, Any]:
-    """The claims of a session JWT, as contract section 6 lists them."""
+    """The claims of a session JWT, as the README lists them (*Signing in*)."""
     return {
         "iss": settings.public_base,
         "aud": settings.session_audience,
