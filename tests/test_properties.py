@@ -1,9 +1,9 @@
 """Property-based tests (hypothesis) of company isolation and roles on every admin route.
 
-The admin API (README, *The admin API in short*): every resource is scoped to the caller's company (another company's
-resources are ``404``, exactly like ids that exist nowhere), and each role may do exactly
-what the contract lists. The contract's rules are written out below as an independent
-oracle, not imported from the service, so a change to the service's rules fails here.
+The admin API (README, *The admin API in short*): every resource is scoped to the caller's
+company (another company's resources are ``404``, exactly like ids that exist nowhere), and
+each role may do exactly what the README lists. Those rules are written out below as an
+independent oracle, not imported from the service, so a change to the service's rules fails here.
 
 Every example builds its own companies (the app and database are shared by all examples of
 a test), and what a company holds is read straight from the database, bypassing the API,
@@ -50,7 +50,7 @@ PROPERTIES = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
-# -- the oracle: the README's admin API rules, written out ------------------------------------------
+# -- the oracle: the README's admin API rules, written out -------------------------------
 
 # "Roles: administrator, manager, user, read_only", highest first.
 RANK: dict[Role, int] = {
@@ -88,7 +88,8 @@ SUCCESS = {"list": 200, "get": 200, "create": 201, "patch": 200, "patch_role": 2
 def contract_status(
     actor: Role, collection: str, op: str, *, target: Role, requested: Role, is_self: bool
 ) -> int:
-    """The status the README's admin API rules give ``actor`` for ``op`` on an own-company resource."""
+    """The status the README's admin API rules give ``actor`` for ``op`` on an own-company
+    resource."""
     if actor not in staff_of(collection):
         return 403
     if collection == USERS:

@@ -1,4 +1,5 @@
-"""Sessions end to end (README, *Signing in*): login codes, refresh rotation, /me, logout, front-channel
+"""Sessions end to end (README, *Signing in*): login codes, refresh rotation, /me, logout,
+front-channel
 logout and CORS, with sessions from real sign-ins through the fake Entra tenant."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The users admin API: who may read, create, change and delete whom (README, *The admin API in short*).
+"""The users admin API: who may read, create, change and delete whom (README, *The admin API
+in short*).
 
 The expected permissions are written out here from the contract, not imported from the
 service, so a change to the service's rules fails these tests.
@@ -23,8 +24,9 @@ USERS = "/api/v1/users"
 PROBLEM_JSON = "application/problem+json"
 USER_FIELDS = {"id", "email", "name", "role", "sso_provider_id", "created_at", "updated_at"}
 
-# The admin API (README, *The admin API in short*): an administrator may grant up to manager, a manager up to user, and
-# (being able to grant a role) may manage users of that role. Everyone else may do nothing.
+# The admin API (README, *The admin API in short*): an administrator may grant up to manager,
+# a manager up to user, and (being able to grant a role) may manage users of that role.
+# Everyone else may do nothing.
 MANAGING_ROLES = (Role.ADMINISTRATOR, Role.MANAGER)
 NON_MANAGING_ROLES = (Role.USER, Role.READ_ONLY)
 GRANTS: dict[Role, frozenset[Role]] = {
