@@ -13,6 +13,7 @@ from sqlalchemy import func, select, text
 
 from sso_broker.database import create_autocommit, create_engine, create_sessionmaker
 from sso_broker.deps import AppContext
+from sso_broker.errors import is_database_unavailable
 from sso_broker.fastpath import FastPath
 from sso_broker.models import IdentityLink, LoginCode, SignInSession
 from sso_broker.sso import service as sso_service
@@ -123,3 +124,23 @@ async def test_a_database_failure_mid_sign_in_leaves_nothing_half_written(
     async with context.sessionmaker() as session:
         for model in (SignInSession, LoginCode, IdentityLink):
             assert await session.scalar(select(func.count()).select_from(model)) == 0
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle"),
+        asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator"),
+        asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+        asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"),
+        asyncpg.InterfaceError("connection is closed"),
+    ],
+)
+def test_asyncpg_outages_are_recognised(failure: Exception) -> None:
+    """The sign-in's own asyncpg pool (fastpath.py) raises asyncpg's errors unwrapped; an
+    outage there answers 503 like one behind SQLAlchemy, never a 500."""
+    assert is_database_unavailable(failure)
+
+
+def test_a_statement_bug_is_not_an_outage() -> None:
+    assert not is_database_unavailable(asyncpg.exceptions.UndefinedColumnError("no column"))

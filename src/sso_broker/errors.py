@@ -37,6 +37,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlencode
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
@@ -282,7 +283,20 @@ def is_database_unavailable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
+    # asyncpg's own, from the sign-in's pool (fastpath.py), which SQLAlchemy does not wrap.
+    if isinstance(exc, _ASYNCPG_UNAVAILABLE):
+        return True
     return isinstance(exc, ConnectionError | TimeoutError | OSError)
+
+
+# The connection is gone or the server will not serve now (shutting down, starting up,
+# out of connections): an outage, never a bug in a statement.
+_ASYNCPG_UNAVAILABLE = (
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
 
 
 async def unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
