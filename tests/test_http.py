@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from sso_broker.http import IdentityProviderClient
+from sso_broker.http import IdentityProviderClient, ResponseTooLarge, fetch
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -120,3 +120,49 @@ async def test_a_silent_server_times_out() -> None:
         with pytest.raises((httpx.TimeoutException, TimeoutError)):
             await client.get(f"{url}/keys")
         assert asyncio.get_running_loop().time() - began < 2
+
+
+async def test_an_endless_answer_is_cut_at_the_limit() -> None:
+    """A provider that streams without end is stopped once the limit is passed, not read."""
+    sent = 0
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"x" * 16384
+        try:
+            while sent < 50_000_000:
+                writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                await writer.drain()
+                sent += len(chunk)
+        except ConnectionError:
+            pass
+
+    server, url = await _serve(endless)
+    async with server, IdentityProviderClient(timeout=5) as client:
+        with pytest.raises(ResponseTooLarge):
+            await fetch(client, "GET", f"{url}/keys", limit=64 * 1024)
+    assert sent < 10_000_000
+
+
+async def test_a_declared_length_over_the_limit_is_refused_before_reading() -> None:
+    async def declared(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 900000000\r\n\r\n{")
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    server, url = await _serve(declared)
+    async with server, IdentityProviderClient(timeout=5) as client:
+        with pytest.raises(ResponseTooLarge):
+            await fetch(client, "GET", f"{url}/keys", limit=64 * 1024)
+
+
+async def test_an_answer_within_the_limit_is_read_whole(
+    json_server: tuple[str, list[tuple[bytes, bytes]]],
+) -> None:
+    url, _ = json_server
+    async with IdentityProviderClient(timeout=5) as client:
+        status, body = await fetch(client, "POST", f"{url}/token", limit=1024, content=b"a=1")
+    assert (status, json.loads(body)) == (400, {"received": "a=1"})

@@ -61,3 +61,28 @@ class IdentityProviderClient(HttpxAiohttpClient):
 def _transport_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     names = ("verify", "cert", "trust_env", "http1", "http2", "limits")
     return {name: kwargs[name] for name in names if name in kwargs}
+
+
+class ResponseTooLarge(Exception):
+    """The identity provider's answer is longer than the caller's limit."""
+
+
+async def fetch(
+    client: httpx.AsyncClient, method: str, url: str, *, limit: int, **kwargs: Any
+) -> tuple[int, bytes]:
+    """Sends a request and answers its status and body, reading at most ``limit`` bytes.
+
+    The body is streamed and the read stops at the limit (or at once when Content-Length
+    already says more): an identity provider, or an issuer an administrator pasted, that
+    answers gigabytes cannot fill the service's memory before a size check after the read.
+    """
+    async with client.stream(method, url, **kwargs) as response:
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise ResponseTooLarge(f"{declared} bytes declared")
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > limit:
+                raise ResponseTooLarge(f"more than {limit} bytes")
+        return response.status_code, bytes(body)

@@ -10,6 +10,7 @@ hammer Entra.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -21,6 +22,7 @@ import httpx
 import jwt
 
 from sso_broker.errors import SignInError, SignInErrorCode
+from sso_broker.http import ResponseTooLarge, fetch
 from sso_broker.providers.types import EntraType, is_guid
 
 logger = logging.getLogger(__name__)
@@ -100,17 +102,17 @@ def overall_deadline(http: httpx.AsyncClient) -> float:
 async def _get_json(http: httpx.AsyncClient, url: str) -> tuple[int, Any]:
     try:
         async with asyncio.timeout(overall_deadline(http)):
-            response = await http.get(url, headers={"Accept": "application/json"})
+            status, body = await fetch(
+                http, "GET", url, limit=MAX_DOCUMENT_BYTES, headers={"Accept": "application/json"}
+            )
+    except ResponseTooLarge as e:
+        raise DiscoveryError(f"{urlsplit(url).path} answered with an oversized document") from e
     except (httpx.HTTPError, TimeoutError) as e:
         raise DiscoveryError(f"cannot reach {urlsplit(url).netloc}: {type(e).__name__}") from e
-    if len(response.content) > MAX_DOCUMENT_BYTES:
-        raise DiscoveryError(f"{urlsplit(url).path} answered with an oversized document")
     try:
-        return response.status_code, response.json()
+        return status, json.loads(body)
     except ValueError as e:
-        raise DiscoveryError(
-            f"{urlsplit(url).path} answered {response.status_code} without JSON"
-        ) from e
+        raise DiscoveryError(f"{urlsplit(url).path} answered {status} without JSON") from e
 
 
 class EntraDirectory:

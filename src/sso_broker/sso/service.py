@@ -9,6 +9,7 @@ session and returns the frontend URL carrying a one-time login code.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import uuid
@@ -25,7 +26,6 @@ from sqlalchemy.exc import IntegrityError
 
 from sso_broker.audit import service as audit
 from sso_broker.audit.service import EventType
-from sso_broker.caches import provider_key
 from sso_broker.crypto import token_hash
 from sso_broker.database import (
     session_scope,
@@ -35,6 +35,7 @@ from sso_broker.database import (
 from sso_broker.deps import AppContext
 from sso_broker.errors import SignInError, SignInErrorCode
 from sso_broker.fastpath import LinkConflict
+from sso_broker.http import ResponseTooLarge, fetch
 from sso_broker.providers.models import SSOProvider
 from sso_broker.sessions import service as sessions_service
 from sso_broker.sso import id_token, repository, state
@@ -138,7 +139,7 @@ async def cached_provider(context: AppContext, provider_id: uuid.UUID) -> SSOPro
     """The provider as stored at most a second ago (``caches.py``), or None: initiate and
     callback then read nothing (README, *Performance*)."""
     provider: SSOProvider | None = await context.caches.providers.get(
-        provider_key(provider_id), lambda: _read_provider(context, provider_id)
+        provider_id, lambda: _read_provider(context, provider_id)
     )
     return provider
 
@@ -299,28 +300,35 @@ async def _exchange_code(
     )
     try:
         async with asyncio.timeout(overall_deadline(context.http)):
-            response = await context.http.post(
+            status, answer = await fetch(
+                context.http,
+                "POST",
                 metadata.token_endpoint,
+                limit=MAX_TOKEN_RESPONSE,
                 content=body,
                 headers={
                     "Content-Type": "application/x-www-form-urlencoded",
                     "Accept": "application/json",
                 },
             )
+    except ResponseTooLarge as e:
+        raise SignInError(
+            SignInErrorCode.TOKEN_EXCHANGE_FAILED, "token endpoint answered an oversized document"
+        ) from e
     except (httpx.HTTPError, TimeoutError) as e:
         raise SignInError(
             SignInErrorCode.TOKEN_EXCHANGE_FAILED, f"token endpoint unreachable: {type(e).__name__}"
         ) from e
     try:
-        document = response.json() if len(response.content) <= MAX_TOKEN_RESPONSE else None
+        document = json.loads(answer)
     except ValueError:
         document = None
     if not isinstance(document, dict):
         raise SignInError(
             SignInErrorCode.TOKEN_EXCHANGE_FAILED,
-            f"token endpoint answered {response.status_code} without a JSON object",
+            f"token endpoint answered {status} without a JSON object",
         )
-    if response.status_code != 200 or "error" in document:
+    if status != 200 or "error" in document:
         aadsts = aadsts_code(document.get("error_codes"), document.get("error_description"))
         if aadsts in ACTIONABLE_AADSTS:
             await record_error(context, provider.id, aadsts)
@@ -328,7 +336,7 @@ async def _exchange_code(
             await record_error(context, provider.id, "invalid_client")
         raise SignInError(
             SignInErrorCode.TOKEN_EXCHANGE_FAILED,
-            f"token endpoint answered {response.status_code} "
+            f"token endpoint answered {status} "
             f"{str(document.get('error'))[:64]!r} ({aadsts or 'no AADSTS code'})",
         )
     if not isinstance(document.get("id_token"), str):
