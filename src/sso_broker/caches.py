@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -36,9 +35,9 @@ from cachetools import TLRUCache
 from sqlalchemy import event
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
-# The bound within which every replica sees a revocation or a provider change (one second,
-# as the README's *Many replicas* section promises); entries expire a little earlier so the
-# time between reading a row and answering stays inside it.
+# The bound within which every replica sees a revocation or a provider change: one second,
+# as the README promises (*In-process caches, and the one-second rule*). Entries expire a
+# little earlier, so the time between reading a row and answering stays inside it.
 MAX_STALENESS = 1.0
 ENTRY_TTL = 0.9
 MAX_ENTRIES = 50_000
@@ -91,9 +90,6 @@ class StaleBoundedCache(Generic[V]):
             self._entries[key] = _Entry(value, read_at)
         return value
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
 
 class TokenCache(Generic[V]):
     """Verified session JWTs by their SHA-256, each kept until its own ``exp``."""
@@ -127,10 +123,6 @@ class Caches:
         """Something a cached principal or provider depends on was committed here."""
         self.principals.clear()
         self.providers.clear()
-
-
-def provider_key(provider_id: uuid.UUID) -> Hashable:
-    return ("provider", provider_id)
 
 
 # --- noticing local changes ------------------------------------------------------------------

@@ -94,79 +94,54 @@ _ADD_REFRESH = insert(_refresh)
 _REUSED = select(_refresh.c.session_id).where(_refresh.c.token_hash == bindparam("hash"))
 
 
-async def spend_login_code(
-    connection: AsyncConnection, code_hash: str
-) -> tuple[datetime, SessionUser | None] | None:
-    """Deletes the code and answers its expiry and session; None when there was no such code.
-
-    Of two concurrent exchanges exactly one deletes the row, so a code works once.
-    """
-    spent = (await connection.execute(_SPEND_CODE, {"hash": code_hash})).first()
-    if spent is None:
-        return None
-    session_id, expires_at = spent
-    return expires_at, await _session_user_by_id(connection, session_id)
-
-
-async def use_refresh_token(
-    connection: AsyncConnection, token_hash: str, now: datetime
-) -> tuple[datetime, SessionUser | None] | None:
-    """Marks an unused refresh token used; answers its expiry and session, or None when the
-    token is unknown or was used before (:func:`reused_session` tells which)."""
-    params = {"hash": token_hash, "now": now}
-    used = (await connection.execute(_USE_REFRESH, params)).first()
-    if used is None:
-        return None
-    session_id, expires_at = used
-    return expires_at, await _session_user_by_id(connection, session_id)
-
-
-async def reused_session(connection: AsyncConnection, token_hash: str) -> uuid.UUID | None:
-    """The session of a refresh token that exists but was already used."""
-    found = await connection.scalar(_REUSED, {"hash": token_hash})
-    return found if isinstance(found, uuid.UUID) else None
-
-
-async def _session_user_by_id(
-    connection: AsyncConnection, session_id: uuid.UUID
-) -> SessionUser | None:
-    row = (await connection.execute(_SESSION_USER_BY_ID, {"session_id": session_id})).first()
-    return None if row is None else _session_user(row)
-
-
-async def add_refresh_token(
-    connection: AsyncConnection, *, token_hash: str, session_id: uuid.UUID, expires_at: datetime
-) -> None:
-    await connection.execute(
-        _ADD_REFRESH,
-        {"token_hash": token_hash, "session_id": session_id, "expires_at": expires_at},
-    )
-
-
 class CoreTokens:
     """The token endpoint's statements through SQLAlchemy Core (SQLite); ``FastPath`` has the
-    same methods for PostgreSQL."""
+    same methods for PostgreSQL (``TokenStore``)."""
 
     def __init__(self, connection: AsyncConnection) -> None:
         self.connection = connection
 
     async def spend_login_code(self, code_hash: str) -> tuple[datetime, SessionUser | None] | None:
-        return await spend_login_code(self.connection, code_hash)
+        """Deletes the code and answers its expiry and session; None when there was no such
+        code. Of two concurrent exchanges exactly one deletes the row, so a code works once."""
+        spent = (await self.connection.execute(_SPEND_CODE, {"hash": code_hash})).first()
+        if spent is None:
+            return None
+        session_id, expires_at = spent
+        return expires_at, await self._session_user(session_id)
 
     async def use_refresh_token(
         self, token_hash: str, now: datetime
     ) -> tuple[datetime, SessionUser | None] | None:
-        return await use_refresh_token(self.connection, token_hash, now)
+        """Marks an unused refresh token used; answers its expiry and session, or None when
+        the token is unknown or was used before (:meth:`reused_session` tells which)."""
+        params = {"hash": token_hash, "now": now}
+        used = (await self.connection.execute(_USE_REFRESH, params)).first()
+        if used is None:
+            return None
+        session_id, expires_at = used
+        return expires_at, await self._session_user(session_id)
 
     async def reused_session(self, token_hash: str) -> uuid.UUID | None:
-        return await reused_session(self.connection, token_hash)
+        """The session of a refresh token that exists but was already used."""
+        found = await self.connection.scalar(_REUSED, {"hash": token_hash})
+        return found if isinstance(found, uuid.UUID) else None
 
     async def add_refresh_token(
         self, *, token_hash: str, session_id: uuid.UUID, expires_at: datetime, now: datetime
     ) -> None:
-        await add_refresh_token(
-            self.connection, token_hash=token_hash, session_id=session_id, expires_at=expires_at
-        )
+        values = {
+            "token_hash": token_hash,
+            "session_id": session_id,
+            "created_at": now,
+            "expires_at": expires_at,
+        }
+        await self.connection.execute(_ADD_REFRESH, values)
+
+    async def _session_user(self, session_id: uuid.UUID) -> SessionUser | None:
+        params = {"session_id": session_id}
+        row = (await self.connection.execute(_SESSION_USER_BY_ID, params)).first()
+        return None if row is None else _session_user(row)
 
 
 class TokenStore(Protocol):
