@@ -1,18 +1,28 @@
 """The identity-provider HTTP client (sso_broker/http.py) against real sockets: the unit
-tests mock above its transport, so what aiohttp does underneath is checked here."""
+tests' respx mock replaces its one network method, so what aiohttp does underneath (and how
+its failures reach the callers as httpx's exceptions) is checked here."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import json
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-from sso_broker.http import IdentityProviderClient, ResponseTooLarge, fetch
+from sso_broker.http import IdentityProviderClient, ResponseTooLarge
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+LIMIT = 64 * 1024
 
 
 async def _serve(handler: Handler) -> tuple[asyncio.Server, str]:
@@ -30,12 +40,23 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return head, await reader.readexactly(length) if length else b""
 
 
+def _header(head: bytes, name: bytes) -> bytes | None:
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name.lower():
+            return value.strip()
+    return None
+
+
 @pytest.fixture
-async def json_server() -> AsyncIterator[tuple[str, list[tuple[bytes, bytes]]]]:
-    """Answers every request on a kept-alive connection with a JSON echo of its body."""
+async def json_server() -> AsyncIterator[tuple[str, list[tuple[bytes, bytes]], list[int]]]:
+    """Answers every request on a kept-alive connection with a JSON echo of its body; also
+    counts the connections it was given."""
     seen: list[tuple[bytes, bytes]] = []
+    connections: list[int] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
         try:
             while True:
                 head, body = await _read_request(reader)
@@ -51,75 +72,76 @@ async def json_server() -> AsyncIterator[tuple[str, list[tuple[bytes, bytes]]]]:
 
     server, url = await _serve(handle)
     async with server:
-        yield url, seen
+        yield url, seen, connections
 
 
 async def test_a_form_post_and_its_json_answer_round_trip(
-    json_server: tuple[str, list[tuple[bytes, bytes]]],
+    json_server: tuple[str, list[tuple[bytes, bytes]], list[int]],
 ) -> None:
-    url, seen = json_server
-    async with IdentityProviderClient(timeout=5) as client:
+    url, seen, connections = json_server
+    async with IdentityProviderClient(timeout=5, user_agent="sso-broker/9.9") as client:
         for attempt in range(2):
-            answer = await client.post(
+            status, body = await client.fetch(
+                "POST",
                 f"{url}/token",
+                limit=LIMIT,
                 content=f"grant_type=authorization_code&code={attempt}".encode(),
-                headers={"Content-Type": "application/x-www-form-urlencoded"},
+                headers={
+                    "Content-Type": "application/x-www-form-urlencoded",
+                    "Accept": "application/json",
+                },
             )
-            assert answer.status_code == 400
-            assert answer.json() == {"received": f"grant_type=authorization_code&code={attempt}"}
+            assert status == 400
+            assert json.loads(body) == {"received": f"grant_type=authorization_code&code={attempt}"}
     assert [body for _, body in seen] == [
         b"grant_type=authorization_code&code=0",
         b"grant_type=authorization_code&code=1",
     ]
-    assert seen[0][0].startswith(b"POST /token HTTP/1.1\r\n")
+    head = seen[0][0]
+    assert head.startswith(b"POST /token HTTP/1.1\r\n")
+    assert _header(head, b"user-agent") == b"sso-broker/9.9"
+    assert _header(head, b"content-type") == b"application/x-www-form-urlencoded"
+    assert _header(head, b"accept") == b"application/json"
+    assert _header(head, b"cookie") is None
+    assert connections == [1], "the second call reuses the first one's connection"
 
 
-async def test_a_refused_connection_is_an_httpx_error() -> None:
-    server, url = await _serve(lambda _r, w: asyncio.sleep(0))
-    server.close()
-    await server.wait_closed()
-    async with IdentityProviderClient(timeout=2) as client:
-        with pytest.raises(httpx.TransportError):
-            await client.get(f"{url}/.well-known/openid-configuration")
+async def test_a_proxy_in_the_environment_is_used(
+    json_server: tuple[str, list[tuple[bytes, bytes]], list[int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As httpx did: HTTP(S)_PROXY is honoured (read once, when the session opens)."""
+    proxy, seen, _ = json_server
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    async with IdentityProviderClient(timeout=5) as client:
+        status, _ = await client.fetch("POST", "http://login.entra.test/t/token", limit=LIMIT)
+    assert status == 400
+    assert seen[0][0].startswith(b"POST http://login.entra.test/t/token HTTP/1.1\r\n")
 
 
-async def test_an_answer_that_is_not_http_is_an_httpx_error() -> None:
-    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def test_an_answer_within_the_limit_is_read_whole(
+    json_server: tuple[str, list[tuple[bytes, bytes]], list[int]],
+) -> None:
+    url, _, _ = json_server
+    async with IdentityProviderClient(timeout=5) as client:
+        status, body = await client.fetch("POST", f"{url}/token", limit=1024, content=b"a=1")
+    assert (status, json.loads(body)) == (400, {"received": "a=1"})
+
+
+async def test_a_declared_length_over_the_limit_is_refused_before_reading() -> None:
+    async def declared(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 900000000\r\n\r\n{")
         await writer.drain()
-        writer.close()
+        await asyncio.sleep(1)
 
-    server, url = await _serve(garbage)
-    async with server, IdentityProviderClient(timeout=2) as client:
-        with pytest.raises(httpx.TransportError):
-            await client.get(f"{url}/keys")
-
-
-async def test_a_body_cut_short_is_an_httpx_error() -> None:
-    async def short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"partial":')
-        await writer.drain()
-        writer.close()
-
-    server, url = await _serve(short)
-    async with server, IdentityProviderClient(timeout=2) as client:
-        with pytest.raises(httpx.TransportError):
-            await client.get(f"{url}/keys")
-
-
-async def test_a_silent_server_times_out() -> None:
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        await asyncio.sleep(5)
-
-    server, url = await _serve(silent)
-    async with server, IdentityProviderClient(timeout=httpx.Timeout(0.3)) as client:
-        began = asyncio.get_running_loop().time()
-        with pytest.raises((httpx.TimeoutException, TimeoutError)):
-            await client.get(f"{url}/keys")
-        assert asyncio.get_running_loop().time() - began < 2
+    server, url = await _serve(declared)
+    async with server, IdentityProviderClient(timeout=5) as client:
+        with pytest.raises(ResponseTooLarge, match="declared"):
+            await client.fetch("GET", f"{url}/keys", limit=LIMIT)
 
 
 async def test_an_endless_answer_is_cut_at_the_limit() -> None:
@@ -141,28 +163,158 @@ async def test_an_endless_answer_is_cut_at_the_limit() -> None:
 
     server, url = await _serve(endless)
     async with server, IdentityProviderClient(timeout=5) as client:
-        with pytest.raises(ResponseTooLarge):
-            await fetch(client, "GET", f"{url}/keys", limit=64 * 1024)
+        with pytest.raises(ResponseTooLarge, match="more than"):
+            await client.fetch("GET", f"{url}/keys", limit=LIMIT)
     assert sent < 10_000_000
 
 
-async def test_a_declared_length_over_the_limit_is_refused_before_reading() -> None:
-    async def declared(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def test_a_redirect_is_answered_not_followed() -> None:
+    requests: list[bytes] = []
+
+    async def redirect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head, _ = await _read_request(reader)
+                requests.append(head.split(b"\r\n")[0])
+                writer.write(
+                    b"HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n"
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server, url = await _serve(redirect)
+    async with server, IdentityProviderClient(timeout=2) as client:
+        assert await client.fetch("POST", f"{url}/token", limit=LIMIT, content=b"a") == (302, b"")
+    assert requests == [b"POST /token HTTP/1.1"]
+
+
+async def test_a_refused_connection_is_an_httpx_connect_error() -> None:
+    server, url = await _serve(lambda _r, w: asyncio.sleep(0))
+    server.close()
+    await server.wait_closed()
+    async with IdentityProviderClient(timeout=2) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.fetch("GET", f"{url}/.well-known/openid-configuration", limit=LIMIT)
+
+
+async def test_an_answer_that_is_not_http_is_an_httpx_error() -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 900000000\r\n\r\n{")
+        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
         await writer.drain()
-        await asyncio.sleep(1)
+        writer.close()
 
-    server, url = await _serve(declared)
-    async with server, IdentityProviderClient(timeout=5) as client:
-        with pytest.raises(ResponseTooLarge):
-            await fetch(client, "GET", f"{url}/keys", limit=64 * 1024)
+    server, url = await _serve(garbage)
+    async with server, IdentityProviderClient(timeout=2) as client:
+        with pytest.raises(httpx.TransportError):
+            await client.fetch("GET", f"{url}/keys", limit=LIMIT)
 
 
-async def test_an_answer_within_the_limit_is_read_whole(
-    json_server: tuple[str, list[tuple[bytes, bytes]]],
+@pytest.mark.parametrize(
+    "answer",
+    [b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"partial":', b""],
+    ids=["body cut short", "closed without an answer"],
+)
+async def test_a_connection_closed_early_is_an_httpx_read_error(answer: bytes) -> None:
+    async def short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server, url = await _serve(short)
+    async with server, IdentityProviderClient(timeout=2) as client:
+        with pytest.raises(httpx.ReadError):
+            await client.fetch("GET", f"{url}/keys", limit=LIMIT)
+
+
+@pytest.mark.parametrize("answer", [b"", b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{"])
+async def test_a_silent_server_is_an_httpx_read_timeout(answer: bytes) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    server, url = await _serve(silent)
+    async with server, IdentityProviderClient(timeout=0.3) as client:
+        began = asyncio.get_running_loop().time()
+        with pytest.raises(httpx.ReadTimeout):
+            await client.fetch("GET", f"{url}/keys", limit=LIMIT)
+        assert asyncio.get_running_loop().time() - began < 2
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+async def test_certificates_are_checked_against_the_bundle_or_ssl_cert_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url, _ = json_server
-    async with IdentityProviderClient(timeout=5) as client:
-        status, body = await fetch(client, "POST", f"{url}/token", limit=1024, content=b"a=1")
-    assert (status, json.loads(body)) == (400, {"received": "a=1"})
+    """As httpx did: certifi's bundle (a self-signed certificate is refused, an httpx
+    ConnectError), or the one SSL_CERT_FILE names."""
+    cert_file, key_file = _self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=context)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/keys"
+    async with server:
+        monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        async with IdentityProviderClient(timeout=2) as client:
+            with pytest.raises(httpx.ConnectError):
+                await client.fetch("GET", url, limit=LIMIT)
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+        async with IdentityProviderClient(timeout=2) as client:
+            assert await client.fetch("GET", url, limit=LIMIT) == (200, b"{}")
+
+
+async def test_a_url_that_is_not_http_is_an_httpx_error() -> None:
+    async with IdentityProviderClient(timeout=2) as client:
+        with pytest.raises(httpx.UnsupportedProtocol):
+            await client.fetch("GET", "ftp://login.entra.test/keys", limit=LIMIT)
+
+
+async def test_a_closed_client_sends_nothing() -> None:
+    client = IdentityProviderClient()
+    await client.aclose()
+    with pytest.raises(RuntimeError):
+        await client.fetch("GET", "http://127.0.0.1:9/keys", limit=LIMIT)

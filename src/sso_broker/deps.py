@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import httpx
 from fastapi import Depends, Request
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
@@ -20,6 +19,7 @@ from sso_broker.crypto import SecretBox
 from sso_broker.database import session_scope
 from sso_broker.errors import ErrorCode, Forbidden, NotAuthenticated
 from sso_broker.fastpath import FastPath
+from sso_broker.http import IdentityProviderClient
 from sso_broker.ratelimit import Leases
 from sso_broker.sessions import service as sessions_service
 from sso_broker.sessions.service import Principal
@@ -45,7 +45,7 @@ class AppContext:
     fast: FastPath | None
     box: SecretBox
     keyring: KeyRing
-    http: httpx.AsyncClient
+    http: IdentityProviderClient
     directory: EntraDirectory
     counters: Leases
 

@@ -6,7 +6,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
 from fastapi import FastAPI
 
 from sso_broker import __version__
@@ -69,9 +68,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_engine(settings)
         box = SecretBox.from_settings(settings)
         http = IdentityProviderClient(
-            timeout=httpx.Timeout(settings.http_timeout, connect=min(settings.http_timeout, 5.0)),
-            follow_redirects=False,
-            headers={"User-Agent": f"sso-broker/{__version__}"},
+            timeout=settings.http_timeout,
+            connect_timeout=min(settings.http_timeout, 5.0),
+            user_agent=f"sso-broker/{__version__}",
         )
         caches = Caches()
         sessionmaker = create_sessionmaker(engine, info={SESSION_INFO_KEY: caches})

@@ -22,7 +22,7 @@ import httpx
 import jwt
 
 from sso_broker.errors import SignInError, SignInErrorCode
-from sso_broker.http import ResponseTooLarge, fetch
+from sso_broker.http import IdentityProviderClient, ResponseTooLarge
 from sso_broker.providers.types import EntraType, is_guid
 
 logger = logging.getLogger(__name__)
@@ -93,17 +93,18 @@ class DiscoveryError(Exception):
         self.cached = cached
 
 
-def overall_deadline(http: httpx.AsyncClient) -> float:
-    """One call's total time budget: httpx's timeouts bound each read, not the whole call,
-    so a server dripping bytes could otherwise hold a sign-in (and a worker's slot) forever."""
-    return http.timeout.read or 10.0
+def overall_deadline(http: IdentityProviderClient) -> float:
+    """One call's total time budget: the client's timeouts bound each read, not the whole
+    call, so a server dripping bytes could otherwise hold a sign-in (and a worker's slot)
+    forever."""
+    return http.timeout or 10.0
 
 
-async def _get_json(http: httpx.AsyncClient, url: str) -> tuple[int, Any]:
+async def _get_json(http: IdentityProviderClient, url: str) -> tuple[int, Any]:
     try:
         async with asyncio.timeout(overall_deadline(http)):
-            status, body = await fetch(
-                http, "GET", url, limit=MAX_DOCUMENT_BYTES, headers={"Accept": "application/json"}
+            status, body = await http.fetch(
+                "GET", url, limit=MAX_DOCUMENT_BYTES, headers={"Accept": "application/json"}
             )
     except ResponseTooLarge as e:
         raise DiscoveryError(f"{urlsplit(url).path} answered with an oversized document") from e
@@ -118,7 +119,7 @@ async def _get_json(http: httpx.AsyncClient, url: str) -> tuple[int, Any]:
 class EntraDirectory:
     """Per-process caches of Entra metadata (per tenant) and key sets (per issuer)."""
 
-    def __init__(self, http: httpx.AsyncClient, authority: str) -> None:
+    def __init__(self, http: IdentityProviderClient, authority: str) -> None:
         self._http = http
         self._authority = authority.rstrip("/")
         self._metadata: dict[str, _Cached] = {}

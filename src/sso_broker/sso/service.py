@@ -35,7 +35,7 @@ from sso_broker.database import (
 from sso_broker.deps import AppContext
 from sso_broker.errors import SignInError, SignInErrorCode
 from sso_broker.fastpath import LinkConflict
-from sso_broker.http import ResponseTooLarge, fetch
+from sso_broker.http import ResponseTooLarge
 from sso_broker.providers.models import SSOProvider
 from sso_broker.sessions import service as sessions_service
 from sso_broker.sso import id_token, repository, state
@@ -300,8 +300,7 @@ async def _exchange_code(
     )
     try:
         async with asyncio.timeout(overall_deadline(context.http)):
-            status, answer = await fetch(
-                context.http,
+            status, answer = await context.http.fetch(
                 "POST",
                 metadata.token_endpoint,
                 limit=MAX_TOKEN_RESPONSE,
