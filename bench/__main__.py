@@ -85,6 +85,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--smoke", action="store_true", help="SQLite, 1 worker, small, limiter off, ~1 s a row"
     )
     parser.add_argument("--no-wrk", action="store_true", help="drive single routes from Python")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="sample each row's service worker with py-spy into DIR (collapsed stacks)",
+    )
+    parser.add_argument("--profile-native", action="store_true", help="with --profile: C frames")
     parser.add_argument("--json", type=Path, default=RESULTS / "latest.json")
     parser.add_argument("--markdown", type=Path, help="default: the JSON path with .md")
     args = parser.parse_args(argv)
@@ -371,6 +378,27 @@ def source_version() -> str:
     return digest.hexdigest()[:10]
 
 
+def profile_row(run: Run, root: int, label: str) -> subprocess.Popen[bytes] | None:
+    """py-spy on the first worker for the row's warm-up and measured time (``--profile``).
+
+    py-spy pauses the worker for each sample (non-blocking sampling tears the stacks), so a
+    profiled run's figures are for reading the profile, not for comparing.
+    """
+    folder = run.args.profile
+    if folder is None:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    seconds = run.args.warmup + run.args.duration
+    argv = [
+        str(BIN / "py-spy"), "record", "--pid", str(procs.worker_pids(root)[0]),
+        "--duration", str(max(1, round(seconds))), "--rate", "250",
+        "--format", "raw", "--output", str(folder / f"{label}.txt"),
+    ]  # fmt: skip
+    if run.args.profile_native:  # C frames too (slower to sample): where uvloop, asyncpg go
+        argv.append("--native")
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
+
+
 def run_config(
     run: Run,
     database: Database,
@@ -426,6 +454,7 @@ def run_config(
     }
     try:
         for name in config.rows:
+            profiler = profile_row(run, server.pid, f"{label}-{name}")
             if name == "initiate":
                 row = measure_route(
                     run,
@@ -472,6 +501,8 @@ def run_config(
                     expect_body='"items"',
                     watch=watch,
                 )
+            if profiler is not None:
+                profiler.wait()
             row.update(shape, row=name)
             if run.hello_rate and row.get("rate"):
                 row["pct_hello"] = row["rate"] / run.hello_rate * 100

@@ -3,19 +3,25 @@ by itself when it returns."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
+import uuid
+from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from sso_broker.database import create_autocommit, create_engine, create_sessionmaker
 from sso_broker.deps import AppContext
 from sso_broker.errors import is_database_unavailable
 from sso_broker.fastpath import FastPath
+from sso_broker.fastpath_sqlite import SQLiteFastPath
 from sso_broker.models import IdentityLink, LoginCode, SignInSession
+from sso_broker.pgpool import LeanPool
 from sso_broker.sso import service as sso_service
 from sso_broker.users.models import Role
 from tests.conftest import PUBLIC_URL, Database, Factory, make_settings
@@ -34,10 +40,13 @@ async def test_requests_fail_fast_with_503_while_the_database_is_down(
     context.engine = dead_engine
     context.sessionmaker = create_sessionmaker(dead_engine)
     context.autocommit = create_autocommit(dead_engine)
-    dead_fast = (
-        FastPath(await asyncpg.create_pool(DEAD.replace("+asyncpg", ""), min_size=0, timeout=2))
-        if working[3] is not None
-        else None
+    # The hot paths' statements go to the dead server too, whichever database the test runs.
+    dead_fast = FastPath(
+        LeanPool(
+            lambda: asyncpg.connect(DEAD.replace("+asyncpg", ""), timeout=2),
+            max_size=2,
+            acquire_timeout=2,
+        )
     )
     context.fast = dead_fast
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
@@ -57,8 +66,7 @@ async def test_requests_fail_fast_with_503_while_the_database_is_down(
     finally:
         context.engine, context.sessionmaker, context.autocommit, context.fast = working
         await dead_engine.dispose()
-        if dead_fast is not None:
-            await dead_fast.close()
+        await dead_fast.close()
     for answer in answers:
         assert answer.status_code == 503, answer.text
         assert answer.headers["content-type"] == "application/problem+json"
@@ -140,6 +148,42 @@ def test_asyncpg_outages_are_recognised(failure: Exception) -> None:
     """The sign-in's own asyncpg pool (fastpath.py) raises asyncpg's errors unwrapped; an
     outage there answers 503 like one behind SQLAlchemy, never a 500."""
     assert is_database_unavailable(failure)
+
+
+async def test_the_embedded_database_unreadable_is_a_503_on_the_hot_paths(
+    app: FastAPI, factory: Factory, tmp_path: Path
+) -> None:
+    """SQLite's own errors from the hot paths' thread (fastpath_sqlite.py) are an outage too:
+    here the database file cannot be opened at all."""
+    context: AppContext = app.state.context
+    headers = await factory.headers(await factory.user(await factory.company(), Role.USER))
+    working = context.fast
+    missing = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'gone' / 'x.db'}")
+    context.fast = SQLiteFastPath(missing, timeout=1)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as client:
+            answers = [
+                await client.get("/api/v1/auth/me", headers=headers),
+                await client.post(
+                    "/api/v1/auth/token", json={"grant_type": "login_code", "code": "x"}
+                ),
+            ]
+            sign_in = await client.get(f"/sso/{uuid.uuid4()}/initiate")
+    finally:
+        await context.fast.close()
+        context.fast = working
+        await missing.dispose()
+    for answer in answers:
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["code"] == "database_unavailable"
+        assert answer.headers["retry-after"]
+    assert sign_in.status_code == 302
+
+
+def test_sqlite_outages_are_recognised() -> None:
+    assert is_database_unavailable(sqlite3.OperationalError("database is locked"))
+    assert not is_database_unavailable(sqlite3.ProgrammingError("Incorrect number of bindings"))
 
 
 def test_a_statement_bug_is_not_an_outage() -> None:

@@ -278,7 +278,6 @@ async def _new_grant(context: AppContext, user: User, sentinel: str) -> str:
     if sentinel == FRESH_LOGIN_CODE:
         return code
     pair = await sessions_service.grant(
-        context.engine,
         context.fast,
         context.sessionmaker,
         context.settings,

@@ -12,6 +12,8 @@ import pytest
 from sqlalchemy import event
 
 from sso_broker.deps import AppContext
+from sso_broker.fastpath import FastPath
+from sso_broker.fastpath_sqlite import SQLiteFastPath
 from sso_broker.providers.models import SSOProvider
 from sso_broker.sso import service as sso_service
 from sso_broker.users.models import Role
@@ -20,7 +22,7 @@ from tests.fixtures.entra import CLIENT_ID, CLIENT_SECRET, TENANT_ID, EntraUser,
 
 
 class CountingPool:
-    """asyncpg's pool, noting each statement's first word on its way."""
+    """The lean asyncpg pool, noting each statement's first word on its way."""
 
     def __init__(self, pool: Any, seen: list[str]) -> None:
         self._pool, self._seen = pool, seen
@@ -39,8 +41,8 @@ class CountingPool:
 
 @contextmanager
 def statements(context: AppContext) -> Iterator[list[str]]:
-    """Every statement sent, by its first word: through SQLAlchemy, and on PostgreSQL also
-    through the hot paths' own asyncpg pool (fastpath.py)."""
+    """Every statement sent, by its first word: through SQLAlchemy, and through the hot
+    paths' own (fastpath.py: asyncpg's pool; fastpath_sqlite.py: its thread's connection)."""
     seen: list[str] = []
 
     def record(*args: Any) -> None:
@@ -49,13 +51,19 @@ def statements(context: AppContext) -> Iterator[list[str]]:
     engine = context.engine.sync_engine
     event.listen(engine, "before_cursor_execute", record)
     patches = pytest.MonkeyPatch()
-    if context.fast is not None:
-        patches.setattr(context.fast, "pool", CountingPool(context.fast.pool, seen))
+    fast = context.fast
+    if isinstance(fast, FastPath):
+        patches.setattr(fast, "pool", CountingPool(fast.pool, seen))
+    else:
+        assert isinstance(fast, SQLiteFastPath)
+        fast.trace(lambda sql: seen.append(sql.split()[0].upper()))
     try:
         yield seen
     finally:
         event.remove(engine, "before_cursor_execute", record)
         patches.undo()
+        if isinstance(fast, SQLiteFastPath):
+            fast.trace(None)
 
 
 async def test_me_is_one_query_then_none_while_cached(
@@ -128,7 +136,7 @@ async def test_callback_and_token_statements(
     """A first sign-in (links the identity) and a later one (uses the link), statement by
     statement: the callback consumes the state, resolves the user and writes the session,
     its login code and the audit event; the token exchange spends the code and writes the
-    first refresh token."""
+    first refresh token in one statement (one transaction on SQLite)."""
     monkeypatch.setattr(sso_service, "PURGE_PROBABILITY", 0.0)  # housekeeping, now and then
     provider, person = await _provider_with_user(factory)
     seen: dict[str, list[str]] = {}
@@ -148,16 +156,47 @@ async def test_callback_and_token_statements(
         # One statement each for the state, the resolution and all the writes (CTEs).
         assert seen == {
             "callback first": ["INSERT", "SELECT", "WITH"],
-            "token first": ["WITH", "INSERT"],
+            "token first": ["WITH"],
             "callback again": ["INSERT", "SELECT", "WITH"],
-            "token again": ["WITH", "INSERT"],
+            "token again": ["WITH"],
         }, seen
     else:
-        # SQLite has no data-modifying CTEs; in-process, its statements cost no round trip.
+        # SQLite has no data-modifying CTEs; in-process, its statements cost no round trip,
+        # and each write is one transaction on the hot paths' thread.
         writes = ["INSERT", "INSERT", "INSERT"]
+        state = ["BEGIN", "INSERT", "COMMIT"]
+        spend = ["BEGIN", "DELETE", "SELECT", "INSERT", "COMMIT"]
         assert seen == {
-            "callback first": ["INSERT", "SELECT", "INSERT", *writes],
-            "token first": ["DELETE", "SELECT", "INSERT"],
-            "callback again": ["INSERT", "SELECT", *writes],
-            "token again": ["DELETE", "SELECT", "INSERT"],
+            "callback first": [*state, "SELECT", "BEGIN", "INSERT", *writes, "COMMIT"],
+            "token first": spend,
+            "callback again": [*state, "SELECT", "BEGIN", *writes, "COMMIT"],
+            "token again": spend,
         }, seen
+
+
+async def test_refresh_is_one_statement(
+    client: httpx.AsyncClient,
+    factory: Factory,
+    context: AppContext,
+    entra: FakeEntra,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refresh marks the token used, reads its session and stores the next token at once."""
+    monkeypatch.setattr(sso_service, "PURGE_PROBABILITY", 0.0)
+    provider, person = await _provider_with_user(factory)
+    started = await client.get(f"/sso/{provider.id}/initiate")
+    finished = await client.get(entra.authorize(started.headers["location"], user=person))
+    code = parse_qs(urlsplit(finished.headers["location"]).query)["code"][0]
+    tokens = await client.post(
+        "/api/v1/auth/token", json={"grant_type": "login_code", "code": code}
+    )
+    with statements(context) as seen:
+        refreshed = await client.post(
+            "/api/v1/auth/token",
+            json={"grant_type": "refresh_token", "refresh_token": tokens.json()["refresh_token"]},
+        )
+    assert refreshed.status_code == 200, refreshed.text
+    if context.engine.dialect.name == "postgresql":
+        assert seen == ["WITH"], seen
+    else:
+        assert seen == ["BEGIN", "UPDATE", "SELECT", "INSERT", "COMMIT"], seen

@@ -84,7 +84,7 @@ class TimestampMixin:
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+def sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -146,7 +146,7 @@ def create_engine(settings: Settings, *, url: str | None = None) -> AsyncEngine:
             connect_args={"timeout": settings.database_timeout},
             hide_parameters=True,
         )
-        event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+        event.listen(engine.sync_engine, "connect", sqlite_on_connect)
         return engine
     engine = create_async_engine(
         database_url,

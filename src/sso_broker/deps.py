@@ -18,7 +18,7 @@ from sso_broker.config import Settings
 from sso_broker.crypto import SecretBox
 from sso_broker.database import session_scope
 from sso_broker.errors import ErrorCode, Forbidden, NotAuthenticated
-from sso_broker.fastpath import FastPath
+from sso_broker.fastpath import HotPath
 from sso_broker.http import IdentityProviderClient
 from sso_broker.ratelimit import Leases
 from sso_broker.sessions import service as sessions_service
@@ -41,8 +41,9 @@ class AppContext:
     # Sessions whose statements commit one by one: single reads and single writes.
     autocommit: async_sessionmaker[AsyncSession]
     caches: Caches
-    # asyncpg's own pool for the hot paths' statements on PostgreSQL (fastpath.py).
-    fast: FastPath | None
+    # The hot paths' statements: asyncpg's own on PostgreSQL (fastpath.py), a thread of
+    # their own on SQLite (fastpath_sqlite.py).
+    fast: HotPath
     box: SecretBox
     keyring: KeyRing
     http: IdentityProviderClient

@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import sqlite3
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from enum import StrEnum
@@ -285,6 +286,10 @@ def is_database_unavailable(exc: BaseException) -> bool:
         return True
     # asyncpg's own, from the sign-in's pool (fastpath.py), which SQLAlchemy does not wrap.
     if isinstance(exc, _ASYNCPG_UNAVAILABLE):
+        return True
+    # The embedded database's own (fastpath_sqlite.py): a file that cannot be opened or read,
+    # or a lock held past the busy timeout. A broken statement is a ProgrammingError instead.
+    if isinstance(exc, sqlite3.OperationalError):
         return True
     return isinstance(exc, ConnectionError | TimeoutError | OSError)
 

@@ -3,10 +3,10 @@
 Each sign-in row of the benchmark ran about ten statements through SQLAlchemy's async layer,
 and each paid for a greenlet (a fresh 16 KB frame stack, mapped and unmapped), a pool
 checkout and statement building: a third of a sign-in's CPU. Here the same statements go
-straight to asyncpg, prepared once per connection, on a small pool of their own; everything
-else (the admin API, revocations, the audit of failures) stays on SQLAlchemy. SQLite, which
-is in-process, keeps the SQLAlchemy Core versions in ``sso/repository.py`` and
-``sessions/repository.py``; both versions answer the same types, and the whole test suite
+straight to asyncpg, prepared once per connection, on a lean pool of their own
+(``pgpool.py``); everything else (the admin API, revocations, the audit of failures) stays on
+SQLAlchemy. The embedded SQLite has its own versions, run on a thread of their own
+(``fastpath_sqlite.py``); both answer the same types (``HotPath``), and the whole test suite
 runs on both databases.
 """
 
@@ -16,13 +16,14 @@ import json
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncpg
 from sqlalchemy.engine import make_url
 
 from sso_broker.companies.models import Company
 from sso_broker.config import Settings
+from sso_broker.pgpool import LeanPool
 from sso_broker.providers.models import SSOProvider
 from sso_broker.sessions.models import SignInSession
 from sso_broker.sessions.repository import SessionUser
@@ -35,6 +36,44 @@ if TYPE_CHECKING:
 
 class LinkConflict(Exception):
     """A first sign-in's identity link met an identity or account already linked."""
+
+
+class HotPath(Protocol):
+    """The hot paths' database operations: ``FastPath`` here on PostgreSQL, and
+    ``fastpath_sqlite.SQLiteFastPath`` on the embedded SQLite."""
+
+    async def provider(self, provider_id: uuid.UUID) -> SSOProvider | None: ...
+
+    async def principal(
+        self, session_id: uuid.UUID, user_id: uuid.UUID, company_id: uuid.UUID
+    ) -> Principal | None: ...
+
+    async def consume_state(self, state_hash: str, expires_at: datetime) -> bool: ...
+
+    async def resolve(
+        self, provider_id: uuid.UUID, tenant_id: str, subject: str, email: str | None
+    ) -> Resolution | None: ...
+
+    async def write_sign_in(self, new: NewSignIn, *, clear_last_error: bool) -> None: ...
+
+    # The token endpoint. Spending a code or refresh token answers its expiry and the
+    # session it belongs to, or None when there was no such code or unused token (of two
+    # concurrent spends exactly one finds the row, so each works once). The same statement
+    # or transaction stores the next refresh token (``refresh_hash``) when, at ``now``, the
+    # grant is good: not expired, its session neither revoked nor ended — the checks the
+    # token endpoint then makes itself, with a message for each (``sessions/service.py``).
+
+    async def spend_login_code(
+        self, code_hash: str, *, refresh_hash: str, now: datetime
+    ) -> tuple[datetime, SessionUser | None] | None: ...
+
+    async def use_refresh_token(
+        self, token_hash: str, *, refresh_hash: str, now: datetime
+    ) -> tuple[datetime, SessionUser | None] | None: ...
+
+    async def reused_session(self, token_hash: str) -> uuid.UUID | None: ...
+
+    async def close(self) -> None: ...
 
 
 _PROVIDER = """
@@ -84,26 +123,32 @@ _WRITE_AND_LINK = (  # noqa: S608 - constant text; every value is a $n parameter
     " VALUES ($14, $4, $15, $16, $2, $7)),"
 ) + _WRITE_SESSION
 _CLEAR_LAST_ERROR = "UPDATE sso_providers SET last_error = NULL WHERE id = $1"
-_SESSION_USER = """
-SELECT spent.expires_at, u.id, u.company_id, u.email, u.name, u.role,
-       s.id, s.provider_id, s.expires_at, s.revoked_at
-FROM spent
-JOIN sign_in_sessions s ON s.id = spent.session_id
-JOIN users u ON u.id = s.user_id
+# The spent row, its session and user, and the next refresh token when the grant is good:
+# one statement (see HotPath). $1 the spent hash, $2 the new refresh token's, $3 now.
+_GRANT = """
+found AS (
+  SELECT spent.expires_at AS spent_expires, u.id AS user_id, u.company_id, u.email, u.name,
+         u.role, s.id AS session_id, s.provider_id, s.expires_at, s.revoked_at
+  FROM spent
+  JOIN sign_in_sessions s ON s.id = spent.session_id
+  JOIN users u ON u.id = s.user_id),
+added AS (
+  INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at)
+  SELECT $2, session_id, $3, expires_at FROM found
+  WHERE spent_expires > $3 AND revoked_at IS NULL AND expires_at > $3)
+SELECT spent.expires_at, f.user_id, f.company_id, f.email, f.name, f.role,
+       f.session_id, f.provider_id, f.expires_at, f.revoked_at
+FROM spent LEFT JOIN found f ON true
 """
 _SPEND_CODE = (
     "WITH spent AS (DELETE FROM login_codes WHERE code_hash = $1"  # noqa: S608 - constant text
-    " RETURNING session_id, expires_at)" + _SESSION_USER
+    " RETURNING session_id, expires_at)," + _GRANT
 )
 _USE_REFRESH = (
-    "WITH spent AS (UPDATE refresh_tokens SET used_at = $2"  # noqa: S608 - constant text
-    " WHERE token_hash = $1 AND used_at IS NULL RETURNING session_id, expires_at)" + _SESSION_USER
+    "WITH spent AS (UPDATE refresh_tokens SET used_at = $3"  # noqa: S608 - constant text
+    " WHERE token_hash = $1 AND used_at IS NULL RETURNING session_id, expires_at)," + _GRANT
 )
 _REUSED = "SELECT session_id FROM refresh_tokens WHERE token_hash = $1"
-_ADD_REFRESH = (
-    "INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at)"
-    " VALUES ($1, $2, $3, $4)"
-)
 
 
 def _json(value: Any) -> Any:
@@ -117,36 +162,38 @@ def _account(row: Sequence[Any], start: int) -> Account | None:
     return Account(id_, company_id, email, name, Role(role), provider_id)
 
 
-def _session_user(row: Sequence[Any]) -> tuple[datetime, SessionUser]:
+def _session_user(row: Sequence[Any]) -> tuple[datetime, SessionUser | None]:
     spent_expires, user_id, company_id, email, name, role, sid, pid, expires, revoked = row
+    if user_id is None:
+        return spent_expires, None
     subject = SessionUser(user_id, company_id, email, name, Role(role), sid, pid, expires, revoked)
     return spent_expires, subject
 
 
-async def _keep_as_is(_connection: asyncpg.Connection) -> None:
-    return None
-
-
 class FastPath:
-    """asyncpg's own pool and the hot statements (see the module docstring)."""
+    """The hot statements on a lean pool of their own (see the module docstring)."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: LeanPool) -> None:
         self.pool = pool
 
     @classmethod
     async def connect(cls, settings: Settings) -> FastPath:
-        url = make_url(settings.database_url).set(drivername="postgresql")
-        pool = await asyncpg.create_pool(
-            url.render_as_string(hide_password=False),
-            min_size=1,
+        dsn = make_url(settings.database_url).set(drivername="postgresql")
+
+        async def connect() -> asyncpg.Connection:
+            return await asyncpg.connect(
+                dsn.render_as_string(hide_password=False),
+                timeout=settings.database_timeout,
+                command_timeout=settings.database_timeout * 6,
+                server_settings={"application_name": "sso-broker"},
+            )
+
+        pool = LeanPool(
+            connect,
             max_size=settings.database_pool_size,
-            timeout=settings.database_timeout,
-            command_timeout=settings.database_timeout * 6,
-            server_settings={"application_name": "sso-broker"},
-            # asyncpg resets every connection it takes back (UNLISTEN, RESET ALL, ...): one
-            # more round trip per statement here, for state these statements never set.
-            reset=_keep_as_is,
+            acquire_timeout=settings.database_timeout,
         )
+        await pool.open()
         return cls(pool)
 
     async def close(self) -> None:
@@ -227,21 +274,18 @@ class FastPath:
         if clear_last_error:
             await self.pool.execute(_CLEAR_LAST_ERROR, new.provider_id)
 
-    async def spend_login_code(self, code_hash: str) -> tuple[datetime, SessionUser | None] | None:
-        row = await self.pool.fetchrow(_SPEND_CODE, code_hash)
+    async def spend_login_code(
+        self, code_hash: str, *, refresh_hash: str, now: datetime
+    ) -> tuple[datetime, SessionUser | None] | None:
+        row = await self.pool.fetchrow(_SPEND_CODE, code_hash, refresh_hash, now)
         return None if row is None else _session_user(row)
 
     async def use_refresh_token(
-        self, token_hash: str, now: datetime
+        self, token_hash: str, *, refresh_hash: str, now: datetime
     ) -> tuple[datetime, SessionUser | None] | None:
-        row = await self.pool.fetchrow(_USE_REFRESH, token_hash, now)
+        row = await self.pool.fetchrow(_USE_REFRESH, token_hash, refresh_hash, now)
         return None if row is None else _session_user(row)
 
     async def reused_session(self, token_hash: str) -> uuid.UUID | None:
         found = await self.pool.fetchval(_REUSED, token_hash)
         return found if isinstance(found, uuid.UUID) else None
-
-    async def add_refresh_token(
-        self, *, token_hash: str, session_id: uuid.UUID, expires_at: datetime, now: datetime
-    ) -> None:
-        await self.pool.execute(_ADD_REFRESH, token_hash, session_id, now, expires_at)

@@ -21,7 +21,8 @@ from sso_broker.database import (
 )
 from sso_broker.deps import AppContext
 from sso_broker.errors import install_error_handlers
-from sso_broker.fastpath import FastPath
+from sso_broker.fastpath import FastPath, HotPath
+from sso_broker.fastpath_sqlite import SQLiteFastPath
 from sso_broker.health import router as health_router
 from sso_broker.http import IdentityProviderClient
 from sso_broker.logs import RequestContextMiddleware, configure_logging
@@ -76,7 +77,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sessionmaker = create_sessionmaker(engine, info={SESSION_INFO_KEY: caches})
         autocommit = create_autocommit(engine, info={SESSION_INFO_KEY: caches})
         counters, redis = counter_store(settings, engine)
-        fast = await FastPath.connect(settings) if engine.dialect.name == "postgresql" else None
+        fast: HotPath = (
+            await FastPath.connect(settings)
+            if engine.dialect.name == "postgresql"
+            else SQLiteFastPath(engine, timeout=settings.database_timeout)
+        )
         context = AppContext(
             settings=settings,
             engine=engine,
@@ -96,8 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await http.aclose()
-            if fast is not None:
-                await fast.close()
+            await fast.close()
             if redis is not None:
                 await redis.aclose()
             await engine.dispose()

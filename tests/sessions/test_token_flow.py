@@ -208,6 +208,18 @@ async def verified_claims(
     return claims
 
 
+async def refresh_tokens_of(context: AppContext, session_id: uuid.UUID) -> int:
+    """How many refresh tokens the session has: a refused grant must store none (the grant's
+    one statement writes the next token only when the grant is good, ``fastpath.py``)."""
+    async with context.sessionmaker() as session:
+        count = await session.scalar(
+            select(func.count())
+            .select_from(RefreshToken)
+            .where(RefreshToken.session_id == session_id)
+        )
+    return int(count or 0)
+
+
 async def everything_stored(context: AppContext) -> list[str]:
     """Every value of every row of every table, as text."""
     values: list[str] = []
@@ -320,6 +332,7 @@ class TestLoginCodeGrant:
             TOKEN, json={"grant_type": "login_code", "code": signed_in.code}
         )
         assert_invalid_grant(response)
+        assert await refresh_tokens_of(context, signed_in.session_id) == 0
 
     async def test_of_two_concurrent_exchanges_exactly_one_wins(
         self, client: httpx.AsyncClient, factory: Factory, entra: FakeEntra
@@ -391,7 +404,6 @@ class TestLoginCodeGrant:
         for _ in range(100):
             _, code = await direct_session(context, user)
             pair = await sessions_service.grant(
-                context.engine,
                 context.fast,
                 context.sessionmaker,
                 context.settings,
@@ -453,6 +465,7 @@ class TestLoginCodeGrant:
             TOKEN, json={"grant_type": "login_code", "code": signed_in.code}
         )
         assert_invalid_grant(response)
+        assert await refresh_tokens_of(context, signed_in.session_id) == 0
 
     async def test_the_code_of_a_session_ended_by_front_channel_logout_is_refused(
         self, client: httpx.AsyncClient, factory: Factory, entra: FakeEntra
@@ -476,6 +489,7 @@ class TestLoginCodeGrant:
             TOKEN, json={"grant_type": "login_code", "code": signed_in.code}
         )
         assert_invalid_grant(response)
+        assert await refresh_tokens_of(context, signed_in.session_id) == 0
 
     async def test_a_refresh_token_is_not_a_login_code(
         self, client: httpx.AsyncClient, factory: Factory, entra: FakeEntra
@@ -590,6 +604,7 @@ class TestRefreshGrant:
         tokens = await exchange(client, signed_in.code)
         await set_session_expiry(context, signed_in.session_id, utcnow() - timedelta(seconds=1))
         assert_invalid_grant(await refresh(client, tokens["refresh_token"]))
+        assert await refresh_tokens_of(context, signed_in.session_id) == 1  # the spent one
 
     async def test_an_expired_refresh_token_is_an_invalid_grant(
         self, client: httpx.AsyncClient, factory: Factory, entra: FakeEntra, context: AppContext
@@ -603,6 +618,7 @@ class TestRefreshGrant:
                 .values(expires_at=utcnow() - timedelta(seconds=1))
             )
         assert_invalid_grant(await refresh(client, tokens["refresh_token"]))
+        assert await refresh_tokens_of(context, signed_in.session_id) == 1  # the spent one
 
     async def test_refresh_after_the_user_was_deleted_is_an_invalid_grant(
         self, client: httpx.AsyncClient, factory: Factory, entra: FakeEntra, context: AppContext

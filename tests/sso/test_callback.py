@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sso_broker.database import session_scope, utcnow
 from sso_broker.deps import AppContext
 from sso_broker.fastpath import FastPath
+from sso_broker.fastpath_sqlite import SQLiteFastPath
 from sso_broker.logs import JSONFormatter
 from sso_broker.main import create_app
 from sso_broker.models import (
@@ -1007,9 +1008,9 @@ class TestServerError:
 
         if target == "choose_account":
             monkeypatch.setattr(service, "choose_account", broken_sync)
-        else:  # SQLite writes through the repository, PostgreSQL through the fast path
-            monkeypatch.setattr(service.repository, "write_sign_in", broken)
+        else:  # whichever database's hot path serves this test
             monkeypatch.setattr(FastPath, "write_sign_in", broken)
+            monkeypatch.setattr(SQLiteFastPath, "write_sign_in", broken)
         s = await setup(factory)
 
         response = await sign_in(client, entra, s.provider, s.person)

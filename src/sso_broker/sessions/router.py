@@ -46,7 +46,6 @@ async def token(
 ) -> TokenResponse:
     response.headers["Cache-Control"] = "no-store"
     pair = await service.grant(
-        context.engine,
         context.fast,
         context.sessionmaker,
         context.settings,

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Row, delete, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy import Row, delete, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sso_broker.audit import service as audit
 from sso_broker.audit.service import EventType
@@ -19,11 +19,11 @@ from sso_broker.caches import Caches
 from sso_broker.companies.models import Company
 from sso_broker.config import Settings
 from sso_broker.crypto import token_hash
-from sso_broker.database import autocommit_connection, session_scope, utcnow
+from sso_broker.database import session_scope, utcnow
 from sso_broker.errors import ErrorCode, InvalidGrant, NotAuthenticated
-from sso_broker.fastpath import FastPath
+from sso_broker.fastpath import HotPath
 from sso_broker.sessions.models import LoginCode, RefreshToken, SignInSession
-from sso_broker.sessions.repository import CoreTokens, SessionUser, TokenStore
+from sso_broker.sessions.repository import SessionUser
 from sso_broker.sessions.tokens import KeyRing, SessionClaims, session_claims
 from sso_broker.users.models import User
 
@@ -140,7 +140,7 @@ def remember(caches: Caches, issued: IssuedToken) -> None:
 
 async def authenticate(
     autocommit: async_sessionmaker[AsyncSession],
-    fast: FastPath | None,
+    fast: HotPath,
     keyring: KeyRing,
     caches: Caches,
     token: str,
@@ -166,7 +166,7 @@ async def authenticate(
     found = claims
     principal: Principal | None = await caches.principals.get(
         (found.session_id, found.user_id, found.company_id),
-        lambda: _load_principal(autocommit, fast, found),
+        lambda: _load_principal(fast, found),
     )
     if principal is None:
         raise NotAuthenticated(
@@ -182,31 +182,9 @@ async def authenticate(
     return principal
 
 
-async def _load_principal(
-    autocommit: async_sessionmaker[AsyncSession], fast: FastPath | None, claims: SessionClaims
-) -> Principal | None:
+async def _load_principal(fast: HotPath, claims: SessionClaims) -> Principal | None:
     """One query for the user, session and company a token names (all three must match)."""
-    if fast is not None:
-        return await fast.principal(claims.session_id, claims.user_id, claims.company_id)
-    async with autocommit() as session:
-        row = (
-            await session.execute(
-                select(User, SignInSession, Company)
-                .join(SignInSession, SignInSession.user_id == User.id)
-                .join(Company, Company.id == User.company_id)
-                .where(
-                    SignInSession.id == claims.session_id,
-                    User.id == claims.user_id,
-                    User.company_id == claims.company_id,
-                )
-            )
-        ).one_or_none()
-        # Shared read-only by concurrent requests from the cache: nothing may expire them.
-        session.expunge_all()
-    if row is None:
-        return None
-    user, sign_in, company = row
-    return Principal(user=user, company=company, session=sign_in)
+    return await fast.principal(claims.session_id, claims.user_id, claims.company_id)
 
 
 # --- login codes and refresh tokens -------------------------------------------------------
@@ -241,39 +219,36 @@ def _live(subject: SessionUser | None, now: datetime) -> SessionUser:
     return subject
 
 
-async def _token_pair(
-    store: TokenStore, settings: Settings, keyring: KeyRing, subject: SessionUser
+def _token_pair(
+    settings: Settings, keyring: KeyRing, subject: SessionUser, refresh_token: str
 ) -> TokenPair:
     issued = mint(settings, keyring, subject, ttl=timedelta(seconds=settings.access_token_ttl))
-    refresh_token = new_secret_token()
-    await store.add_refresh_token(
-        token_hash=token_hash(refresh_token),
-        session_id=subject.session_id,
-        expires_at=subject.expires_at,
-        now=utcnow(),
-    )
     return TokenPair(access=issued, refresh_token=refresh_token)
 
 
 async def exchange_login_code(
-    store: TokenStore, settings: Settings, keyring: KeyRing, code: str
+    store: HotPath, settings: Settings, keyring: KeyRing, code: str
 ) -> TokenPair:
     """Trades a login code for an access token and the session's first refresh token.
 
     The code is deleted in the same statement that reads it, so of two concurrent
-    exchanges exactly one finds it.
+    exchanges exactly one finds it; that statement also stores the refresh token when the
+    checks below pass (``fastpath.HotPath``).
     """
-    spent = await store.spend_login_code(token_hash(code))
+    refresh_token = new_secret_token()
+    now = utcnow()
+    spent = await store.spend_login_code(
+        token_hash(code), refresh_hash=token_hash(refresh_token), now=now
+    )
     if spent is None:
         raise InvalidGrant("The login code is unknown or was already used; sign in again.")
     expires_at, subject = spent
-    now = utcnow()
     if expires_at <= now:
         raise InvalidGrant("The login code has expired; sign in again.")
-    return await _token_pair(store, settings, keyring, _live(subject, now))
+    return _token_pair(settings, keyring, _live(subject, now), refresh_token)
 
 
-async def refresh(store: TokenStore, settings: Settings, keyring: KeyRing, token: str) -> TokenPair:
+async def refresh(store: HotPath, settings: Settings, keyring: KeyRing, token: str) -> TokenPair:
     """Rotates a refresh token: each works once.
 
     Presenting one that was already used means it was copied: the whole session is revoked
@@ -281,7 +256,8 @@ async def refresh(store: TokenStore, settings: Settings, keyring: KeyRing, token
     """
     now = utcnow()
     hashed = token_hash(token)
-    used = await store.use_refresh_token(hashed, now)
+    next_token = new_secret_token()
+    used = await store.use_refresh_token(hashed, refresh_hash=token_hash(next_token), now=now)
     if used is None:
         reused = await store.reused_session(hashed)
         if reused is not None:
@@ -290,7 +266,7 @@ async def refresh(store: TokenStore, settings: Settings, keyring: KeyRing, token
     expires_at, subject = used
     if expires_at <= now:
         raise InvalidGrant("The refresh token has expired; sign in again.")
-    return await _token_pair(store, settings, keyring, _live(subject, now))
+    return _token_pair(settings, keyring, _live(subject, now), next_token)
 
 
 def _audit_revocations(
@@ -354,7 +330,7 @@ async def revoke_by_idp_session(session: AsyncSession, provider_id: uuid.UUID, i
 
 
 async def _grant(
-    store: TokenStore,
+    store: HotPath,
     settings: Settings,
     keyring: KeyRing,
     login_code: str | None,
@@ -368,8 +344,7 @@ async def _grant(
 
 
 async def grant(
-    engine: AsyncEngine,
-    fast: FastPath | None,
+    fast: HotPath,
     sessionmaker: async_sessionmaker[AsyncSession],
     settings: Settings,
     keyring: KeyRing,
@@ -379,17 +354,12 @@ async def grant(
 ) -> TokenPair:
     """The token endpoint: one login code or one refresh token in, a fresh token pair out.
 
-    Its statements each commit on their own (``sessions/repository.py``). A reused refresh
-    token revokes its session in a transaction of its own, so the revocation sticks although
-    the request itself fails.
+    Its statements each commit on their own (``fastpath.py``, ``fastpath_sqlite.py``). A
+    reused refresh token revokes its session in a transaction of its own, so the revocation
+    sticks although the request itself fails.
     """
     try:
-        if fast is not None:
-            return await _grant(fast, settings, keyring, login_code, refresh_token)
-        async with autocommit_connection(engine) as connection:
-            return await _grant(
-                CoreTokens(connection), settings, keyring, login_code, refresh_token
-            )
+        return await _grant(fast, settings, keyring, login_code, refresh_token)
     except RefreshTokenReused as reused:
         async with session_scope(sessionmaker) as session:
             await revoke(session, reused.session_id, reason="refresh_token_reuse")

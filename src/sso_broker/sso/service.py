@@ -22,16 +22,11 @@ from urllib.parse import urlencode
 import httpx
 from authlib.oauth2.rfc6749.parameters import prepare_token_request
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
-from sqlalchemy.exc import IntegrityError
 
 from sso_broker.audit import service as audit
 from sso_broker.audit.service import EventType
 from sso_broker.crypto import token_hash
-from sso_broker.database import (
-    session_scope,
-    utcnow,
-    write_transaction,
-)
+from sso_broker.database import session_scope, utcnow
 from sso_broker.deps import AppContext
 from sso_broker.errors import SignInError, SignInErrorCode
 from sso_broker.fastpath import LinkConflict
@@ -125,21 +120,11 @@ def credentials(provider: SSOProvider) -> tuple[str, str]:
     return provider.client_id, provider.client_secret_encrypted
 
 
-async def _read_provider(context: AppContext, provider_id: uuid.UUID) -> SSOProvider | None:
-    if context.fast is not None:
-        return await context.fast.provider(provider_id)
-    async with context.autocommit() as session:
-        provider = await session.get(SSOProvider, provider_id)
-        # Shared read-only by concurrent sign-ins from the cache: nothing may expire it.
-        session.expunge_all()
-    return provider
-
-
 async def cached_provider(context: AppContext, provider_id: uuid.UUID) -> SSOProvider | None:
     """The provider as stored at most a second ago (``caches.py``), or None: initiate and
     callback then read nothing (README, *Performance*)."""
     provider: SSOProvider | None = await context.caches.providers.get(
-        provider_id, lambda: _read_provider(context, provider_id)
+        provider_id, lambda: context.fast.provider(provider_id)
     )
     return provider
 
@@ -366,7 +351,7 @@ async def complete(
             context.box, sealed_state, state=params.state, provider_id=provider_id
         )
         # One statement, committed on its own before anything else can fail.
-        await state.consume(context.engine, context.fast, login)
+        await state.consume(context.fast, login)
         if random.random() < PURGE_PROBABILITY:  # noqa: S311 - housekeeping only
             async with session_scope(context.sessionmaker) as session:
                 await state.purge_expired(session)
@@ -424,39 +409,16 @@ async def _write_sign_in(
     context: AppContext, provider: SSOProvider, claims: id_token.IdTokenClaims, code: str
 ) -> repository.NewSignIn:
     """Resolves the account and writes the link, session, login code and audit event: one
-    SELECT and, on PostgreSQL, one INSERT (``sso/repository.py``)."""
+    SELECT and one write (on PostgreSQL one statement, ``fastpath.py``)."""
     email = normalize_email(claims.email) if claims.email else None
-    fast = context.fast
-    if fast is not None:
-        found = await fast.resolve(provider.id, claims.tenant_id, claims.object_id, email)
-        new = _new_sign_in(context, provider, claims, code, found)
-        try:
-            await fast.write_sign_in(new, clear_last_error=_had_error(found))
-        except LinkConflict as e:
-            raise not_provisioned("the user is already linked to another identity", claims) from e
-        return new
-    # SQLite: the statements one by one, in a transaction.
-    async with write_transaction(context.engine) as connection:
-        found = await repository.resolve(
-            connection,
-            provider_id=provider.id,
-            tenant_id=claims.tenant_id,
-            subject=claims.object_id,
-            email=email,
-        )
-        new = _new_sign_in(context, provider, claims, code, found)
-        try:
-            await repository.write_sign_in(
-                connection,
-                new,
-                clear_last_error=_had_error(found),
-            )
-        except IntegrityError as e:
-            if not new.link or "identity_links" not in str(e.orig):
-                raise
-            # The account is already linked to another identity of this provider (or a
-            # concurrent first sign-in linked it a moment ago): it must not be taken over.
-            raise not_provisioned("the user is already linked to another identity", claims) from e
+    found = await context.fast.resolve(provider.id, claims.tenant_id, claims.object_id, email)
+    new = _new_sign_in(context, provider, claims, code, found)
+    try:
+        await context.fast.write_sign_in(new, clear_last_error=_had_error(found))
+    except LinkConflict as e:
+        # The account is already linked to another identity of this provider (or a
+        # concurrent first sign-in linked it a moment ago): it must not be taken over.
+        raise not_provisioned("the user is already linked to another identity", claims) from e
     return new
 
 

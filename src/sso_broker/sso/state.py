@@ -17,14 +17,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from sso_broker.crypto import DecryptionError, SecretBox, token_hash
 from sso_broker.database import utcnow
 from sso_broker.errors import SignInError, SignInErrorCode
-from sso_broker.fastpath import FastPath
-from sso_broker.sso import repository
+from sso_broker.fastpath import HotPath
 from sso_broker.sso.models import ConsumedState
 
 STATE_TTL = timedelta(minutes=10)
@@ -112,22 +110,14 @@ def open_state(
     return opened
 
 
-async def consume(engine: AsyncEngine, fast: FastPath | None, login: LoginState) -> None:
+async def consume(fast: HotPath, login: LoginState) -> None:
     """Marks the state used; a second callback with it (a replay, or a race) is refused.
 
     The primary key makes this atomic across replicas: of two concurrent callbacks exactly
     one insert succeeds.
     """
-    used = SignInError(SignInErrorCode.INVALID_STATE, "the login state was already used")
-    state_hash = token_hash(login.state)
-    if fast is not None:
-        if not await fast.consume_state(state_hash, login.expires_at):
-            raise used
-        return
-    try:
-        await repository.consume_state(engine, state_hash, login.expires_at)
-    except IntegrityError as e:
-        raise used from e
+    if not await fast.consume_state(token_hash(login.state), login.expires_at):
+        raise SignInError(SignInErrorCode.INVALID_STATE, "the login state was already used")
 
 
 async def purge_expired(session: AsyncSession) -> None:

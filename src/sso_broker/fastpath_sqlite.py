@@ -1,0 +1,395 @@
+"""The hot paths' statements on the embedded SQLite: one thread, one connection, plain SQL.
+
+Through SQLAlchemy's async layer on aiosqlite, a one-row write transaction cost 470 µs of
+CPU: every call (BEGIN, execute, fetch, COMMIT) hops to aiosqlite's thread and back, inside a
+greenlet. The same transaction on the standard library's ``sqlite3``, sent as one call to a
+thread of our own, costs 45 µs (README, *Performance*). So each hot operation here — read the
+provider, read the caller, consume a state, resolve and write a sign-in, spend a code or a
+refresh token — is one function run on that thread, with statements written out in SQLite's
+SQL and values stored the way SQLAlchemy stores them (UUIDs as 32 hex digits, times as UTC
+text with microseconds, JSON as text), so the ORM reads them back unchanged. PostgreSQL runs
+the same operations through asyncpg (``fastpath.py``); both answer the same types, and the
+whole test suite runs on both databases.
+
+Writes still queue at the process's write gate (``database.WriteGate``), so they take turns
+with the ORM's writes first come, first served; across processes SQLite's own lock and busy
+timeout apply, waited out on this thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import JSON, Boolean, Uuid
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from sso_broker.companies.models import Company
+from sso_broker.database import UTCDateTime, sqlite_on_connect, table_of, write_gate
+from sso_broker.fastpath import LinkConflict
+from sso_broker.providers.models import SSOProvider
+from sso_broker.sessions.models import SignInSession
+from sso_broker.sessions.repository import SessionUser
+from sso_broker.sso.repository import Account, NewSignIn, Resolution
+from sso_broker.users.models import Role, User
+
+if TYPE_CHECKING:
+    from sso_broker.sessions.service import Principal
+
+T = TypeVar("T")
+
+
+# --- values as SQLAlchemy stores them on SQLite ---------------------------------------------
+
+
+def _db_uuid(value: uuid.UUID | None) -> str | None:
+    return None if value is None else value.hex
+
+
+def _db_time(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _id(value: str) -> uuid.UUID:
+    return uuid.UUID(hex=value)
+
+
+def _at(value: str) -> datetime:
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+def _uuid(value: str | None) -> uuid.UUID | None:
+    return None if value is None else _id(value)
+
+
+def _time(value: str | None) -> datetime | None:
+    return None if value is None else _at(value)
+
+
+def _bool(value: int | None) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def _json(value: str | None) -> Any:
+    return None if value is None else json.loads(value)
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+def _reader(column_type: Any) -> Callable[[Any], Any]:
+    if isinstance(column_type, Uuid):
+        return _uuid
+    if isinstance(column_type, UTCDateTime):
+        return _time
+    if isinstance(column_type, Boolean):
+        return _bool
+    if isinstance(column_type, JSON):
+        return _json
+    return _as_is
+
+
+# The provider row, whatever columns the model has: read with the model's own column list.
+_PROVIDER_COLUMNS = tuple(table_of(SSOProvider).c)
+_PROVIDER_READERS = tuple((column.key, _reader(column.type)) for column in _PROVIDER_COLUMNS)
+_PROVIDER = (
+    f"SELECT {', '.join(column.name for column in _PROVIDER_COLUMNS)}"  # noqa: S608 - constant
+    " FROM sso_providers WHERE id = ?"
+)
+_PRINCIPAL = """
+SELECT u.id, u.company_id, u.email, u.email_normalized, u.name, u.role, u.sso_provider_id,
+       u.created_at, u.updated_at,
+       s.id, s.provider_id, s.idp_sid, s.login_hint, s.created_at, s.expires_at, s.revoked_at,
+       c.name, c.created_at, c.updated_at
+FROM sign_in_sessions s
+JOIN users u ON u.id = s.user_id
+JOIN companies c ON c.id = u.company_id
+WHERE s.id = ? AND u.id = ? AND u.company_id = ?
+"""
+_CONSUME = "INSERT INTO consumed_login_states (state_hash, expires_at) VALUES (?, ?)"
+_RESOLVE = """
+SELECT p.enabled, p.last_error,
+       l.id, l.company_id, l.email, l.name, l.role, l.sso_provider_id,
+       c.id, c.company_id, c.email, c.name, c.role, c.sso_provider_id
+FROM sso_providers p
+LEFT JOIN identity_links k ON k.provider_id = p.id AND k.tenant_id = ? AND k.subject = ?
+LEFT JOIN users l ON l.id = k.user_id
+LEFT JOIN users c
+  ON c.company_id = p.company_id AND c.email_normalized = ? AND c.sso_provider_id = p.id
+WHERE p.id = ?
+"""
+_INSERT_LINK = (
+    "INSERT INTO identity_links (id, provider_id, tenant_id, subject, user_id, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+_INSERT_SESSION = (
+    "INSERT INTO sign_in_sessions"
+    " (id, user_id, company_id, provider_id, idp_sid, login_hint, created_at, expires_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_CODE = "INSERT INTO login_codes (code_hash, session_id, expires_at) VALUES (?, ?, ?)"
+_INSERT_AUDIT = (
+    "INSERT INTO audit_events"
+    " (id, company_id, type, created_at, provider_id, user_id, session_id, idp_subject)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_CLEAR_LAST_ERROR = "UPDATE sso_providers SET last_error = NULL WHERE id = ?"
+_SPEND_CODE = "DELETE FROM login_codes WHERE code_hash = ? RETURNING session_id, expires_at"
+_USE_REFRESH = (
+    "UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL"
+    " RETURNING session_id, expires_at"
+)
+_SESSION_USER = """
+SELECT u.id, u.company_id, u.email, u.name, u.role,
+       s.id, s.provider_id, s.expires_at, s.revoked_at
+FROM sign_in_sessions s JOIN users u ON u.id = s.user_id
+WHERE s.id = ?
+"""
+_REUSED = "SELECT session_id FROM refresh_tokens WHERE token_hash = ?"
+_ADD_REFRESH = (
+    "INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at)"
+    " VALUES (?, ?, ?, ?)"
+)
+
+
+def _one(connection: sqlite3.Connection, query: str, args: Sequence[Any]) -> Any:
+    # fetchall, not fetchone: the statement is finished at once, so no read transaction is
+    # left open to hold back the WAL checkpoint.
+    rows = connection.execute(query, args).fetchall()
+    return rows[0] if rows else None
+
+
+def _account(row: Sequence[Any], start: int) -> Account | None:
+    if row[start] is None:
+        return None
+    id_, company_id, email, name, role, provider_id = row[start : start + 6]
+    return Account(_id(id_), _id(company_id), email, name, Role(role), _uuid(provider_id))
+
+
+def _session_user(connection: sqlite3.Connection, session_id: str) -> SessionUser | None:
+    row = _one(connection, _SESSION_USER, (session_id,))
+    if row is None:
+        return None
+    user_id, company_id, email, name, role, sid, pid, expires, revoked = row
+    return SessionUser(
+        _id(user_id), _id(company_id), email, name, Role(role), _id(sid), _uuid(pid),
+        _at(expires), _time(revoked),
+    )  # fmt: skip
+
+
+def _grant(
+    connection: sqlite3.Connection,
+    spend: str,
+    args: Sequence[Any],
+    refresh_hash: str,
+    now: datetime,
+) -> tuple[datetime, SessionUser | None] | None:
+    """Spends a code or refresh token and, when the grant is good at ``now``, stores the next
+    refresh token (``fastpath.HotPath``): on the hot paths' thread, in one transaction."""
+    spent = _one(connection, spend, args)
+    if spent is None:
+        return None
+    session_id, expires_at = spent
+    subject = _session_user(connection, session_id)
+    spent_expires = _at(expires_at)
+    if (
+        subject is not None
+        and spent_expires > now
+        and subject.revoked_at is None
+        and subject.expires_at > now
+    ):
+        connection.execute(
+            _ADD_REFRESH, (refresh_hash, session_id, _db_time(now), _db_time(subject.expires_at))
+        )
+    return spent_expires, subject
+
+
+class SQLiteFastPath:
+    """The hot operations on one thread of their own (see the module docstring)."""
+
+    def __init__(self, engine: AsyncEngine, *, timeout: float) -> None:
+        database = make_url(str(engine.url)).database
+        if not database or database == ":memory:":
+            raise ValueError("the SQLite hot path needs a database file")
+        self._path = database
+        self._timeout = timeout
+        self._gate = write_gate(engine)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sso-broker-sqlite")
+        self._connection: sqlite3.Connection | None = None  # used on the thread only
+        self._trace: Callable[[str], None] | None = None
+
+    def trace(self, callback: Callable[[str], None] | None) -> None:
+        """Calls ``callback`` with every statement sent from now on (the tests count them)."""
+        self._trace = callback
+        if self._connection is not None:
+            self._connection.set_trace_callback(callback)
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
+        self._executor.shutdown(wait=False)
+
+    # --- running on the thread ---------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        if self._connection is None:
+            # Autocommit (isolation_level=None): transactions are begun here, explicitly.
+            connection = sqlite3.connect(
+                self._path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+            )
+            sqlite_on_connect(connection, None)
+            connection.set_trace_callback(self._trace)
+            self._connection = connection
+        return self._connection
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def _in_transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work`` in a write transaction, begun IMMEDIATE: a transaction that reads first
+        and writes later could otherwise meet another writer and fail at once, busy timeout
+        or not."""
+        connection = self._open()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(connection)
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+        return result
+
+    async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: work(self._open()))
+
+    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        async with self._gate.hold():
+            return await loop.run_in_executor(self._executor, self._in_transaction, work)
+
+    # --- the operations (the same as fastpath.FastPath's) ------------------------------
+
+    async def provider(self, provider_id: uuid.UUID) -> SSOProvider | None:
+        row = await self._read(lambda c: _one(c, _PROVIDER, (provider_id.hex,)))
+        if row is None:
+            return None
+        return SSOProvider(
+            **{key: read(value) for (key, read), value in zip(_PROVIDER_READERS, row, strict=True)}
+        )
+
+    async def principal(
+        self, session_id: uuid.UUID, user_id: uuid.UUID, company_id: uuid.UUID
+    ) -> Principal | None:
+        from sso_broker.sessions.service import Principal
+
+        args = (session_id.hex, user_id.hex, company_id.hex)
+        row = await self._read(lambda c: _one(c, _PRINCIPAL, args))
+        if row is None:
+            return None
+        (uid, cid, email, normalized, name, role, provider, u_created, u_updated,
+         sid, s_provider, idp_sid, hint, s_created, expires, revoked,
+         company_name, c_created, c_updated) = row  # fmt: skip
+        return Principal(
+            user=User(
+                id=_uuid(uid), company_id=_uuid(cid), email=email, email_normalized=normalized,
+                name=name, role=Role(role), sso_provider_id=_uuid(provider),
+                created_at=_time(u_created), updated_at=_time(u_updated),
+            ),
+            company=Company(
+                id=_uuid(cid), name=company_name, created_at=_time(c_created),
+                updated_at=_time(c_updated),
+            ),
+            session=SignInSession(
+                id=_uuid(sid), user_id=_uuid(uid), company_id=_uuid(cid),
+                provider_id=_uuid(s_provider), idp_sid=idp_sid, login_hint=hint,
+                created_at=_time(s_created), expires_at=_time(expires),
+                revoked_at=_time(revoked),
+            ),
+        )  # fmt: skip
+
+    async def consume_state(self, state_hash: str, expires_at: datetime) -> bool:
+        """Records a login state as used; False when it was used before."""
+        args = (state_hash, _db_time(expires_at))
+        try:
+            await self._write(lambda c: c.execute(_CONSUME, args))
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    async def resolve(
+        self, provider_id: uuid.UUID, tenant_id: str, subject: str, email: str | None
+    ) -> Resolution | None:
+        args = (tenant_id, subject, email, provider_id.hex)
+        row = await self._read(lambda c: _one(c, _RESOLVE, args))
+        if row is None:
+            return None
+        return Resolution(
+            enabled=bool(row[0]),
+            last_error=_json(row[1]),
+            linked=_account(row, 2),
+            candidate=_account(row, 8),
+        )
+
+    async def write_sign_in(self, new: NewSignIn, *, clear_last_error: bool) -> None:
+        """Writes the sign-in's rows in one transaction; LinkConflict (nothing written) when
+        ``new.link`` meets an identity or account that is already linked."""
+        session_id, user_id = new.session_id.hex, new.account.id.hex
+        company_id, provider_id, now = new.account.company_id.hex, new.provider_id.hex, new.now
+        at = _db_time(now)
+
+        def work(connection: sqlite3.Connection) -> None:
+            if new.link:
+                connection.execute(
+                    _INSERT_LINK,
+                    (uuid.uuid4().hex, provider_id, new.tenant_id, new.subject, user_id, at),
+                )
+            connection.execute(
+                _INSERT_SESSION,
+                (session_id, user_id, company_id, provider_id, new.idp_sid, new.login_hint,
+                 at, _db_time(new.expires_at)),
+            )  # fmt: skip
+            connection.execute(
+                _INSERT_CODE, (new.code_hash, session_id, _db_time(new.code_expires_at))
+            )
+            connection.execute(
+                _INSERT_AUDIT,
+                (uuid.uuid4().hex, company_id, new.event_type, at, provider_id, user_id,
+                 session_id, new.subject[:64]),
+            )  # fmt: skip
+            if clear_last_error:
+                connection.execute(_CLEAR_LAST_ERROR, (provider_id,))
+
+        try:
+            await self._write(work)
+        except sqlite3.IntegrityError as e:
+            if new.link and "identity_links" in str(e):
+                raise LinkConflict(str(e)) from e
+            raise
+
+    async def spend_login_code(
+        self, code_hash: str, *, refresh_hash: str, now: datetime
+    ) -> tuple[datetime, SessionUser | None] | None:
+        return await self._write(lambda c: _grant(c, _SPEND_CODE, (code_hash,), refresh_hash, now))
+
+    async def use_refresh_token(
+        self, token_hash: str, *, refresh_hash: str, now: datetime
+    ) -> tuple[datetime, SessionUser | None] | None:
+        args = (_db_time(now), token_hash)
+        return await self._write(lambda c: _grant(c, _USE_REFRESH, args, refresh_hash, now))
+
+    async def reused_session(self, token_hash: str) -> uuid.UUID | None:
+        row = await self._read(lambda c: _one(c, _REUSED, (token_hash,)))
+        return None if row is None else _uuid(row[0])
