@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import logging
+import re
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 
-from sso_broker.logs import JSONFormatter
+from sso_broker.logs import JSONFormatter, LoopBatchingHandler, new_request_id, request_id_var
 from sso_broker.users.models import Role
 from tests.conftest import Factory
 
@@ -68,3 +72,109 @@ class TestSecretsNeverLogged:
         assert caplog.records, "expected some log output"
         assert SECRET not in logged
         assert token not in logged
+
+
+class TestJSONFormatter:
+    @pytest.mark.parametrize(
+        "created",
+        [
+            1764297255.0,
+            1764297255.123456789,
+            1764297255.9999999,  # rounds up into the next second, as datetime does
+            1000000.0004999,
+            1000000.0005,
+            1000000.9994999,
+            1000000.9995,
+            1000000.9999994,
+            1000000.9999995,
+            0.0,
+        ],
+    )
+    def test_the_time_is_datetimes_iso_format_in_milliseconds(self, created: float) -> None:
+        record = logging.makeLogRecord({"msg": "x", "created": created})
+        expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+        formatter = JSONFormatter()
+        assert json.loads(formatter.format(record))["time"] == expected
+        assert json.loads(formatter.format(record))["time"] == expected  # the cached second
+
+    def test_extras_follow_the_standard_fields_and_odd_values_become_strings(self) -> None:
+        record = logging.getLogger("x").makeRecord(
+            "x", logging.INFO, "f", 1, "hi %s", ("é",), None, extra={"n": 1, "odd": {1, 2}}
+        )
+        time = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        assert JSONFormatter().format(record) == (
+            f'{{"time": "{time}", "level": "info", "logger": "x", "message": "hi é", "n": 1, '
+            '"odd": "{1, 2}"}'
+        )
+
+
+class TestRequestIds:
+    def test_made_ids_are_32_hex_digits_and_unique(self) -> None:
+        ids = {new_request_id() for _ in range(10_000)}
+        assert len(ids) == 10_000
+        assert all(re.fullmatch(r"[0-9a-f]{32}", value) for value in ids)
+
+
+def _batching(stream: io.StringIO) -> LoopBatchingHandler:
+    handler = LoopBatchingHandler(stream)
+    handler.setFormatter(JSONFormatter())
+    return handler
+
+
+def _messages(stream: io.StringIO) -> list[str]:
+    return [json.loads(line)["message"] for line in stream.getvalue().splitlines()]
+
+
+class TestLoopBatchingHandler:
+    async def test_a_turns_request_lines_are_written_together_after_it(self) -> None:
+        stream = io.StringIO()
+        handler = _batching(stream)
+        logger = logging.getLogger("tests.batching")
+        token = request_id_var.set("rid")
+        try:
+            handler.handle(logger.makeRecord(logger.name, logging.INFO, "f", 1, "a", (), None))
+            handler.handle(logger.makeRecord(logger.name, logging.INFO, "f", 1, "b", (), None))
+            assert stream.getvalue() == ""
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            assert _messages(stream) == ["a", "b"]
+        finally:
+            request_id_var.reset(token)
+
+    async def test_warnings_and_lines_outside_a_request_are_written_at_once(self) -> None:
+        stream = io.StringIO()
+        handler = _batching(stream)
+        logger = logging.getLogger("tests.batching")
+        token = request_id_var.set("rid")
+        try:
+            handler.handle(logger.makeRecord(logger.name, logging.INFO, "f", 1, "a", (), None))
+            handler.handle(logger.makeRecord(logger.name, logging.WARNING, "f", 1, "b", (), None))
+            assert _messages(stream) == ["a", "b"]
+            handler.handle(logger.makeRecord(logger.name, logging.INFO, "f", 1, "c", (), None))
+        finally:
+            request_id_var.reset(token)
+        handler.handle(logger.makeRecord(logger.name, logging.INFO, "f", 1, "d", (), None))
+        assert _messages(stream) == ["a", "b", "c", "d"]
+
+    async def test_flush_writes_what_waits(self) -> None:
+        stream = io.StringIO()
+        handler = _batching(stream)
+        logger = logging.getLogger("tests.batching")
+        token = request_id_var.set("rid")
+        try:
+            handler.handle(logger.makeRecord(logger.name, logging.INFO, "f", 1, "a", (), None))
+        finally:
+            request_id_var.reset(token)
+        handler.flush()
+        assert _messages(stream) == ["a"]
+
+    def test_without_an_event_loop_every_line_is_written_at_once(self) -> None:
+        stream = io.StringIO()
+        handler = _batching(stream)
+        logger = logging.getLogger("tests.batching")
+        token = request_id_var.set("rid")
+        try:
+            handler.handle(logger.makeRecord(logger.name, logging.INFO, "f", 1, "a", (), None))
+        finally:
+            request_id_var.reset(token)
+        assert _messages(stream) == ["a"]

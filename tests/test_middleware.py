@@ -3,7 +3,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import httpx
+import pytest
+from starlette.datastructures import MutableHeaders
 
+from sso_broker.middleware import _set_headers
 from sso_broker.users.models import Role
 from tests.conftest import Factory
 
@@ -86,3 +89,27 @@ class TestSecurityHeaders:
         response = await client.get("/healthz", params={"q": "x" * 20_000})
         assert response.status_code == 414
         assert response.json()["code"] == "request_too_large"
+
+
+ADDED = [(b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store")]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [],
+        [(b"content-type", b"application/json")],
+        [(b"cache-control", b"max-age=60"), (b"content-type", b"text/html")],
+        [(b"cache-control", b"a"), (b"vary", b"origin"), (b"cache-control", b"b")],
+        [(b"x-content-type-options", b"x"), (b"cache-control", b"c"), (b"etag", b"1")],
+    ],
+)
+def test_headers_are_set_as_starlettes_mutable_headers_sets_them(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    before = list(headers)
+    expected = MutableHeaders(scope={"headers": list(headers)})
+    for name, value in ADDED:
+        expected[name.decode()] = value.decode()
+    assert _set_headers(headers, ADDED, frozenset(name for name, _ in ADDED)) == expected.raw
+    assert headers == before  # a copy: a response's own list is never changed

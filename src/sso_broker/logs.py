@@ -1,31 +1,60 @@
-"""Logging: one JSON object a line on standard error, and the access log middleware."""
+"""Logging: one JSON object a line on standard error; request ids and the access log."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import os
+import random
 import sys
 import time
-import uuid
+import weakref
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
-from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 # Attributes every LogRecord has; anything else was passed through ``extra=``.
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
-_REQUEST_ID_HEADER = "x-request-id"
 _MAX_REQUEST_ID = 128
 
 
+# ``json.dumps`` with any option builds a new encoder on every call, a quarter of its cost for
+# an access-log line (README, *Performance*): the same output from one encoder built once.
+_ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)
+
+
 class JSONFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, then the record's extras."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # The time of the second a line was last written in: lines of the same second (all
+        # of them, under load) only format their milliseconds (README, *Performance*).
+        self._second: tuple[int, str] = (-1, "")
+
+    def _time(self, created: float) -> str:
+        """``datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")``."""
+        # Rounded to microseconds first, as datetime does, then truncated to milliseconds.
+        second = int(created)
+        micros = round((created - second) * 1e6)
+        if micros >= 1_000_000:
+            second += 1
+            micros -= 1_000_000
+        cached = self._second
+        if cached[0] != second:
+            text = datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds")[:-6]
+            cached = self._second = (second, text)
+        return f"{cached[1]}.{micros // 1000:03d}+00:00"
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": self._time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -38,14 +67,107 @@ class JSONFormatter(logging.Formatter):
             entry.setdefault("request_id", request_id)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return _ENCODER.encode(entry)
+
+
+class LoopBatchingHandler(logging.StreamHandler[TextIO]):
+    """Writes the lines requests log in one turn of the event loop together, early in the next.
+
+    A plain ``StreamHandler`` made a system call for every line, the access log's included:
+    one a request (README, *Performance*). Here a line logged while a request is handled (its
+    request id is set) on a running event loop waits until ``loop.call_soon`` comes round,
+    after that turn's other requests. Every other line, and warnings and worse, is written at
+    once, after any still waiting: the server's own lines (starting, shutting down) are never
+    held, so the lines before them are out when a process ends, even by a signal (uvicorn
+    ends by raising the SIGTERM it caught again, with no exit handlers). ``flush()``, which
+    logging calls at exit, and ``close()`` write what is waiting too.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._lines: list[str] = []
+        self._scheduled_on: asyncio.AbstractEventLoop | None = None
+        _batching_handlers.add(self)
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child: the lines waiting are the parent's, and the parent writes them."""
+        self._lines = []
+        self._scheduled_on = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Called under the handler's lock (Handler.handle).
+        try:
+            self._lines.append(self.format(record))
+            try:
+                loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is None or record.levelno >= logging.WARNING or request_id_var.get() is None:
+                self._write()
+            elif self._scheduled_on is not loop:
+                # Another loop's write may never come (that loop may be gone): this one
+                # writes whatever is waiting then.
+                self._scheduled_on = loop
+                loop.call_soon(self._write_soon)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def _write(self) -> None:
+        lines = self._lines
+        if lines:
+            self._lines = []
+            self.stream.write(self.terminator.join(lines) + self.terminator)
+            self.stream.flush()
+
+    def _write_soon(self) -> None:
+        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+            self._scheduled_on = None
+            try:
+                self._write()
+            except RecursionError:
+                raise
+            except Exception:
+                self.handleError(logging.makeLogRecord({"msg": "lines waiting to be written"}))
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write()
+            super().flush()
+
+    def close(self) -> None:
+        # As logging.shutdown() flushes: a stream already closed has nothing to write to.
+        with contextlib.suppress(OSError, ValueError):
+            self.flush()
+        super().close()
+
+
+_batching_handlers: weakref.WeakSet[LoopBatchingHandler] = weakref.WeakSet()
+
+
+def _forget_after_fork() -> None:
+    for handler in _batching_handlers:
+        handler._forget_after_fork()
+
+
+if sys.platform != "win32":
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def configure_logging(level: int) -> None:
-    """Sends every log line, ours and the libraries', as JSON to standard error."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Sends every log line, ours and the libraries', as JSON to standard error.
+
+    Lines go out one by one to a terminal, and a loop turn's lines together otherwise (a
+    file or a pipe, as in production; see ``LoopBatchingHandler``).
+    """
+    stream = sys.stderr
+    handler = logging.StreamHandler(stream) if stream.isatty() else LoopBatchingHandler(stream)
     handler.setFormatter(JSONFormatter())
     root = logging.getLogger()
+    for replaced in root.handlers:
+        if isinstance(replaced, LoopBatchingHandler):
+            replaced.close()  # writes the lines it still holds
     root.handlers[:] = [handler]
     root.setLevel(level)
     # No line shows the caller's file, thread or process, so logging need not look them up
@@ -70,57 +192,38 @@ def configure_logging(level: int) -> None:
 access_logger = logging.getLogger("sso_broker.access")
 
 
-def _clean_request_id(value: str | None) -> str:
+# Request ids only have to be unique, not secret. ``uuid4()`` asked the kernel for random
+# bytes on every request, 5 % of /me's CPU (README, *Performance*); this generator is seeded
+# from the kernel once, and again in a forked child so that processes never share ids. It is
+# the module's own, so no one else's ``random.seed()`` can make ids repeat.
+_request_ids = random.Random()  # noqa: S311 - unique, not secret
+if sys.platform != "win32":
+    os.register_at_fork(after_in_child=_request_ids.seed)
+
+
+def new_request_id() -> str:
+    """32 random hex digits, as many as a UUID's."""
+    return f"{_request_ids.getrandbits(128):032x}"
+
+
+def clean_request_id(value: str | None) -> str:
     """Keeps a caller's request id only when it is short and printable; otherwise makes one."""
     if value and len(value) <= _MAX_REQUEST_ID and value.isascii() and value.isprintable():
         return value
-    return uuid.uuid4().hex
+    return new_request_id()
 
 
-class RequestContextMiddleware:
-    """Gives every request an id (``X-Request-ID``) and writes one access-log line for it.
-
-    The line holds the method, the path without its query (queries carry codes and states),
-    the status, the duration and the request id.
-    """
-
-    def __init__(self, app: ASGIApp, *, access_log: bool) -> None:
-        self.app = app
-        self.access_log = access_log
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        incoming = None
-        for name, value in scope.get("headers", ()):
-            if name == b"x-request-id":
-                incoming = value.decode("latin-1")
-                break
-        request_id = _clean_request_id(incoming)
-        token = request_id_var.set(request_id)
-        started = time.perf_counter()
-        status = 500
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                MutableHeaders(scope=message)[_REQUEST_ID_HEADER] = request_id
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            if self.access_log:
-                access_logger.info(
-                    "request",
-                    extra={
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": status,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                        "request_id": request_id,
-                    },
-                )
-            request_id_var.reset(token)
+def log_access(scope: Scope, status: int, started: float, request_id: str) -> None:
+    """The access-log line of one request (``started`` by ``time.perf_counter()``): method,
+    path without its query (queries carry codes and states), status, duration, request id."""
+    if access_logger.isEnabledFor(logging.INFO):
+        access_logger.info(
+            "request",
+            extra={
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "request_id": request_id,
+            },
+        )

@@ -25,14 +25,10 @@ from sso_broker.fastpath import FastPath, HotPath
 from sso_broker.fastpath_sqlite import SQLiteFastPath
 from sso_broker.health import router as health_router
 from sso_broker.http import IdentityProviderClient
-from sso_broker.logs import RequestContextMiddleware, configure_logging
-from sso_broker.middleware import (
-    ApiCORSMiddleware,
-    BodySizeLimitMiddleware,
-    SecurityHeadersMiddleware,
-)
+from sso_broker.logs import configure_logging
+from sso_broker.middleware import FrontMiddleware
 from sso_broker.providers.router import router as providers_router
-from sso_broker.ratelimit import RateLimitMiddleware, counter_store
+from sso_broker.ratelimit import counter_store
 from sso_broker.sessions.router import router as sessions_router
 from sso_broker.sessions.tokens import KeyRing, ensure_signing_key
 from sso_broker.sso.discovery import EntraDirectory
@@ -116,11 +112,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
-    app.add_middleware(ApiCORSMiddleware, frontend_origin=settings.frontend_origin)
-    app.add_middleware(RateLimitMiddleware)
-    app.add_middleware(BodySizeLimitMiddleware)
-    app.add_middleware(SecurityHeadersMiddleware)
-    app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
+    app.add_middleware(
+        FrontMiddleware, frontend_origin=settings.frontend_origin, access_log=settings.access_log
+    )
     # The routers' routes go straight into the app's route list, the sign-in's hottest first
     # (routes are tried in order): an included router is matched twice on every request, its
     # own match and then its routes', which cost as much as the /me handler (README,

@@ -1,82 +1,91 @@
-"""HTTP middleware: body size limit, CORS for the API, security headers on every answer."""
+"""HTTP middleware: the one layer in front of every route.
+
+In this order, as each request meets them: its id and its access-log line (``logs.py``), the
+query and body size limits, the rate limits (``ratelimit.py``), CORS for the API, and on the
+way out the headers every answer carries. They were five middlewares, each a coroutine and
+most a wrapper of ``send`` per request, and two rebuilt the answer's headers: 6 % of
+``/me``'s CPU (README, *Performance*). The steps, their order and their answers are the same.
+"""
 
 from __future__ import annotations
 
-from starlette.datastructures import MutableHeaders
+import time
+from collections.abc import Iterable
+
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sso_broker.errors import ErrorCode, problem_response
+from sso_broker.logs import clean_request_id, log_access, request_id_var
+from sso_broker.ratelimit import over_limit
 
 MAX_BODY_BYTES = 64 * 1024
 # Entra's authorization responses (code, state, session_state, iss) fit well within this.
 MAX_QUERY_BYTES = 16 * 1024
 
+Header = tuple[bytes, bytes]
 
-class BodySizeLimitMiddleware:
-    """Answers 413 ``request_too_large`` to bodies over ``max_bytes``.
+_NOSNIFF: Header = (b"x-content-type-options", b"nosniff")
+_NO_STORE: Header = (b"cache-control", b"no-store")
+_REQUEST_ID = b"x-request-id"
+_API_NAMES = frozenset((_NOSNIFF[0], _NO_STORE[0], _REQUEST_ID))
+_OTHER_NAMES = frozenset((_NOSNIFF[0], _REQUEST_ID))
 
-    Checks the declared ``Content-Length`` first and also counts the bytes actually
-    streamed, so a chunked body cannot slip past the declared size.
+
+def _set_headers(
+    headers: Iterable[Header], added: list[Header], names: frozenset[bytes]
+) -> list[Header]:
+    """A copy of ``headers`` with each of ``added`` (whose names are ``names``) set in turn as
+    Starlette's ``MutableHeaders`` sets one: in place of the first header of its name, the
+    others of that name dropped, or else at the end."""
+    # A copy: Starlette sends a response's own list, and a response may be sent again.
+    result = list(headers)
+    for name, _ in result:
+        if name in names:
+            break
+    else:
+        result += added
+        return result
+    for name, value in added:
+        found = [index for index, (key, _) in enumerate(result) if key == name]
+        if not found:
+            result.append((name, value))
+            continue
+        result[found[0]] = (name, value)
+        for index in reversed(found[1:]):
+            del result[index]
+    return result
+
+
+class FrontMiddleware:
+    """Every request's way in and every answer's way out, before and after the routes.
+
+    * **Request id.** A caller's ``X-Request-ID`` is kept when it is short and printable,
+      otherwise one is made; it is on every answer and every log line of the request.
+    * **Access log** (``access_log``): one line a request with the method, the path without
+      its query (queries carry codes and states), the status, the duration and the id.
+    * **Size limits.** A query string over ``MAX_QUERY_BYTES`` gets 414, a body over
+      ``max_bytes`` 413, both ``request_too_large``. The declared ``Content-Length`` is
+      checked first and the bytes actually streamed are counted too, so a chunked body
+      cannot slip past the declared size.
+    * **Rate limits**, answering 429 (``ratelimit.py``).
+    * **CORS** for the dashboard's origin on ``/api/`` only. Browser routes and the JWKS need
+      none; no credentials are allowed, because the API takes bearer tokens, never cookies.
+    * **Headers on every answer**: ``nosniff``, and ``no-store`` on every API answer (tokens,
+      personal data); browser routes set ``no-store`` and ``no-referrer`` themselves. No
+      frame restriction is set globally: Entra loads the front-channel logout URL in a
+      hidden frame.
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int = MAX_BODY_BYTES) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    @property
-    def _detail(self) -> str:
-        return f"The request body is larger than {self.max_bytes} bytes; send less."
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if len(scope.get("query_string", b"")) > MAX_QUERY_BYTES:
-            response = problem_response(
-                414,
-                ErrorCode.REQUEST_TOO_LARGE,
-                "URI too long",
-                f"The query string is longer than {MAX_QUERY_BYTES} bytes; send less.",
-            )
-            await response(scope, receive, send)
-            return
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = self.max_bytes + 1
-                if declared > self.max_bytes:
-                    response = problem_response(
-                        413, ErrorCode.REQUEST_TOO_LARGE, "Request too large", self._detail
-                    )
-                    await response(scope, receive, send)
-                    return
-        received = 0
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    # Raised inside the app's body read; the HTTP error handler answers it.
-                    raise HTTPException(413, detail=self._detail)
-            return message
-
-        await self.app(scope, counting_receive, send)
-
-
-class ApiCORSMiddleware:
-    """CORS for the dashboard's origin on ``/api/`` only.
-
-    Browser routes and the JWKS need none; no credentials are allowed, because the API takes
-    bearer tokens, never cookies.
-    """
-
-    def __init__(self, app: ASGIApp, *, frontend_origin: str) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        frontend_origin: str,
+        access_log: bool,
+        max_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
         self.app = app
         self.cors = CORSMiddleware(
             app,
@@ -87,43 +96,85 @@ class ApiCORSMiddleware:
             expose_headers=["X-Request-ID", "Retry-After"],
             max_age=600,
         )
+        self.access_log = access_log
+        self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Only a browser's cross-origin request carries Origin; without it CORS has nothing
-        # to answer (and API answers are never cached, so no Vary is needed).
-        if (
-            scope["type"] == "http"
-            and scope["path"].startswith("/api/")
-            and any(name == b"origin" for name, _ in scope["headers"])
-        ):
-            await self.cors(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
-
-
-class SecurityHeadersMiddleware:
-    """Headers every answer carries, and ``no-store`` on every API answer.
-
-    ``nosniff`` everywhere; API answers (tokens, personal data) are never cached; browser
-    routes already set ``no-store`` and ``no-referrer`` themselves. No frame restriction is
-    set globally: Entra loads the front-channel logout URL in a hidden frame.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    @property
+    def _detail(self) -> str:
+        return f"The request body is larger than {self.max_bytes} bytes; send less."
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        is_api = scope["path"].startswith("/api/")
+        incoming = None
+        too_large = False
+        has_origin = False
+        for name, value in scope.get("headers", ()):
+            if name == b"x-request-id":
+                if incoming is None:
+                    incoming = value.decode("latin-1")
+            elif name == b"content-length":
+                try:
+                    too_large = too_large or int(value) > self.max_bytes
+                except ValueError:
+                    too_large = True
+            elif name == b"origin":
+                has_origin = True
+        request_id = clean_request_id(incoming)
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        is_api: bool = scope["path"].startswith("/api/")
+        if is_api:
+            added = [_NOSNIFF, _NO_STORE, (_REQUEST_ID, request_id.encode("latin-1"))]
+            names = _API_NAMES
+        else:
+            added = [_NOSNIFF, (_REQUEST_ID, request_id.encode("latin-1"))]
+            names = _OTHER_NAMES
+        status = 500
 
         async def send_with_headers(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers["X-Content-Type-Options"] = "nosniff"
-                if is_api:
-                    headers["Cache-Control"] = "no-store"
+                status = message["status"]
+                message["headers"] = _set_headers(message.get("headers", ()), added, names)
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            if len(scope.get("query_string", b"")) > MAX_QUERY_BYTES:
+                await problem_response(
+                    414,
+                    ErrorCode.REQUEST_TOO_LARGE,
+                    "URI too long",
+                    f"The query string is longer than {MAX_QUERY_BYTES} bytes; send less.",
+                )(scope, receive, send_with_headers)
+                return
+            if too_large:
+                await problem_response(
+                    413, ErrorCode.REQUEST_TOO_LARGE, "Request too large", self._detail
+                )(scope, receive, send_with_headers)
+                return
+            refusal = await over_limit(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send_with_headers)
+                return
+            received = 0
+
+            async def counting_receive() -> Message:
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > self.max_bytes:
+                        # Raised inside the app's body read; the HTTP error handler answers.
+                        raise HTTPException(413, detail=self._detail)
+                return message
+
+            # Only a browser's cross-origin request carries Origin; without it CORS has
+            # nothing to answer (and API answers are never cached, so no Vary is needed).
+            app = self.cors if is_api and has_origin else self.app
+            await app(scope, counting_receive, send_with_headers)
+        finally:
+            if self.access_log:
+                log_access(scope, status, started, request_id)
+            request_id_var.reset(token)

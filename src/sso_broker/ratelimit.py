@@ -33,7 +33,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 from starlette.responses import HTMLResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from sso_broker.config import Settings
 from sso_broker.database import Base, autocommit_connection, utcnow
@@ -220,48 +220,39 @@ def _too_many(path: str, retry_after: int) -> Response:
     )
 
 
-class RateLimitMiddleware:
-    """Counts the public routes' requests and answers 429 over the limit.
+async def over_limit(scope: Scope) -> Response | None:
+    """The 429 answer when this request is over a limit; None when it may go on.
 
+    Called for every request by the middleware in front of the routes (``middleware.py``).
     If the counter store itself fails, the request goes through (and the failure is logged):
     a limiter outage must not become a sign-in outage.
     """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        context = scope["app"].state.context
-        settings: Settings = context.settings
-        client = scope.get("client")
-        now = time.time()
-        window = int(now // WINDOW_SECONDS)
-        limits = (
-            _limits(settings, scope["path"], client[0] if client else "unknown", window)
-            if settings.rate_limit_enabled
-            else []
+    context = scope["app"].state.context
+    settings: Settings = context.settings
+    if not settings.rate_limit_enabled:
+        return None
+    client = scope.get("client")
+    now = time.time()
+    window = int(now // WINDOW_SECONDS)
+    limits = _limits(settings, scope["path"], client[0] if client else "unknown", window)
+    if not limits:
+        return None
+    window_end = (window + 1) * WINDOW_SECONDS
+    try:
+        allowed = await context.counters.allow(limits, window, window_end)
+    except Exception as e:
+        if not is_database_unavailable(e) and not _is_redis_error(e):
+            raise
+        logger.warning(
+            "rate limiter unavailable; request let through",
+            extra={"error": type(e).__name__},
         )
-        if limits:
-            window_end = (window + 1) * WINDOW_SECONDS
-            try:
-                allowed = await context.counters.allow(limits, window, window_end)
-            except Exception as e:
-                if not is_database_unavailable(e) and not _is_redis_error(e):
-                    raise
-                logger.warning(
-                    "rate limiter unavailable; request let through",
-                    extra={"error": type(e).__name__},
-                )
-                allowed = True
-            if not allowed:
-                retry_after = max(1, math.ceil(window_end - now))
-                logger.info("rate limited", extra={"path": scope["path"]})
-                await _too_many(scope["path"], retry_after)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        allowed = True
+    if allowed:
+        return None
+    retry_after = max(1, math.ceil(window_end - now))
+    logger.info("rate limited", extra={"path": scope["path"]})
+    return _too_many(scope["path"], retry_after)
 
 
 def _is_redis_error(exc: BaseException) -> bool:

@@ -63,7 +63,7 @@ async def token(
 
 
 async def me(principal: CurrentPrincipal) -> MeResponse:
-    # no-store comes from SecurityHeadersMiddleware, as on every API answer.
+    # no-store comes from FrontMiddleware (middleware.py), as on every API answer.
     return MeResponse(
         user=UserRead.model_validate(principal.user),
         company=CompanyRead(id=principal.company.id, name=principal.company.name),
