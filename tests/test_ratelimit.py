@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -16,9 +18,10 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from sso_broker.database import utcnow
 from sso_broker.deps import AppContext
 from sso_broker.main import create_app
-from sso_broker.ratelimit import MAX_LEASE, WINDOW_SECONDS, Leases, Limit
+from sso_broker.ratelimit import MAX_LEASE, WINDOW_SECONDS, DatabaseCounters, Leases, Limit
 from tests.conftest import PUBLIC_URL, Database, _empty_tables, make_settings
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
@@ -108,6 +111,34 @@ class TestTokenRoute:
         async with limited_app(database) as app, client_from(app, unique_ip()) as client:
             statuses = {(await client.get("/api/v1/users")).status_code for _ in range(10)}
         assert statuses == {401}
+
+
+class TestDatabaseCounters:
+    """The counters' statement on the hot paths' connections (fastpath.py,
+    fastpath_sqlite.py), on each database."""
+
+    async def test_hits_add_up_per_key_and_expired_counters_are_purged(
+        self, database: Database
+    ) -> None:
+        async with limited_app(database) as app:
+            store = DatabaseCounters(app.state.context.fast)
+            window_end = time.time() + WINDOW_SECONDS
+            first = await store.hit({"b": 2, "a": 3}, window_end)
+            second = await store.hit({"a": 1, "c": 5}, window_end)
+            assert first == {"a": 3, "b": 2}
+            assert second == {"a": 4, "c": 5}
+            # A purge removes counters of windows that ended; the live ones stay.
+            fast = app.state.context.fast
+            later = utcnow() + timedelta(seconds=WINDOW_SECONDS + 10)
+            await fast.count_hits({"d": 1}, later + timedelta(minutes=5), purge_before=later)
+            assert await store.hit({"a": 1, "d": 1}, window_end) == {"a": 1, "d": 2}
+
+    async def test_concurrent_hits_are_all_counted(self, database: Database) -> None:
+        async with limited_app(database) as app:
+            store = DatabaseCounters(app.state.context.fast)
+            window_end = time.time() + WINDOW_SECONDS
+            await asyncio.gather(*(store.hit({"x": 1, "y": 2}, window_end) for _ in range(20)))
+            assert await store.hit({"x": 0, "y": 0}, window_end) == {"x": 20, "y": 40}
 
 
 class TestFailures:

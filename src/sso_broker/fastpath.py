@@ -73,6 +73,13 @@ class HotPath(Protocol):
 
     async def reused_session(self, token_hash: str) -> uuid.UUID | None: ...
 
+    async def count_hits(
+        self, increments: dict[str, int], expires_at: datetime, *, purge_before: datetime | None
+    ) -> dict[str, int]:
+        """Adds to rate-limit counters and answers their totals (``ratelimit.py``), in one
+        statement; with ``purge_before``, also deletes counters that expired before it."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -149,6 +156,15 @@ _USE_REFRESH = (
     " WHERE token_hash = $1 AND used_at IS NULL RETURNING session_id, expires_at)," + _GRANT
 )
 _REUSED = "SELECT session_id FROM refresh_tokens WHERE token_hash = $1"
+# In key order, so two processes adding to the same counters never wait on each other in a
+# cycle (a deadlock).
+_COUNT_HITS = """
+INSERT INTO rate_limit_counters (key, count, expires_at)
+SELECT key, count, $3 FROM unnest($1::text[], $2::int[]) AS hits (key, count) ORDER BY key
+ON CONFLICT (key) DO UPDATE SET count = rate_limit_counters.count + excluded.count
+RETURNING key, count
+"""
+_PURGE_COUNTERS = "DELETE FROM rate_limit_counters WHERE expires_at < $1"
 
 
 def _json(value: Any) -> Any:
@@ -289,3 +305,14 @@ class FastPath:
     async def reused_session(self, token_hash: str) -> uuid.UUID | None:
         found = await self.pool.fetchval(_REUSED, token_hash)
         return found if isinstance(found, uuid.UUID) else None
+
+    async def count_hits(
+        self, increments: dict[str, int], expires_at: datetime, *, purge_before: datetime | None
+    ) -> dict[str, int]:
+        keys = sorted(increments)
+        rows = await self.pool.fetch(
+            _COUNT_HITS, keys, [increments[key] for key in keys], expires_at
+        )
+        if purge_before is not None:
+            await self.pool.execute(_PURGE_COUNTERS, purge_before)
+        return {str(key): int(count) for key, count in rows}

@@ -156,6 +156,11 @@ FROM sign_in_sessions s JOIN users u ON u.id = s.user_id
 WHERE s.id = ?
 """
 _REUSED = "SELECT session_id FROM refresh_tokens WHERE token_hash = ?"
+_COUNT_HIT = (
+    "INSERT INTO rate_limit_counters (key, count, expires_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (key) DO UPDATE SET count = count + excluded.count RETURNING key, count"
+)
+_PURGE_COUNTERS = "DELETE FROM rate_limit_counters WHERE expires_at < ?"
 _ADD_REFRESH = (
     "INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at)"
     " VALUES (?, ?, ?, ?)"
@@ -393,3 +398,20 @@ class SQLiteFastPath:
     async def reused_session(self, token_hash: str) -> uuid.UUID | None:
         row = await self._read(lambda c: _one(c, _REUSED, (token_hash,)))
         return None if row is None else _uuid(row[0])
+
+    async def count_hits(
+        self, increments: dict[str, int], expires_at: datetime, *, purge_before: datetime | None
+    ) -> dict[str, int]:
+        expires = _db_time(expires_at)
+        rows = [(key, count, expires) for key, count in sorted(increments.items())]
+
+        def work(connection: sqlite3.Connection) -> dict[str, int]:
+            totals = {}
+            for row in rows:
+                key, total = _one(connection, _COUNT_HIT, row)
+                totals[str(key)] = int(total)
+            if purge_before is not None:
+                connection.execute(_PURGE_COUNTERS, (_db_time(purge_before),))
+            return totals
+
+        return await self._write(work)

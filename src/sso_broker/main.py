@@ -72,12 +72,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         caches = Caches()
         sessionmaker = create_sessionmaker(engine, info={SESSION_INFO_KEY: caches})
         autocommit = create_autocommit(engine, info={SESSION_INFO_KEY: caches})
-        counters, redis = counter_store(settings, engine)
         fast: HotPath = (
             await FastPath.connect(settings)
             if engine.dialect.name == "postgresql"
             else SQLiteFastPath(engine, timeout=settings.database_timeout)
         )
+        counters, redis = counter_store(settings, fast)
         context = AppContext(
             settings=settings,
             engine=engine,

@@ -32,7 +32,7 @@ import asyncpg
 
 
 class LeanPool:
-    """``execute``, ``fetchrow`` and ``fetchval`` on a borrowed connection (see module)."""
+    """``execute``, ``fetch``, ``fetchrow`` and ``fetchval`` on a borrowed connection."""
 
     def __init__(
         self,
@@ -82,6 +82,16 @@ class LeanPool:
             raise
         self._release(connection, broken=False)
         return row
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        connection = await self._acquire()
+        try:
+            rows: list[asyncpg.Record] = await connection.fetch(query, *args)
+        except BaseException as e:
+            self._release(connection, broken=not isinstance(e, asyncpg.PostgresError))
+            raise
+        self._release(connection, broken=False)
+        return rows
 
     async def fetchval(self, query: str, *args: Any) -> Any:
         connection = await self._acquire()
