@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -294,3 +295,45 @@ class TestConsoleScript:
         for line in result.stderr.splitlines():
             json.loads(line)
         assert (tmp_path / "encryption.keys").exists()
+
+
+_SERVED_APP_PROBE = """
+import asyncio, gc, json
+from sso_broker.main import GC_THRESHOLDS, create_served_app
+
+async def main():
+    app = create_served_app()
+    async with app.router.lifespan_context(app):
+        print(json.dumps({"frozen": gc.get_freeze_count(), "thresholds": gc.get_threshold(),
+                          "wanted": GC_THRESHOLDS}))
+
+asyncio.run(main())
+"""
+
+
+class TestServedApp:
+    def test_a_served_worker_freezes_its_start_up_objects_and_tunes_the_collector(
+        self, tmp_path: Path
+    ) -> None:
+        """What ``serve`` runs (README, *Performance*): in a process of its own, because a
+        test process that builds many apps must keep the collector as it is."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SSO_BROKER_")}
+        env["SSO_BROKER_DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path}/served.db"
+        script = Path(sys.executable).parent / "sso-broker"
+        for argv in ([str(script), "migrate"], [sys.executable, "-c", _SERVED_APP_PROBE]):
+            result = subprocess.run(  # noqa: S603 - our own console script and probe
+                argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
+                check=False,
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr
+        probe = json.loads(result.stdout)
+        assert probe["frozen"] > 10_000  # modules, routes and models: most of the heap
+        assert probe["thresholds"] == probe["wanted"]
+
+    async def test_an_app_built_for_tests_leaves_the_collector_alone(
+        self, cli_env: Database
+    ) -> None:
+        before = gc.get_threshold(), gc.get_freeze_count()
+        app = create_app(make_settings(cli_env.url))
+        async with app.router.lifespan_context(app):
+            assert (gc.get_threshold(), gc.get_freeze_count()) == before

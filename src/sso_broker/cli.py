@@ -190,7 +190,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
 
     _migrate_in_child(settings)
     uvicorn.run(
-        "sso_broker.main:create_app",
+        "sso_broker.main:create_served_app",
         factory=True,
         host=args.host,
         port=args.port,
