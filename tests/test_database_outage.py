@@ -49,7 +49,7 @@ async def test_requests_fail_fast_with_503_while_the_database_is_down(
         )
     )
     context.fast = dead_fast
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
     try:
         async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as client:
             began = time.perf_counter()
@@ -160,13 +160,19 @@ async def test_the_embedded_database_unreadable_is_a_503_on_the_hot_paths(
     working = context.fast
     missing = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'gone' / 'x.db'}")
     context.fast = SQLiteFastPath(missing, timeout=1)
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    # Answered inside the app (with the front middleware's request id and headers), never
+    # raised to the server as a crash.
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
     try:
         async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as client:
             answers = [
-                await client.get("/api/v1/auth/me", headers=headers),
+                await client.get(
+                    "/api/v1/auth/me", headers={**headers, "X-Request-ID": "outage-1"}
+                ),
                 await client.post(
-                    "/api/v1/auth/token", json={"grant_type": "login_code", "code": "x"}
+                    "/api/v1/auth/token",
+                    json={"grant_type": "login_code", "code": "x"},
+                    headers={"X-Request-ID": "outage-1"},
                 ),
             ]
             sign_in = await client.get(f"/sso/{uuid.uuid4()}/initiate")
@@ -178,12 +184,29 @@ async def test_the_embedded_database_unreadable_is_a_503_on_the_hot_paths(
         assert answer.status_code == 503, answer.text
         assert answer.json()["code"] == "database_unavailable"
         assert answer.headers["retry-after"]
+        assert answer.headers["x-request-id"] == "outage-1"
+        assert answer.headers["x-content-type-options"] == "nosniff"
     assert sign_in.status_code == 302
 
 
-def test_sqlite_outages_are_recognised() -> None:
-    assert is_database_unavailable(sqlite3.OperationalError("database is locked"))
-    assert not is_database_unavailable(sqlite3.ProgrammingError("Incorrect number of bindings"))
+def test_sqlite_outages_are_recognised_and_its_bugs_are_not(tmp_path: Path) -> None:
+    path = tmp_path / "locked.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    waiter = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError) as locked:
+            waiter.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError) as typo:
+            waiter.execute("SELEC 1")
+        with pytest.raises(sqlite3.OperationalError) as unmigrated:
+            waiter.execute("SELECT * FROM no_such_table")
+    finally:
+        holder.close()
+        waiter.close()
+    assert is_database_unavailable(locked.value)
+    assert not is_database_unavailable(typo.value)
+    assert not is_database_unavailable(unmigrated.value)
 
 
 def test_a_statement_bug_is_not_an_outage() -> None:

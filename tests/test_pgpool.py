@@ -167,3 +167,26 @@ async def test_closing_refuses_new_statements_and_closes_returning_ones(
         await pool.fetchval("SELECT 1")
     await busy
     assert pool.size == 0
+
+
+async def test_a_freed_place_goes_to_the_caller_who_waited_not_a_newcomer(
+    make_pool: Callable[..., LeanPool],
+) -> None:
+    pool = make_pool(max_size=1)
+    served: list[str] = []
+
+    async def query(name: str) -> None:
+        await pool.fetchval("SELECT $1::text", name)
+        served.append(name)
+
+    busy = asyncio.create_task(pool.execute("SELECT pg_sleep(5)"))
+    await asyncio.sleep(0.1)
+    waiter = asyncio.create_task(query("waiter"))
+    await asyncio.sleep(0.1)
+    busy.cancel()  # its connection is closed, and its place freed...
+    newcomer = asyncio.create_task(query("newcomer"))  # ...as someone new arrives
+    await asyncio.gather(waiter, newcomer)
+    with pytest.raises(asyncio.CancelledError):
+        await busy
+    assert served == ["waiter", "newcomer"]
+    assert pool.size <= 1

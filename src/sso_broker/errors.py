@@ -287,12 +287,17 @@ def is_database_unavailable(exc: BaseException) -> bool:
     # asyncpg's own, from the sign-in's pool (fastpath.py), which SQLAlchemy does not wrap.
     if isinstance(exc, _ASYNCPG_UNAVAILABLE):
         return True
-    # The embedded database's own (fastpath_sqlite.py): a file that cannot be opened or read,
-    # or a lock held past the busy timeout. A broken statement is a ProgrammingError instead.
-    if isinstance(exc, sqlite3.OperationalError):
-        return True
+    # The embedded database's own (fastpath_sqlite.py): a file that cannot be opened, read or
+    # written, or a lock held past the busy timeout. Not a syntax error or a missing table,
+    # which sqlite3 raises as OperationalError too: those are bugs, never an outage.
+    if isinstance(exc, sqlite3.Error):
+        return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_UNAVAILABLE
     return isinstance(exc, ConnectionError | TimeoutError | OSError)
 
+
+# SQLite's primary result codes for a database that cannot serve now (sqlite.org/rescode):
+# BUSY, LOCKED, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, NOTADB.
+_SQLITE_UNAVAILABLE = frozenset({5, 6, 8, 10, 11, 13, 14, 26})
 
 # The connection is gone or the server will not serve now (shutting down, starting up,
 # out of connections): an outage, never a bug in a statement.
@@ -424,6 +429,11 @@ def install_error_handlers(app: FastAPI) -> None:
     # Database and network failures are answered in the app (503, or a logged 500) rather
     # than by the outermost catch-all, which would re-raise them to the server as crashes.
     app.add_exception_handler(SQLAlchemyError, unhandled_error_handler)
+    # The hot paths' own drivers (fastpath.py, fastpath_sqlite.py), which SQLAlchemy does
+    # not wrap: answered inside the front middleware too, with its request id and headers.
+    app.add_exception_handler(asyncpg.PostgresError, unhandled_error_handler)
+    app.add_exception_handler(asyncpg.InterfaceError, unhandled_error_handler)
+    app.add_exception_handler(sqlite3.Error, unhandled_error_handler)
     app.add_exception_handler(OSError, unhandled_error_handler)
     app.add_exception_handler(Exception, unhandled_error_handler)
     _document_errors(app)

@@ -1,11 +1,11 @@
-"""The hot paths' statements on the embedded SQLite: one thread, one connection, plain SQL.
+"""The hot paths' statements on the embedded SQLite: threads of their own, plain SQL.
 
 Through SQLAlchemy's async layer on aiosqlite, a one-row write transaction cost 470 µs of
 CPU: every call (BEGIN, execute, fetch, COMMIT) hops to aiosqlite's thread and back, inside a
 greenlet. The same transaction on the standard library's ``sqlite3``, sent as one call to a
 thread of our own, costs 45 µs (README, *Performance*). So each hot operation here — read the
 provider, read the caller, consume a state, resolve and write a sign-in, spend a code or a
-refresh token — is one function run on that thread, with statements written out in SQLite's
+refresh token — is one function run on such a thread, with statements written out in SQLite's
 SQL and values stored the way SQLAlchemy stores them (UUIDs as 32 hex digits, times as UTC
 text with microseconds, JSON as text), so the ORM reads them back unchanged. PostgreSQL runs
 the same operations through asyncpg (``fastpath.py``); both answer the same types, and the
@@ -13,7 +13,7 @@ whole test suite runs on both databases.
 
 Writes still queue at the process's write gate (``database.WriteGate``), so they take turns
 with the ORM's writes first come, first served; across processes SQLite's own lock and busy
-timeout apply, waited out on this thread, never on the event loop.
+timeout apply, waited out on the writing thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ def _db_uuid(value: uuid.UUID | None) -> str | None:
 def _db_time(value: datetime | None) -> str | None:
     if value is None:
         return None
+    if value.tzinfo is None:  # as database.UTCDateTime: a naive time is a bug, never stored
+        raise ValueError("naive datetimes are not stored; attach a timezone")
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
@@ -219,71 +221,106 @@ def _grant(
     return spent_expires, subject
 
 
-class SQLiteFastPath:
-    """The hot operations on one thread of their own (see the module docstring)."""
+def _in_transaction(connection: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    """``work`` in a write transaction, begun IMMEDIATE: a transaction that reads first and
+    writes later could otherwise meet another writer and fail at once, busy timeout or not."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(connection)
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+    return result
 
-    def __init__(self, engine: AsyncEngine, *, timeout: float) -> None:
-        database = make_url(str(engine.url)).database
-        if not database or database == ":memory:":
-            raise ValueError("the SQLite hot path needs a database file")
-        self._path = database
+
+class _Lane:
+    """One thread and the one connection only it uses."""
+
+    def __init__(self, path: str, timeout: float, name: str) -> None:
+        self._path = path
         self._timeout = timeout
-        self._gate = write_gate(engine)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sso-broker-sqlite")
-        self._connection: sqlite3.Connection | None = None  # used on the thread only
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._connection: sqlite3.Connection | None = None
         self._trace: Callable[[str], None] | None = None
 
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, work)
+
     def trace(self, callback: Callable[[str], None] | None) -> None:
-        """Calls ``callback`` with every statement sent from now on (the tests count them)."""
-        self._trace = callback
-        if self._connection is not None:
-            self._connection.set_trace_callback(callback)
+        # On the lane's own thread: the connection may be busy there (the tests' only use).
+        self._executor.submit(self._set_trace, callback).result()
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
         self._executor.shutdown(wait=False)
 
-    # --- running on the thread ---------------------------------------------------------
+    # --- on the lane's thread ------------------------------------------------------------
+
+    def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        return work(self._open())
 
     def _open(self) -> sqlite3.Connection:
         if self._connection is None:
             # Autocommit (isolation_level=None): transactions are begun here, explicitly.
-            connection = sqlite3.connect(
-                self._path, timeout=self._timeout, isolation_level=None, check_same_thread=False
-            )
+            connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
             sqlite_on_connect(connection, None)
+            # The configured wait for another process's write lock (SSO_BROKER_DATABASE_TIMEOUT).
+            connection.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
             connection.set_trace_callback(self._trace)
             self._connection = connection
         return self._connection
+
+    def _set_trace(self, callback: Callable[[str], None] | None) -> None:
+        self._trace = callback
+        if self._connection is not None:
+            self._connection.set_trace_callback(callback)
 
     def _close(self) -> None:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
 
-    def _in_transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """``work`` in a write transaction, begun IMMEDIATE: a transaction that reads first
-        and writes later could otherwise meet another writer and fail at once, busy timeout
-        or not."""
-        connection = self._open()
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            result = work(connection)
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
-        return result
+
+class SQLiteFastPath:
+    """The hot operations on threads of their own (see the module docstring): one for the
+    reads and one for the writes, so a read never waits behind a write (WAL lets readers go
+    on while another connection writes), even one waiting for another process's lock."""
+
+    def __init__(self, engine: AsyncEngine, *, timeout: float) -> None:
+        database = make_url(str(engine.url)).database
+        if not database or database == ":memory:":
+            raise ValueError("the SQLite hot path needs a database file")
+        self._gate = write_gate(engine)
+        self._reader = _Lane(database, timeout, "sso-broker-sqlite-read")
+        self._writer = _Lane(database, timeout, "sso-broker-sqlite-write")
+        self._closed = False
+
+    def trace(self, callback: Callable[[str], None] | None) -> None:
+        """Calls ``callback`` with every statement sent from now on (the tests count them)."""
+        self._reader.trace(callback)
+        self._writer.trace(callback)
+
+    async def close(self) -> None:
+        self._closed = True
+        await self._reader.close()
+        await self._writer.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            # An outage for the caller (503), as any other database that went away.
+            raise ConnectionError("the embedded database's hot paths are closed")
 
     async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: work(self._open()))
+        self._check_open()
+        return await self._reader.run(work)
 
     async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        loop = asyncio.get_running_loop()
+        self._check_open()
         async with self._gate.hold():
-            return await loop.run_in_executor(self._executor, self._in_transaction, work)
+            return await self._writer.run(lambda connection: _in_transaction(connection, work))
 
     # --- the operations (the same as fastpath.FastPath's) ------------------------------
 

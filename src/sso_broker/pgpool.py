@@ -123,18 +123,23 @@ class LeanPool:
                 waiter.set_exception(asyncpg.InterfaceError("the pool is closed"))
 
     async def _acquire(self) -> asyncpg.Connection:
-        while True:
-            if self._closed:
-                raise asyncpg.InterfaceError("the pool is closed")
-            connection = self._take_idle()
-            if connection is not None:
-                return connection
-            if self._size < self._max_size:
-                return await self._open_one()
-            handed = await self._wait()
-            if handed is not None:
-                return handed
-            # A place came free (a connection was dropped): open one on the next turn.
+        if self._closed:
+            raise asyncpg.InterfaceError("the pool is closed")
+        connection = self._take_idle()
+        if connection is not None:
+            return connection
+        # A newcomer never jumps the queue: with callers waiting, it waits behind them.
+        if self._size < self._max_size and not self._waiters:
+            self._size += 1
+            return await self._open_reserved()
+        handed = await self._wait()
+        if handed is not None:
+            return handed
+        # A place came free and was kept for this caller (counted in _size already).
+        if self._closed:
+            self._free_place()
+            raise asyncpg.InterfaceError("the pool is closed")
+        return await self._open_reserved()
 
     def _take_idle(self) -> asyncpg.Connection | None:
         now = time.monotonic()
@@ -146,16 +151,17 @@ class LeanPool:
             connection.terminate()
         return None
 
-    async def _open_one(self) -> asyncpg.Connection:
-        self._size += 1
+    async def _open_reserved(self) -> asyncpg.Connection:
+        """Opens a connection in a place already counted in ``_size``."""
         try:
             return await self._connect()
         except BaseException:
-            self._size -= 1
-            self._wake_one(None)
+            self._free_place()
             raise
 
     async def _wait(self) -> asyncpg.Connection | None:
+        """Waits in line, at most ``acquire_timeout`` in all, for a connection or for a free
+        place (None) that is then this caller's."""
         waiter: asyncio.Future[asyncpg.Connection | None] = (
             asyncio.get_running_loop().create_future()
         )
@@ -170,22 +176,26 @@ class LeanPool:
                 if handed is not None:
                     self._release(handed, broken=False)
                 else:
-                    self._wake_one(None)
+                    self._free_place()
             else:
                 with contextlib.suppress(ValueError):  # already taken off by close()
                     self._waiters.remove(waiter)
             raise
 
+    def _free_place(self) -> None:
+        """A counted place is given up: to the longest waiter, or back to the pool."""
+        if not self._hand_over(None):
+            self._size -= 1
+
     def _release(self, connection: asyncpg.Connection, *, broken: bool) -> None:
         if self._closed or broken or connection.is_closed() or connection.is_in_transaction():
-            self._size -= 1
             connection.terminate()
-            self._wake_one(None)
+            self._free_place()
             return
-        if not self._wake_one(connection):
+        if not self._hand_over(connection):
             self._idle.append((connection, time.monotonic()))
 
-    def _wake_one(self, handed: asyncpg.Connection | None) -> bool:
+    def _hand_over(self, handed: asyncpg.Connection | None) -> bool:
         """Hands ``handed`` (or a free place) to the longest waiter; False when none waits."""
         while self._waiters:
             waiter = self._waiters.popleft()
