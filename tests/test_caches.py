@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import timedelta
 
 import httpx
 from sqlalchemy import update
 
-from sso_broker.caches import ENTRY_TTL, MAX_STALENESS, StaleBoundedCache
+from sso_broker.caches import ENTRY_TTL, MAX_STALENESS, StaleBoundedCache, TokenCache
 from sso_broker.database import create_engine, utcnow
 from sso_broker.deps import AppContext
 from sso_broker.models import SignInSession
+from sso_broker.sessions.tokens import PACKED_IDS, SessionClaims
 from sso_broker.users.models import Role
 from tests.conftest import Factory, make_settings
 from tests.fixtures.entra import CLIENT_ID, CLIENT_SECRET, TENANT_ID, FakeEntra
@@ -25,6 +27,85 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def _claims(expires_at: int, issued_at: int = 900) -> SessionClaims:
+    return SessionClaims(uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), issued_at, expires_at)
+
+
+class TestTokenCache:
+    def test_claims_come_back_packed_with_the_ids_first(self) -> None:
+        cache = TokenCache(clock=FakeClock())
+        claims = _claims(2000)
+        key = cache.key("a.b.c")
+        assert len(key) == 32  # the token's SHA-256, not the token
+        assert cache.put(key, claims) == cache.get(key) == claims.pack()
+        packed = cache.get(key)
+        assert packed is not None
+        assert len(packed) == 64
+        assert SessionClaims.unpack(packed) == claims
+        assert packed[:PACKED_IDS] == (
+            claims.user_id.bytes + claims.company_id.bytes + claims.session_id.bytes
+        )
+        assert cache.get(cache.key("a.b.d")) is None
+
+    def test_a_token_is_kept_until_its_own_exp_and_then_dropped(self) -> None:
+        clock = FakeClock()
+        cache = TokenCache(clock=clock)
+        early, late = cache.key("early"), cache.key("late")
+        cache.put(late, _claims(3000))
+        cache.put(early, _claims(1500))  # cut short: its session ends sooner
+        clock.now = 1499.9
+        assert cache.get(early) is not None
+        clock.now = 1500.0  # at exp a token is expired, as PyJWT has it
+        assert cache.get(early) is None
+        assert cache.get(late) is not None
+        clock.now = 3000.0
+        cache.put(cache.key("next"), _claims(4000))  # expired entries leave as new ones come
+        assert len(cache) == 1
+
+    def test_an_expired_token_is_not_filed(self) -> None:
+        cache = TokenCache(clock=FakeClock())
+        claims = _claims(1000)
+        assert cache.put(cache.key("t"), claims) == claims.pack()
+        cache.remember(cache.key("u"), claims)
+        assert len(cache) == 0
+
+    def test_a_full_cache_drops_its_oldest(self) -> None:
+        cache = TokenCache(maxsize=3, clock=FakeClock())
+        keys = [cache.key(f"t{i}") for i in range(5)]
+        for key in keys:
+            cache.put(key, _claims(5000))
+            cache.put(key, _claims(5000))  # the same token again takes no second place
+        assert len(cache) == 3
+        assert [cache.get(key) is not None for key in keys] == [False, False, True, True, True]
+
+    def test_minted_tokens_wait_for_their_first_use_among_the_last_minted(self) -> None:
+        cache = TokenCache(maxsize=10, minted=2, clock=FakeClock())
+        used, unused, *later = [cache.key(f"t{i}") for i in range(5)]
+        cache.remember(used, _claims(5000))
+        cache.remember(unused, _claims(5000))
+        assert cache.get(used) is not None  # its first use: it joins the verified tokens
+        for key in later:  # more tokens minted than the minted ones keep
+            cache.remember(key, _claims(5000))
+        assert len(cache) == 3
+        assert cache.get(used) is not None  # used once, it stays
+        assert cache.get(unused) is None  # never used here, it made room
+        assert [cache.get(key) is not None for key in later] == [False, True, True]
+
+    def test_used_tokens_leave_no_trace_among_the_minted_ones(self) -> None:
+        """Each first use takes a token out of the minted ones: behind one never used, those
+        must not pile up for its whole lifetime (it leaves after ``minted`` more)."""
+        cache = TokenCache(minted=4, clock=FakeClock())
+        unused = cache.key("unused")
+        cache.remember(unused, _claims(5000))
+        for i in range(1000):
+            key = cache.key(f"t{i}")
+            cache.remember(key, _claims(5000))
+            assert cache.get(key) is not None
+        assert cache.get(unused) is None
+        assert len(cache._minted.order) <= 4
+        assert len(cache) == 1000  # the used ones, all verified now
 
 
 class TestStaleBoundedCache:

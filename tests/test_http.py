@@ -1,6 +1,7 @@
 """The identity-provider HTTP client (sso_broker/http.py) against real sockets: the unit
 tests' respx mock replaces its one network method, so what aiohttp does underneath (and how
-its failures reach the callers as httpx's exceptions) is checked here."""
+its failures reach the callers as the client's own exceptions, named as httpx's were) is
+checked here."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from sso_broker import http as broker_http
 from sso_broker.http import IdentityProviderClient, ResponseTooLarge
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -189,16 +190,16 @@ async def test_a_redirect_is_answered_not_followed() -> None:
     assert requests == [b"POST /token HTTP/1.1"]
 
 
-async def test_a_refused_connection_is_an_httpx_connect_error() -> None:
+async def test_a_refused_connection_is_a_connect_error() -> None:
     server, url = await _serve(lambda _r, w: asyncio.sleep(0))
     server.close()
     await server.wait_closed()
     async with IdentityProviderClient(timeout=2) as client:
-        with pytest.raises(httpx.ConnectError):
+        with pytest.raises(broker_http.ConnectError):
             await client.fetch("GET", f"{url}/.well-known/openid-configuration", limit=LIMIT)
 
 
-async def test_an_answer_that_is_not_http_is_an_httpx_error() -> None:
+async def test_an_answer_that_is_not_http_is_a_transport_error() -> None:
     async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
@@ -207,7 +208,7 @@ async def test_an_answer_that_is_not_http_is_an_httpx_error() -> None:
 
     server, url = await _serve(garbage)
     async with server, IdentityProviderClient(timeout=2) as client:
-        with pytest.raises(httpx.TransportError):
+        with pytest.raises(broker_http.TransportError):
             await client.fetch("GET", f"{url}/keys", limit=LIMIT)
 
 
@@ -216,7 +217,7 @@ async def test_an_answer_that_is_not_http_is_an_httpx_error() -> None:
     [b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"partial":', b""],
     ids=["body cut short", "closed without an answer"],
 )
-async def test_a_connection_closed_early_is_an_httpx_read_error(answer: bytes) -> None:
+async def test_a_connection_closed_early_is_a_read_error(answer: bytes) -> None:
     async def short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(answer)
@@ -225,12 +226,12 @@ async def test_a_connection_closed_early_is_an_httpx_read_error(answer: bytes) -
 
     server, url = await _serve(short)
     async with server, IdentityProviderClient(timeout=2) as client:
-        with pytest.raises(httpx.ReadError):
+        with pytest.raises(broker_http.ReadError):
             await client.fetch("GET", f"{url}/keys", limit=LIMIT)
 
 
 @pytest.mark.parametrize("answer", [b"", b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{"])
-async def test_a_silent_server_is_an_httpx_read_timeout(answer: bytes) -> None:
+async def test_a_silent_server_is_a_read_timeout(answer: bytes) -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(answer)
@@ -240,7 +241,7 @@ async def test_a_silent_server_is_an_httpx_read_timeout(answer: bytes) -> None:
     server, url = await _serve(silent)
     async with server, IdentityProviderClient(timeout=0.3) as client:
         began = asyncio.get_running_loop().time()
-        with pytest.raises(httpx.ReadTimeout):
+        with pytest.raises(broker_http.ReadTimeout):
             await client.fetch("GET", f"{url}/keys", limit=LIMIT)
         assert asyncio.get_running_loop().time() - began < 2
 
@@ -279,7 +280,7 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
 async def test_certificates_are_checked_against_the_bundle_or_ssl_cert_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """As httpx did: certifi's bundle (a self-signed certificate is refused, an httpx
+    """As httpx did: certifi's bundle (a self-signed certificate is refused, a
     ConnectError), or the one SSL_CERT_FILE names."""
     cert_file, key_file = _self_signed(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -300,16 +301,16 @@ async def test_certificates_are_checked_against_the_bundle_or_ssl_cert_file(
         monkeypatch.delenv("SSL_CERT_DIR", raising=False)
         monkeypatch.delenv("SSL_CERT_FILE", raising=False)
         async with IdentityProviderClient(timeout=2) as client:
-            with pytest.raises(httpx.ConnectError):
+            with pytest.raises(broker_http.ConnectError):
                 await client.fetch("GET", url, limit=LIMIT)
         monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
         async with IdentityProviderClient(timeout=2) as client:
             assert await client.fetch("GET", url, limit=LIMIT) == (200, b"{}")
 
 
-async def test_a_url_that_is_not_http_is_an_httpx_error() -> None:
+async def test_a_url_that_is_not_http_is_an_unsupported_protocol() -> None:
     async with IdentityProviderClient(timeout=2) as client:
-        with pytest.raises(httpx.UnsupportedProtocol):
+        with pytest.raises(broker_http.UnsupportedProtocol):
             await client.fetch("GET", "ftp://login.entra.test/keys", limit=LIMIT)
 
 

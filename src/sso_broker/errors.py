@@ -31,19 +31,19 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import sqlite3
+import sys
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from enum import StrEnum
 from typing import Any
 from urllib.parse import urlencode
 
-import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -284,14 +284,32 @@ def is_database_unavailable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
-    # asyncpg's own, from the sign-in's pool (fastpath.py), which SQLAlchemy does not wrap.
-    if isinstance(exc, _ASYNCPG_UNAVAILABLE):
-        return True
-    # The embedded database's own (fastpath_sqlite.py): a file that cannot be opened, read or
-    # written, or a lock held past the busy timeout. Not a syntax error or a missing table,
-    # which sqlite3 raises as OperationalError too: those are bugs, never an outage.
-    if isinstance(exc, sqlite3.Error):
-        return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_UNAVAILABLE
+    # The hot paths' drivers' own errors, which SQLAlchemy does not wrap. Each driver is only
+    # looked at when this process has loaded it: one that is not loaded raised nothing, and
+    # importing it here would load into every process the driver its database does not use
+    # (hotpath.py).
+    if "asyncpg" in sys.modules:
+        import asyncpg
+
+        # asyncpg's own, from the sign-in's pool (fastpath.py): the connection is gone or the
+        # server will not serve now (shutting down, starting up, out of connections), an
+        # outage, never a bug in a statement.
+        if isinstance(
+            exc,
+            asyncpg.InterfaceError
+            | asyncpg.PostgresConnectionError
+            | asyncpg.exceptions.OperatorInterventionError
+            | asyncpg.exceptions.TooManyConnectionsError,
+        ):
+            return True
+    if "sqlite3" in sys.modules:
+        import sqlite3
+
+        # The embedded database's own (fastpath_sqlite.py): a file that cannot be opened, read
+        # or written, or a lock held past the busy timeout. Not a syntax error or a missing
+        # table, which sqlite3 raises as OperationalError too: those are bugs, never an outage.
+        if isinstance(exc, sqlite3.Error):
+            return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_UNAVAILABLE
     return isinstance(exc, ConnectionError | TimeoutError | OSError)
 
 
@@ -299,14 +317,17 @@ def is_database_unavailable(exc: BaseException) -> bool:
 # BUSY, LOCKED, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, NOTADB.
 _SQLITE_UNAVAILABLE = frozenset({5, 6, 8, 10, 11, 13, 14, 26})
 
-# The connection is gone or the server will not serve now (shutting down, starting up,
-# out of connections): an outage, never a bug in a statement.
-_ASYNCPG_UNAVAILABLE = (
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.TooManyConnectionsError,
-)
+
+def driver_errors(database_url: str) -> tuple[type[Exception], ...]:
+    """The base errors of the driver the hot paths use on this database (fastpath.py,
+    fastpath_sqlite.py), importing that driver alone (hotpath.py)."""
+    if make_url(database_url).get_backend_name() == "postgresql":
+        import asyncpg
+
+        return (asyncpg.PostgresError, asyncpg.InterfaceError)
+    import sqlite3
+
+    return (sqlite3.Error,)
 
 
 async def unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -421,7 +442,7 @@ class BrowserRoute(APIRoute):
         return direct_handler
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, database_url: str) -> None:
     """Turns every error into problem+json, and documents errors as they are sent."""
     app.add_exception_handler(AppError, app_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
@@ -429,11 +450,10 @@ def install_error_handlers(app: FastAPI) -> None:
     # Database and network failures are answered in the app (503, or a logged 500) rather
     # than by the outermost catch-all, which would re-raise them to the server as crashes.
     app.add_exception_handler(SQLAlchemyError, unhandled_error_handler)
-    # The hot paths' own drivers (fastpath.py, fastpath_sqlite.py), which SQLAlchemy does
-    # not wrap: answered inside the front middleware too, with its request id and headers.
-    app.add_exception_handler(asyncpg.PostgresError, unhandled_error_handler)
-    app.add_exception_handler(asyncpg.InterfaceError, unhandled_error_handler)
-    app.add_exception_handler(sqlite3.Error, unhandled_error_handler)
+    # The hot paths' own driver (fastpath.py, fastpath_sqlite.py), which SQLAlchemy does not
+    # wrap: answered inside the front middleware too, with its request id and headers.
+    for error in driver_errors(database_url):
+        app.add_exception_handler(error, unhandled_error_handler)
     app.add_exception_handler(OSError, unhandled_error_handler)
     app.add_exception_handler(Exception, unhandled_error_handler)
     _document_errors(app)

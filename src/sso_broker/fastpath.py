@@ -16,13 +16,15 @@ import json
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from sqlalchemy.engine import make_url
 
 from sso_broker.companies.models import Company
 from sso_broker.config import Settings
+from sso_broker.hotpath import HotPath as HotPath  # its home was here: still named here
+from sso_broker.hotpath import LinkConflict
 from sso_broker.pgpool import LeanPool
 from sso_broker.providers.models import SSOProvider
 from sso_broker.sessions.models import SignInSession
@@ -32,55 +34,6 @@ from sso_broker.users.models import Role, User
 
 if TYPE_CHECKING:
     from sso_broker.sessions.service import Principal
-
-
-class LinkConflict(Exception):
-    """A first sign-in's identity link met an identity or account already linked."""
-
-
-class HotPath(Protocol):
-    """The hot paths' database operations: ``FastPath`` here on PostgreSQL, and
-    ``fastpath_sqlite.SQLiteFastPath`` on the embedded SQLite."""
-
-    async def provider(self, provider_id: uuid.UUID) -> SSOProvider | None: ...
-
-    async def principal(
-        self, session_id: uuid.UUID, user_id: uuid.UUID, company_id: uuid.UUID
-    ) -> Principal | None: ...
-
-    async def consume_state(self, state_hash: str, expires_at: datetime) -> bool: ...
-
-    async def resolve(
-        self, provider_id: uuid.UUID, tenant_id: str, subject: str, email: str | None
-    ) -> Resolution | None: ...
-
-    async def write_sign_in(self, new: NewSignIn, *, clear_last_error: bool) -> None: ...
-
-    # The token endpoint. Spending a code or refresh token answers its expiry and the
-    # session it belongs to, or None when there was no such code or unused token (of two
-    # concurrent spends exactly one finds the row, so each works once). The same statement
-    # or transaction stores the next refresh token (``refresh_hash``) when, at ``now``, the
-    # grant is good: not expired, its session neither revoked nor ended — the checks the
-    # token endpoint then makes itself, with a message for each (``sessions/service.py``).
-
-    async def spend_login_code(
-        self, code_hash: str, *, refresh_hash: str, now: datetime
-    ) -> tuple[datetime, SessionUser | None] | None: ...
-
-    async def use_refresh_token(
-        self, token_hash: str, *, refresh_hash: str, now: datetime
-    ) -> tuple[datetime, SessionUser | None] | None: ...
-
-    async def reused_session(self, token_hash: str) -> uuid.UUID | None: ...
-
-    async def count_hits(
-        self, increments: dict[str, int], expires_at: datetime, *, purge_before: datetime | None
-    ) -> dict[str, int]:
-        """Adds to rate-limit counters and answers their totals (``ratelimit.py``), in one
-        statement; with ``purge_before``, also deletes counters that expired before it."""
-        ...
-
-    async def close(self) -> None: ...
 
 
 _PROVIDER = """

@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sso_broker.companies.models import Company
 from sso_broker.database import UTCDateTime, sqlite_on_connect, table_of, write_gate
-from sso_broker.fastpath import LinkConflict
+from sso_broker.hotpath import LinkConflict
 from sso_broker.providers.models import SSOProvider
 from sso_broker.sessions.models import SignInSession
 from sso_broker.sessions.repository import SessionUser

@@ -8,29 +8,65 @@ handling, the transport adapter's stream wrapping) at 0.29 ms of the call's 0.5 
 service needs none of them, since it only ever sends a small body and reads a bounded answer,
 so :meth:`IdentityProviderClient.fetch` asks aiohttp itself.
 
-What the service relies on stays as it was: every failure reaches the callers as one of
-httpx's exceptions (``httpx.ConnectError``, ``httpx.ReadError``, ``httpx.ConnectTimeout``,
-``httpx.ReadTimeout``, ``httpx.ProxyError``, ``httpx.UnsupportedProtocol``, else
-``httpx.TransportError``), so an identity provider answering garbage is a failed sign-in,
-never a crash, and the tests keep faking the provider with respx (``tests/fixtures/entra.py``
-routes :meth:`IdentityProviderClient._send`, below the size limit and the error mapping).
+What the service relies on stays as it was: every failure reaches the callers as one of the
+exceptions below, named as httpx's were (:class:`ConnectError`, :class:`ReadError`,
+:class:`ConnectTimeout`, :class:`ReadTimeout`, :class:`ProxyError`,
+:class:`UnsupportedProtocol`, else :class:`TransportError`), so an identity provider
+answering garbage is a failed sign-in, never a crash, and the tests keep faking the provider
+with respx (``tests/fixtures/entra.py`` routes :meth:`IdentityProviderClient._send`, below
+the size limit and the error mapping). They are the module's own, not httpx's: importing
+httpx only for them cost each worker 5.2 MB, as it loads its command line's ``rich`` and
+``pygments`` too (README, *Performance*).
 """
 
 from __future__ import annotations
 
+import os
 import ssl
 import urllib.request
 from types import TracebackType
 from typing import Self
 
 import aiohttp
-import httpx
+import certifi
 
 DEFAULT_TIMEOUT = 5.0  # httpx's default, which the client had before
 
 
 class ResponseTooLarge(Exception):
     """The identity provider's answer is longer than the caller's limit."""
+
+
+class TransportError(Exception):
+    """The call failed before a whole answer came back; the callers catch this one."""
+
+
+class ConnectError(TransportError):
+    """No connection: refused, unknown host, or a TLS handshake or certificate refused."""
+
+
+class ProxyError(TransportError):
+    """The configured proxy refused or failed the connection."""
+
+
+class UnsupportedProtocol(TransportError):
+    """The URL is not an http or https one."""
+
+
+class ReadError(TransportError):
+    """The answer was cut short, or the connection reset or closed before it."""
+
+
+class TimeoutException(TransportError):
+    """A timeout of the client's (not the callers' overall deadline)."""
+
+
+class ConnectTimeout(TimeoutException):
+    """Opening a connection (or waiting for one from the pool) took too long."""
+
+
+class ReadTimeout(TimeoutException):
+    """The identity provider went silent while answering."""
 
 
 class IdentityProviderClient:
@@ -102,7 +138,7 @@ class IdentityProviderClient:
             response.release()  # read to its end: the connection goes back to the pool
             return response.status, b"".join(chunks)  # one chunk, usually: no copy
         except (aiohttp.ClientError, OSError) as e:  # TimeoutError is an OSError
-            raise _httpx_error(e) from e
+            raise _transport_error(e) from e
 
     async def _send(
         self, method: str, url: str, content: bytes | None, headers: dict[str, str] | None
@@ -159,28 +195,32 @@ class IdentityProviderClient:
 
 
 def _ssl_context() -> ssl.SSLContext:
-    """httpx's context, so the same certificates are trusted as before: certifi's bundle
-    unless ``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` names another (aiohttp's own default would
-    be the system's store)."""
-    return httpx.create_ssl_context()
+    """The context httpx's client had (``httpx.create_ssl_context()``), so the same
+    certificates are trusted as before: certifi's bundle unless ``SSL_CERT_FILE`` or
+    ``SSL_CERT_DIR`` names another (aiohttp's own default would be the system's store)."""
+    if os.environ.get("SSL_CERT_FILE"):
+        return ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+    if os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
+    return ssl.create_default_context(cafile=certifi.where())
 
 
-def _httpx_error(error: BaseException) -> httpx.TransportError:
-    """The httpx exception the callers catch for an aiohttp or socket failure."""
+def _transport_error(error: BaseException) -> TransportError:
+    """The exception the callers catch for an aiohttp or socket failure."""
     message = f"{type(error).__name__}: {error}"
     if isinstance(error, aiohttp.ConnectionTimeoutError):
-        return httpx.ConnectTimeout(message)
+        return ConnectTimeout(message)
     if isinstance(error, TimeoutError):  # aiohttp's read timeout, or any other
-        return httpx.ReadTimeout(message)
+        return ReadTimeout(message)
     if isinstance(error, aiohttp.ClientProxyConnectionError | aiohttp.ClientHttpProxyError):
-        return httpx.ProxyError(message)
+        return ProxyError(message)
     if isinstance(error, aiohttp.ClientConnectorError):  # refused, DNS, TLS, certificate
-        return httpx.ConnectError(message)
+        return ConnectError(message)
     if isinstance(error, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
-        return httpx.UnsupportedProtocol(message)
+        return UnsupportedProtocol(message)
     if isinstance(
         error, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError | OSError
     ):  # an answer cut short, a connection reset or closed
-        return httpx.ReadError(message)
+        return ReadError(message)
     # A malformed status line or header (aiohttp's ClientResponseError), anything else.
-    return httpx.TransportError(message)
+    return TransportError(message)

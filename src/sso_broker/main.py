@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sso_broker import __version__
 from sso_broker.audit.router import router as audit_router
@@ -22,9 +23,8 @@ from sso_broker.database import (
 )
 from sso_broker.deps import AppContext
 from sso_broker.errors import install_error_handlers
-from sso_broker.fastpath import FastPath, HotPath
-from sso_broker.fastpath_sqlite import SQLiteFastPath
 from sso_broker.health import router as health_router
+from sso_broker.hotpath import HotPath
 from sso_broker.http import IdentityProviderClient
 from sso_broker.logs import configure_logging
 from sso_broker.middleware import FrontMiddleware
@@ -74,6 +74,19 @@ def _freeze_startup_objects() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+async def _hot_path(settings: Settings, engine: AsyncEngine) -> HotPath:
+    """The hot paths' statements for the database in use. Imported here, so a process loads
+    only its own database's driver: asyncpg for PostgreSQL, ``sqlite3`` for SQLite (the other
+    one cost each worker up to 2.6 MB; README, *Performance*)."""
+    if engine.dialect.name == "postgresql":
+        from sso_broker.fastpath import FastPath
+
+        return await FastPath.connect(settings)
+    from sso_broker.fastpath_sqlite import SQLiteFastPath
+
+    return SQLiteFastPath(engine, timeout=settings.database_timeout)
+
+
 def create_app(settings: Settings | None = None, *, serving: bool = False) -> FastAPI:
     """The app; ``serving`` (``sso-broker serve``) also tunes the garbage collector for a
     long-lived server process once it has started (``_freeze_startup_objects``), which a
@@ -96,11 +109,7 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
         caches = Caches()
         sessionmaker = create_sessionmaker(engine, info={SESSION_INFO_KEY: caches})
         autocommit = create_autocommit(engine, info={SESSION_INFO_KEY: caches})
-        fast: HotPath = (
-            await FastPath.connect(settings)
-            if engine.dialect.name == "postgresql"
-            else SQLiteFastPath(engine, timeout=settings.database_timeout)
-        )
+        fast = await _hot_path(settings, engine)
         counters, redis = counter_store(settings, fast)
         context = AppContext(
             settings=settings,
@@ -137,7 +146,7 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
         # of /me (README, *Performance*).
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    install_error_handlers(app)
+    install_error_handlers(app, settings.database_url)
     app.add_middleware(
         FrontMiddleware, frontend_origin=settings.frontend_origin, access_log=settings.access_log
     )

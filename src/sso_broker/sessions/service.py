@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,10 +20,10 @@ from sso_broker.config import Settings
 from sso_broker.crypto import token_hash
 from sso_broker.database import session_scope, utcnow
 from sso_broker.errors import ErrorCode, InvalidGrant, NotAuthenticated
-from sso_broker.fastpath import HotPath
+from sso_broker.hotpath import HotPath
 from sso_broker.sessions.models import LoginCode, RefreshToken, SignInSession
 from sso_broker.sessions.repository import SessionUser
-from sso_broker.sessions.tokens import KeyRing, SessionClaims, session_claims
+from sso_broker.sessions.tokens import PACKED_IDS, KeyRing, SessionClaims, session_claims
 from sso_broker.users.models import User
 
 logger = logging.getLogger(__name__)
@@ -133,9 +132,10 @@ def mint(
 
 
 def remember(caches: Caches, issued: IssuedToken) -> None:
-    """Files a token this process just minted as verified: the frontend's first /me after a
-    sign-in then costs no signature check (README, *Performance*)."""
-    caches.tokens.put(caches.tokens.key(issued.token), issued.claims, issued.claims.expires_at)
+    """Files a token this process just minted: the frontend's first /me after a sign-in then
+    costs no signature check (README, *Performance*; ``caches.TokenCache`` keeps it until its
+    first use among the last tokens minted)."""
+    caches.tokens.remember(caches.tokens.key(issued.token), issued.claims)
 
 
 async def authenticate(
@@ -154,18 +154,13 @@ async def authenticate(
     ``/me`` row then costs no cryptography and no query (README, *Performance*).
     """
     key = caches.tokens.key(token)
-    claims: SessionClaims | None = caches.tokens.get(key)
+    # A cached token is a live one (an expired one is verified again, and refused as expired).
+    claims = caches.tokens.get(key)
     if claims is None:
-        claims = await keyring.verify(token, autocommit)
-        caches.tokens.put(key, claims, claims.expires_at)
-    elif claims.expires_at <= time.time():  # PyJWT's own rule, for the cached token
-        raise NotAuthenticated(
-            "The access token has expired; get a new one with the refresh token.",
-            code=ErrorCode.TOKEN_EXPIRED,
-        )
+        claims = caches.tokens.put(key, await keyring.verify(token, autocommit))
     found = claims
     principal: Principal | None = await caches.principals.get(
-        (found.session_id, found.user_id, found.company_id),
+        found[:PACKED_IDS],  # the user, company and session ids, as the token names them
         lambda: _load_principal(fast, found),
     )
     if principal is None:
@@ -182,8 +177,9 @@ async def authenticate(
     return principal
 
 
-async def _load_principal(fast: HotPath, claims: SessionClaims) -> Principal | None:
+async def _load_principal(fast: HotPath, packed: bytes) -> Principal | None:
     """One query for the user, session and company a token names (all three must match)."""
+    claims = SessionClaims.unpack(packed)
     return await fast.principal(claims.session_id, claims.user_id, claims.company_id)
 
 

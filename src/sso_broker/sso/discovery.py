@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import httpx
 import jwt
 
 from sso_broker.errors import SignInError, SignInErrorCode
-from sso_broker.http import IdentityProviderClient, ResponseTooLarge
+from sso_broker.http import IdentityProviderClient, ResponseTooLarge, TransportError
 from sso_broker.providers.types import EntraType, is_guid
 
 logger = logging.getLogger(__name__)
@@ -108,7 +107,7 @@ async def _get_json(http: IdentityProviderClient, url: str) -> tuple[int, Any]:
             )
     except ResponseTooLarge as e:
         raise DiscoveryError(f"{urlsplit(url).path} answered with an oversized document") from e
-    except (httpx.HTTPError, TimeoutError) as e:
+    except (TransportError, TimeoutError) as e:
         raise DiscoveryError(f"cannot reach {urlsplit(url).netloc}: {type(e).__name__}") from e
     try:
         return status, json.loads(body)

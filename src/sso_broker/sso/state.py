@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sso_broker.crypto import DecryptionError, SecretBox, token_hash
 from sso_broker.database import utcnow
 from sso_broker.errors import SignInError, SignInErrorCode
-from sso_broker.fastpath import HotPath
+from sso_broker.hotpath import HotPath
 from sso_broker.sso.models import ConsumedState
 
 STATE_TTL = timedelta(minutes=10)

@@ -1,0 +1,69 @@
+"""What the hot paths ask of the database (``HotPath``), whichever database it is.
+
+``fastpath.FastPath`` answers on PostgreSQL (asyncpg), ``fastpath_sqlite.SQLiteFastPath`` on
+the embedded SQLite (the standard library's ``sqlite3``). This module names neither driver,
+so a process loads only the one its database needs: the lifespan imports that
+implementation alone (``main.py``), and asyncpg, which an SQLite deployment never uses, cost
+each worker 2.6 MB, ``sqlite3`` a PostgreSQL one 0.9 MB (README, *Performance*).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from sso_broker.providers.models import SSOProvider
+    from sso_broker.sessions.repository import SessionUser
+    from sso_broker.sessions.service import Principal
+    from sso_broker.sso.repository import NewSignIn, Resolution
+
+
+class LinkConflict(Exception):
+    """A first sign-in's identity link met an identity or account already linked."""
+
+
+class HotPath(Protocol):
+    """The hot paths' database operations: ``fastpath.FastPath`` on PostgreSQL, and
+    ``fastpath_sqlite.SQLiteFastPath`` on the embedded SQLite."""
+
+    async def provider(self, provider_id: uuid.UUID) -> SSOProvider | None: ...
+
+    async def principal(
+        self, session_id: uuid.UUID, user_id: uuid.UUID, company_id: uuid.UUID
+    ) -> Principal | None: ...
+
+    async def consume_state(self, state_hash: str, expires_at: datetime) -> bool: ...
+
+    async def resolve(
+        self, provider_id: uuid.UUID, tenant_id: str, subject: str, email: str | None
+    ) -> Resolution | None: ...
+
+    async def write_sign_in(self, new: NewSignIn, *, clear_last_error: bool) -> None: ...
+
+    # The token endpoint. Spending a code or refresh token answers its expiry and the
+    # session it belongs to, or None when there was no such code or unused token (of two
+    # concurrent spends exactly one finds the row, so each works once). The same statement
+    # or transaction stores the next refresh token (``refresh_hash``) when, at ``now``, the
+    # grant is good: not expired, its session neither revoked nor ended — the checks the
+    # token endpoint then makes itself, with a message for each (``sessions/service.py``).
+
+    async def spend_login_code(
+        self, code_hash: str, *, refresh_hash: str, now: datetime
+    ) -> tuple[datetime, SessionUser | None] | None: ...
+
+    async def use_refresh_token(
+        self, token_hash: str, *, refresh_hash: str, now: datetime
+    ) -> tuple[datetime, SessionUser | None] | None: ...
+
+    async def reused_session(self, token_hash: str) -> uuid.UUID | None: ...
+
+    async def count_hits(
+        self, increments: dict[str, int], expires_at: datetime, *, purge_before: datetime | None
+    ) -> dict[str, int]:
+        """Adds to rate-limit counters and answers their totals (``ratelimit.py``), in one
+        statement; with ``purge_before``, also deletes counters that expired before it."""
+        ...
+
+    async def close(self) -> None: ...

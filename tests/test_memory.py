@@ -1,0 +1,58 @@
+"""What the serving process loads. Every module it imports costs each worker memory, so
+what it does not use stays out (README, *Performance*)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from cryptography.fernet import Fernet
+
+# Loaded by nothing the service runs: httpx (with its command line's rich and pygments) and
+# authlib only by the tests, Alembic only by the migrating child of `serve` (cli.py).
+NEVER = ("httpx", "rich", "pygments", "authlib", "alembic")
+
+SCRIPT = """
+import json, sys
+import sso_broker.cli  # `serve` has imported the CLI when uvicorn builds the app
+from sso_broker.main import create_app
+create_app()
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+@pytest.mark.parametrize(
+    ("database_url", "other_driver"),
+    [
+        ("sqlite+aiosqlite:///unused.db", "asyncpg"),
+        ("postgresql+asyncpg://user@127.0.0.1:1/unused", "sqlite3"),
+    ],
+    ids=["sqlite", "postgres"],
+)
+def test_the_app_loads_neither_test_tools_nor_the_other_databases_driver(
+    database_url: str, other_driver: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SSO_BROKER_")}
+    env.update(
+        SSO_BROKER_DATABASE_URL=database_url,
+        SSO_BROKER_PUBLIC_URL="https://broker.example",
+        SSO_BROKER_FRONTEND_URL="https://dashboard.example",
+        SSO_BROKER_ENCRYPTION_KEYS=Fernet.generate_key().decode(),
+    )
+    loaded = set(
+        json.loads(
+            subprocess.run(  # noqa: S603 - this interpreter, a fixed script
+                [sys.executable, "-c", SCRIPT],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=120,
+            ).stdout
+        )
+    )
+    for name in (*NEVER, other_driver):
+        assert name not in loaded, f"{name} is loaded"
