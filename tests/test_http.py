@@ -123,6 +123,31 @@ async def test_a_proxy_in_the_environment_is_used(
     assert seen[0][0].startswith(b"POST http://login.entra.test/t/token HTTP/1.1\r\n")
 
 
+async def test_all_proxy_is_used_no_proxy_bypasses_and_netrc_is_never_sent(
+    json_server: tuple[str, list[tuple[bytes, bytes]], list[int]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """ALL_PROXY counts as httpx counted it; NO_PROXY exempts a host; and no credentials
+    from a ~/.netrc are ever attached to an identity provider's request."""
+    proxy, seen, _ = json_server
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine login.entra.test login leaked password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("ALL_PROXY", proxy)
+    monkeypatch.setenv("NO_PROXY", "bypassed.test")
+    async with IdentityProviderClient(timeout=5) as client:
+        status, _ = await client.fetch("POST", "http://login.entra.test/t/token", limit=LIMIT)
+        assert client._proxy_for("http://bypassed.test/x") is None
+    assert status == 400
+    assert seen[0][0].startswith(b"POST http://login.entra.test/t/token HTTP/1.1\r\n")
+    assert _header(seen[0][0], b"authorization") is None
+
+
 async def test_an_answer_within_the_limit_is_read_whole(
     json_server: tuple[str, list[tuple[bytes, bytes]], list[int]],
 ) -> None:

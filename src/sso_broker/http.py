@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import urllib.parse
 import urllib.request
 from types import TracebackType
 from typing import Self
@@ -103,6 +104,7 @@ class IdentityProviderClient:
         self.max_connections = max_connections
         self.keepalive = keepalive
         self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[str, str] = {}
         self._closed = False
 
     async def fetch(
@@ -149,14 +151,28 @@ class IdentityProviderClient:
         replaces (``tests/fixtures/entra.py``)."""
         session = self._session or self._open()
         return await session.request(
-            method, url, data=content, headers=headers, allow_redirects=False
+            method,
+            url,
+            data=content,
+            headers=headers,
+            allow_redirects=False,
+            proxy=self._proxy_for(url) if self._proxies else None,
         )
+
+    def _proxy_for(self, url: str) -> str | None:
+        """The proxy the environment names for ``url`` (``HTTP(S)_PROXY``, ``ALL_PROXY``,
+        minus ``NO_PROXY``), passed explicitly: aiohttp's ``trust_env`` would also send
+        ``~/.netrc`` credentials to the identity provider, and skips ``ALL_PROXY``."""
+        parts = urllib.parse.urlsplit(url)
+        if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
+            return None
+        return self._proxies.get(parts.scheme) or self._proxies.get("all")
 
     def _open(self) -> aiohttp.ClientSession:
         if self._closed:
             raise RuntimeError("the identity-provider client is closed")
-        # Resolved once: aiohttp's trust_env reads the environment again on every request.
-        proxied = bool(urllib.request.getproxies())
+        # Read once, when the session opens (README, *Performance*): see _proxy_for.
+        self._proxies = urllib.request.getproxies()
         connector = aiohttp.TCPConnector(
             ssl=_ssl_context(),
             limit=self.max_connections,
@@ -172,7 +188,7 @@ class IdentityProviderClient:
             ),
             headers={"User-Agent": self.user_agent} if self.user_agent else None,
             cookie_jar=aiohttp.DummyCookieJar(),
-            trust_env=proxied,
+            trust_env=False,
         )
         return self._session
 
