@@ -21,16 +21,14 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from sso_broker.companies.models import Company
 from sso_broker.config import Settings
 from sso_broker.hotpath import HotPath as HotPath  # its home was here: still named here
 from sso_broker.hotpath import LinkConflict
 from sso_broker.pgpool import LeanPool
 from sso_broker.providers.models import SSOProvider
-from sso_broker.sessions.models import SignInSession
 from sso_broker.sessions.repository import SessionUser
 from sso_broker.sso.repository import Account, NewSignIn, Resolution
-from sso_broker.users.models import Role, User
+from sso_broker.users.models import Role
 
 if TYPE_CHECKING:
     from sso_broker.sessions.service import Principal
@@ -182,23 +180,7 @@ class FastPath:
         from sso_broker.sessions.service import Principal
 
         row = await self.pool.fetchrow(_PRINCIPAL, session_id, user_id, company_id)
-        if row is None:
-            return None
-        (uid, cid, email, normalized, name, role, provider, u_created, u_updated,
-         sid, s_provider, idp_sid, hint, s_created, expires, revoked,
-         company_name, c_created, c_updated) = row  # fmt: skip
-        return Principal(
-            user=User(
-                id=uid, company_id=cid, email=email, email_normalized=normalized, name=name,
-                role=Role(role), sso_provider_id=provider, created_at=u_created,
-                updated_at=u_updated,
-            ),
-            company=Company(id=cid, name=company_name, created_at=c_created, updated_at=c_updated),
-            session=SignInSession(
-                id=sid, user_id=uid, company_id=cid, provider_id=s_provider, idp_sid=idp_sid,
-                login_hint=hint, created_at=s_created, expires_at=expires, revoked_at=revoked,
-            ),
-        )  # fmt: skip
+        return None if row is None else Principal.from_row(row)
 
     async def consume_state(self, state_hash: str, expires_at: datetime) -> bool:
         """Records a login state as used; False when it was used before."""

@@ -31,14 +31,12 @@ from sqlalchemy import JSON, Boolean, Uuid
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sso_broker.companies.models import Company
 from sso_broker.database import UTCDateTime, sqlite_on_connect, table_of, write_gate
 from sso_broker.hotpath import LinkConflict
 from sso_broker.providers.models import SSOProvider
-from sso_broker.sessions.models import SignInSession
 from sso_broker.sessions.repository import SessionUser
 from sso_broker.sso.repository import Account, NewSignIn, Resolution
-from sso_broker.users.models import Role, User
+from sso_broker.users.models import Role
 
 if TYPE_CHECKING:
     from sso_broker.sessions.service import Principal
@@ -118,6 +116,12 @@ JOIN users u ON u.id = s.user_id
 JOIN companies c ON c.id = u.company_id
 WHERE s.id = ? AND u.id = ? AND u.company_id = ?
 """
+# _PRINCIPAL's columns as Python values, for Principal.from_row.
+_PRINCIPAL_READERS = (
+    _id, _id, _as_is, _as_is, _as_is, _as_is, _uuid, _at, _at,  # the user
+    _id, _uuid, _as_is, _as_is, _at, _at, _time,  # the session
+    _as_is, _at, _at,  # the company
+)  # fmt: skip
 _CONSUME = "INSERT INTO consumed_login_states (state_hash, expires_at) VALUES (?, ?)"
 _RESOLVE = """
 SELECT p.enabled, p.last_error,
@@ -341,26 +345,9 @@ class SQLiteFastPath:
         row = await self._read(lambda c: _one(c, _PRINCIPAL, args))
         if row is None:
             return None
-        (uid, cid, email, normalized, name, role, provider, u_created, u_updated,
-         sid, s_provider, idp_sid, hint, s_created, expires, revoked,
-         company_name, c_created, c_updated) = row  # fmt: skip
-        return Principal(
-            user=User(
-                id=_uuid(uid), company_id=_uuid(cid), email=email, email_normalized=normalized,
-                name=name, role=Role(role), sso_provider_id=_uuid(provider),
-                created_at=_time(u_created), updated_at=_time(u_updated),
-            ),
-            company=Company(
-                id=_uuid(cid), name=company_name, created_at=_time(c_created),
-                updated_at=_time(c_updated),
-            ),
-            session=SignInSession(
-                id=_uuid(sid), user_id=_uuid(uid), company_id=_uuid(cid),
-                provider_id=_uuid(s_provider), idp_sid=idp_sid, login_hint=hint,
-                created_at=_time(s_created), expires_at=_time(expires),
-                revoked_at=_time(revoked),
-            ),
-        )  # fmt: skip
+        return Principal.from_row(
+            [read(value) for read, value in zip(_PRINCIPAL_READERS, row, strict=True)]
+        )
 
     async def consume_state(self, state_hash: str, expires_at: datetime) -> bool:
         """Records a login state as used; False when it was used before."""

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Row, delete, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -24,7 +25,7 @@ from sso_broker.hotpath import HotPath
 from sso_broker.sessions.models import LoginCode, RefreshToken, SignInSession
 from sso_broker.sessions.repository import SessionUser
 from sso_broker.sessions.tokens import PACKED_IDS, KeyRing, SessionClaims, session_claims
-from sso_broker.users.models import User
+from sso_broker.users.models import Role, User
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,26 @@ class Principal:
     user: User
     company: Company
     session: SignInSession
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> Principal:
+        """From the hot paths' principal query (``fastpath.py``, ``fastpath_sqlite.py``),
+        its values already in Python's types: user, session and company columns in order."""
+        (uid, cid, email, normalized, name, role, provider, u_created, u_updated,
+         sid, s_provider, idp_sid, hint, s_created, expires, revoked,
+         company_name, c_created, c_updated) = row  # fmt: skip
+        return cls(
+            user=User(
+                id=uid, company_id=cid, email=email, email_normalized=normalized, name=name,
+                role=Role(role), sso_provider_id=provider, created_at=u_created,
+                updated_at=u_updated,
+            ),
+            company=Company(id=cid, name=company_name, created_at=c_created, updated_at=c_updated),
+            session=SignInSession(
+                id=sid, user_id=uid, company_id=cid, provider_id=s_provider, idp_sid=idp_sid,
+                login_hint=hint, created_at=s_created, expires_at=expires, revoked_at=revoked,
+            ),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
