@@ -481,7 +481,7 @@ async def test_no_admin_route_reaches_another_company(
             assert listed == ids_in(b_rows, table)
             assert listed.isdisjoint(str(i) for i in a_user_ids + a_provider_ids)
 
-        # The audit log (administrators only, issue 5): B's events, every page of them.
+        # The audit log (administrators only): B's events, every page of them.
         response, events = await audit_log(client, headers)
         if role in PROVIDER_STAFF:
             assert response.status_code == 200, response.text
