@@ -1,9 +1,9 @@
 """``/sso/{id}/callback``: the state, Entra's answer, the code exchange, who signs in.
 
-Contract section 5: every failure is a ``302`` to ``SIGN_IN_ERROR_URL?error=<code>``; these
+README, *Signing in*: every failure is a ``302`` to ``SIGN_IN_ERROR_URL?error=<code>``; these
 tests reach each code the callback can answer with, check that a failure leaves no session,
 login code or identity link behind, and that the state cookie is cleared whatever happens.
-User resolution follows the nOAuth lesson (issue 3 item 5); ``last_error`` item 3.
+User resolution follows the nOAuth lesson (README, *Security model*); so does ``last_error``.
 """
 
 from __future__ import annotations

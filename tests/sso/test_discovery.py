@@ -1,4 +1,5 @@
-"""Entra discovery (issue 3 item 1): which metadata documents are accepted, and the caches.
+"""Entra discovery (README, *Setting up Entra ID*): which metadata documents are accepted,
+and the caches.
 
 ``EntraDirectory`` talks to the respx-mocked fake tenant; no database is involved.
 """

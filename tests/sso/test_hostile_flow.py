@@ -1,4 +1,4 @@
-"""A hostile identity provider through the whole sign-in (issue 5 item 1).
+"""A hostile identity provider through the whole sign-in (README, *Security model*).
 
 Each ID-token misbehaviour runs the real flow: ``/initiate``, the fake Entra tenant's
 authorization endpoint (which mints the misbehaving token at its token endpoint), then the

@@ -1,4 +1,4 @@
-"""ID-token validation (issue 3 item 4): one test, or parametrized group, per rule.
+"""ID-token validation (README, *Security model*): one test, or parametrized group, per rule.
 
 Each token is minted by the fake Entra tenant and validated the way the callback does it:
 ``id_token.validate`` with the metadata and the key lookup of an ``EntraDirectory`` talking

@@ -1,6 +1,6 @@
 """``GET /sso/{id}/initiate``: the redirect to Entra, the login-state cookie, and its failures.
 
-Contract section 5. Initiate is the hottest, most exposed route, so besides the redirect
+README, *Signing in*. Initiate is the hottest, most exposed route, so besides the redirect
 itself these tests pin that it writes nothing to the database, and that ``return_to`` can
 never send the browser anywhere but a path on the frontend.
 """
