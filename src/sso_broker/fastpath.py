@@ -27,7 +27,7 @@ from sso_broker.hotpath import LinkConflict
 from sso_broker.pgpool import LeanPool
 from sso_broker.providers.models import SSOProvider
 from sso_broker.sessions.repository import SessionUser
-from sso_broker.sso.repository import Account, NewSignIn, Resolution
+from sso_broker.sso.repository import NewSignIn, Resolution
 from sso_broker.users.models import Role
 
 if TYPE_CHECKING:
@@ -122,13 +122,6 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def _account(row: Sequence[Any], start: int) -> Account | None:
-    if row[start] is None:
-        return None
-    id_, company_id, email, name, role, provider_id = row[start : start + 6]
-    return Account(id_, company_id, email, name, Role(role), provider_id)
-
-
 def _session_user(row: Sequence[Any]) -> tuple[datetime, SessionUser | None]:
     spent_expires, user_id, company_id, email, name, role, sid, pid, expires, revoked = row
     if user_id is None:
@@ -194,14 +187,7 @@ class FastPath:
         self, provider_id: uuid.UUID, tenant_id: str, subject: str, email: str | None
     ) -> Resolution | None:
         row = await self.pool.fetchrow(_RESOLVE, provider_id, tenant_id, subject, email)
-        if row is None:
-            return None
-        return Resolution(
-            enabled=bool(row[0]),
-            last_error=_json(row[1]),
-            linked=_account(row, 2),
-            candidate=_account(row, 8),
-        )
+        return None if row is None else Resolution.from_row(row)
 
     async def write_sign_in(self, new: NewSignIn, *, clear_last_error: bool) -> None:
         """Writes the sign-in's rows in one statement; LinkConflict (nothing written) when

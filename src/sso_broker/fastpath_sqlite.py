@@ -35,7 +35,7 @@ from sso_broker.database import UTCDateTime, sqlite_on_connect, table_of, write_
 from sso_broker.hotpath import LinkConflict
 from sso_broker.providers.models import SSOProvider
 from sso_broker.sessions.repository import SessionUser
-from sso_broker.sso.repository import Account, NewSignIn, Resolution
+from sso_broker.sso.repository import NewSignIn, Resolution
 from sso_broker.users.models import Role
 
 if TYPE_CHECKING:
@@ -134,6 +134,8 @@ LEFT JOIN users c
   ON c.company_id = p.company_id AND c.email_normalized = ? AND c.sso_provider_id = p.id
 WHERE p.id = ?
 """
+# _RESOLVE's columns with their ids as UUIDs, for Resolution.from_row.
+_RESOLVE_READERS = (_as_is, _as_is) + (_uuid, _uuid, _as_is, _as_is, _as_is, _uuid) * 2
 _INSERT_LINK = (
     "INSERT INTO identity_links (id, provider_id, tenant_id, subject, user_id, created_at)"
     " VALUES (?, ?, ?, ?, ?, ?)"
@@ -178,13 +180,6 @@ def _one(connection: sqlite3.Connection, query: str, args: Sequence[Any]) -> Any
     # left open to hold back the WAL checkpoint.
     rows = connection.execute(query, args).fetchall()
     return rows[0] if rows else None
-
-
-def _account(row: Sequence[Any], start: int) -> Account | None:
-    if row[start] is None:
-        return None
-    id_, company_id, email, name, role, provider_id = row[start : start + 6]
-    return Account(_id(id_), _id(company_id), email, name, Role(role), _uuid(provider_id))
 
 
 def _session_user(connection: sqlite3.Connection, session_id: str) -> SessionUser | None:
@@ -365,11 +360,8 @@ class SQLiteFastPath:
         row = await self._read(lambda c: _one(c, _RESOLVE, args))
         if row is None:
             return None
-        return Resolution(
-            enabled=bool(row[0]),
-            last_error=_json(row[1]),
-            linked=_account(row, 2),
-            candidate=_account(row, 8),
+        return Resolution.from_row(
+            [read(value) for read, value in zip(_RESOLVE_READERS, row, strict=True)]
         )
 
     async def write_sign_in(self, new: NewSignIn, *, clear_last_error: bool) -> None:

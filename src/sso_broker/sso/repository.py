@@ -10,7 +10,9 @@ has no data-modifying CTEs (``fastpath_sqlite.py``). The types here are shared b
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -36,6 +38,26 @@ class Resolution:
     last_error: Any
     linked: Account | None  # the account linked to this identity, if any
     candidate: Account | None  # the associated account with the token's email, if any
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> Resolution:
+        """From the hot paths' resolving query (``fastpath.py``, ``fastpath_sqlite.py``), its
+        ids already UUIDs: enabled, last_error (JSON text or decoded), then the linked and the
+        candidate account's id, company_id, email, name, role and sso_provider_id."""
+        last_error = row[1]
+        return cls(
+            enabled=bool(row[0]),
+            last_error=json.loads(last_error) if isinstance(last_error, str) else last_error,
+            linked=_account(row, 2),
+            candidate=_account(row, 8),
+        )
+
+
+def _account(row: Sequence[Any], start: int) -> Account | None:
+    if row[start] is None:
+        return None
+    id_, company_id, email, name, role, provider_id = row[start : start + 6]
+    return Account(id_, company_id, email, name, Role(role), provider_id)
 
 
 @dataclass(frozen=True, slots=True)
