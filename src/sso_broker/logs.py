@@ -183,10 +183,6 @@ def configure_logging(level: int) -> None:
         named.propagate = True
     # Uvicorn's own access log would repeat ours, with the query string.
     logging.getLogger("uvicorn.access").disabled = True
-    # One INFO line per call to an identity provider (with its URL) is noise, and cost a
-    # tenth of the callback's time; failures are logged by the sign-in itself.
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(max(level, logging.WARNING))
 
 
 access_logger = logging.getLogger("sso_broker.access")
