@@ -32,6 +32,18 @@ async def _serve(handler: Handler) -> tuple[asyncio.Server, str]:
     return server, f"http://127.0.0.1:{port}"
 
 
+def _answering(answer: bytes) -> Handler:
+    """A server that reads the request's head, writes ``answer`` and closes."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    return handler
+
+
 async def _read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     head = await reader.readuntil(b"\r\n\r\n")
     length = 0
@@ -225,13 +237,7 @@ async def test_a_refused_connection_is_a_connect_error() -> None:
 
 
 async def test_an_answer_that_is_not_http_is_a_transport_error() -> None:
-    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
-        await writer.drain()
-        writer.close()
-
-    server, url = await _serve(garbage)
+    server, url = await _serve(_answering(b"SSH-2.0-OpenSSH_9.6\r\n\r\n"))
     async with server, IdentityProviderClient(timeout=2) as client:
         with pytest.raises(broker_http.TransportError):
             await client.fetch("GET", f"{url}/keys", limit=LIMIT)
@@ -243,13 +249,7 @@ async def test_an_answer_that_is_not_http_is_a_transport_error() -> None:
     ids=["body cut short", "closed without an answer"],
 )
 async def test_a_connection_closed_early_is_a_read_error(answer: bytes) -> None:
-    async def short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(answer)
-        await writer.drain()
-        writer.close()
-
-    server, url = await _serve(short)
+    server, url = await _serve(_answering(answer))
     async with server, IdentityProviderClient(timeout=2) as client:
         with pytest.raises(broker_http.ReadError):
             await client.fetch("GET", f"{url}/keys", limit=LIMIT)
