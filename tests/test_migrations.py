@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -96,3 +99,119 @@ class TestMigrations:
                 assert await connection.run_sync(_diff) == []
         finally:
             await engine.dispose()
+
+
+def _old_tables() -> dict[str, sa.TableClause]:
+    """The tables as revision d5a0b3e81f22 left them (before provider types), typed so that
+    one insert serves SQLite and PostgreSQL."""
+
+    def stamp() -> sa.ColumnClause[Any]:
+        return sa.column("created_at", sa.DateTime(timezone=True))
+
+    return {
+        "companies": sa.table(
+            "companies",
+            sa.column("id", sa.Uuid()),
+            sa.column("name", sa.String()),
+            stamp(),
+            sa.column("updated_at", sa.DateTime(timezone=True)),
+        ),
+        "sso_providers": sa.table(
+            "sso_providers",
+            sa.column("id", sa.Uuid()),
+            sa.column("company_id", sa.Uuid()),
+            sa.column("type", sa.String()),
+            sa.column("name", sa.String()),
+            sa.column("base_url", sa.String()),
+            sa.column("enabled", sa.Boolean()),
+            stamp(),
+            sa.column("updated_at", sa.DateTime(timezone=True)),
+        ),
+        "users": sa.table(
+            "users",
+            sa.column("id", sa.Uuid()),
+            sa.column("company_id", sa.Uuid()),
+            sa.column("email", sa.String()),
+            sa.column("email_normalized", sa.String()),
+            sa.column("name", sa.String()),
+            sa.column("role", sa.String()),
+            sa.column("sso_provider_id", sa.Uuid()),
+            stamp(),
+            sa.column("updated_at", sa.DateTime(timezone=True)),
+        ),
+        "identity_links": sa.table(
+            "identity_links",
+            sa.column("id", sa.Uuid()),
+            sa.column("provider_id", sa.Uuid()),
+            sa.column("tenant_id", sa.String()),
+            sa.column("subject", sa.String()),
+            sa.column("user_id", sa.Uuid()),
+            stamp(),
+        ),
+    }
+
+
+async def test_provider_types_migration_keeps_every_entra_link(fresh_database: str) -> None:
+    """Links made before provider types existed still sign their users in afterwards: an Entra
+    link's (tenant_id, subject) is its (namespace, subject), and tenants are lower-cased."""
+    tenant = "3F2B8C4E-1A2B-4C3D-9E8F-0A1B2C3D4E5F"
+    now = datetime.now(UTC)
+    company, provider = uuid.uuid4(), uuid.uuid4()
+    users = [uuid.uuid4() for _ in range(3)]
+    tables = _old_tables()
+    engine = create_engine(make_settings(fresh_database))
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(
+                lambda sync: command.upgrade(alembic_config(sync), "d5a0b3e81f22")
+            )
+            await connection.commit()
+            await connection.execute(
+                tables["companies"].insert(),
+                [{"id": company, "name": "Contoso", "created_at": now, "updated_at": now}],
+            )
+            await connection.execute(
+                tables["sso_providers"].insert(),
+                [
+                    {
+                        "id": provider, "company_id": company, "type": "entra",
+                        "name": "Entra", "base_url": tenant, "enabled": False,
+                        "created_at": now, "updated_at": now,
+                    }
+                ],
+            )  # fmt: skip
+            await connection.execute(
+                tables["users"].insert(),
+                [
+                    {
+                        "id": user, "company_id": company, "email": f"u{i}@contoso.com",
+                        "email_normalized": f"u{i}@contoso.com", "name": f"U{i}", "role": "user",
+                        "sso_provider_id": provider, "created_at": now, "updated_at": now,
+                    }
+                    for i, user in enumerate(users)
+                ],
+            )  # fmt: skip
+            await connection.execute(
+                tables["identity_links"].insert(),
+                [
+                    {
+                        "id": uuid.uuid4(), "provider_id": provider, "tenant_id": tenant.lower(),
+                        "subject": f"oid-{i}", "user_id": user, "created_at": now,
+                    }
+                    for i, user in enumerate(users)
+                ],
+            )  # fmt: skip
+            await connection.commit()
+        await migrate(engine)
+        async with engine.connect() as connection:
+            links = (
+                await connection.execute(
+                    text("SELECT namespace, subject FROM identity_links ORDER BY subject")
+                )
+            ).all()
+            base_url = await connection.scalar(text("SELECT base_url FROM sso_providers"))
+            assert await connection.run_sync(_diff) == []
+    finally:
+        await engine.dispose()
+    assert [tuple(row) for row in links] == [(tenant.lower(), f"oid-{i}") for i in range(3)]
+    assert base_url == tenant.lower()

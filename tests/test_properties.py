@@ -358,7 +358,7 @@ async def build(context: AppContext, factory: Factory, spec: CompanySpec) -> Bui
                     IdentityLink(
                         id=uuid.uuid4(),
                         provider_id=user.sso_provider_id,
-                        tenant_id=str(uuid.uuid4()),
+                        namespace=str(uuid.uuid4()),
                         subject=uuid.uuid4().hex,
                         user_id=user.id,
                     )

@@ -12,6 +12,8 @@ from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_valida
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from sso_broker.idp.base import AdapterConfig
+
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./var/sso-broker.db"
 KEY_FILE_NAME = "encryption.keys"
 
@@ -41,6 +43,9 @@ class Settings(BaseSettings):
     sign_in_error_url: AnyHttpUrl | None = None
     logged_out_url: AnyHttpUrl | None = None
     entra_authority: AnyHttpUrl = AnyHttpUrl("https://login.microsoftonline.com")
+    pingone_authority: AnyHttpUrl = AnyHttpUrl("https://auth.pingone.com")
+    # Development and tests only: also accept http:// issuers on a loopback host.
+    allow_http_issuers: bool = False
     session_audience: str = Field(default="patchworks-dashboard", min_length=1)
     access_token_ttl: int = Field(default=900, ge=60, le=86_400)
     session_max_age: int = Field(default=43_200, ge=300, le=30 * 86_400)
@@ -152,6 +157,14 @@ class Settings(BaseSettings):
     @cached_property
     def entra_authority_base(self) -> str:
         return str(self.entra_authority).rstrip("/")
+
+    @cached_property
+    def adapter_config(self) -> AdapterConfig:
+        return AdapterConfig(
+            entra_authority=self.entra_authority_base,
+            pingone_authority=str(self.pingone_authority).rstrip("/"),
+            allow_http_issuers=self.allow_http_issuers,
+        )
 
     @property
     def secure_cookies(self) -> bool:

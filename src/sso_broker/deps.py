@@ -20,11 +20,12 @@ from sso_broker.database import session_scope
 from sso_broker.errors import ErrorCode, Forbidden, NotAuthenticated
 from sso_broker.hotpath import HotPath
 from sso_broker.http import IdentityProviderClient
+from sso_broker.idp import Adapters
 from sso_broker.ratelimit import Leases
 from sso_broker.sessions import service as sessions_service
 from sso_broker.sessions.service import Principal
 from sso_broker.sessions.tokens import KeyRing
-from sso_broker.sso.discovery import EntraDirectory
+from sso_broker.sso.discovery import ProviderDirectory
 from sso_broker.users.models import Role
 
 MAX_TOKEN_LENGTH = 4096
@@ -47,7 +48,8 @@ class AppContext:
     box: SecretBox
     keyring: KeyRing
     http: IdentityProviderClient
-    directory: EntraDirectory
+    directory: ProviderDirectory
+    adapters: Adapters
     counters: Leases
 
 

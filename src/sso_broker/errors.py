@@ -9,7 +9,7 @@ The tree::
     ├── NotFound                  404 not_found
     ├── InvalidGrant              400 invalid_grant
     ├── Conflict                  409 email_taken
-    ├── InvalidInput              422 validation_error, unsupported_tenant, invalid_tenant,
+    ├── InvalidInput              422 validation_error, unsupported_tenant, invalid_base_url,
     │                             invalid_client_id, invalid_client_secret, provider_incomplete,
     │                             sso_provider_not_found
     ├── ServiceUnavailable        503 database_unavailable
@@ -66,7 +66,7 @@ class ErrorCode(StrEnum):
     EMAIL_TAKEN = "email_taken"
     VALIDATION_ERROR = "validation_error"
     UNSUPPORTED_TENANT = "unsupported_tenant"
-    INVALID_TENANT = "invalid_tenant"
+    INVALID_BASE_URL = "invalid_base_url"
     INVALID_CLIENT_ID = "invalid_client_id"
     INVALID_CLIENT_SECRET = "invalid_client_secret"
     PROVIDER_INCOMPLETE = "provider_incomplete"
@@ -579,7 +579,7 @@ STATUS_OF: dict[ErrorCode, int] = {
     ErrorCode.REQUEST_TOO_LARGE: 413,
     ErrorCode.VALIDATION_ERROR: 422,
     ErrorCode.UNSUPPORTED_TENANT: 422,
-    ErrorCode.INVALID_TENANT: 422,
+    ErrorCode.INVALID_BASE_URL: 422,
     ErrorCode.INVALID_CLIENT_ID: 422,
     ErrorCode.INVALID_CLIENT_SECRET: 422,
     ErrorCode.PROVIDER_INCOMPLETE: 422,

@@ -55,7 +55,7 @@ SELECT p.enabled, p.last_error,
        l.id, l.company_id, l.email, l.name, l.role, l.sso_provider_id,
        c.id, c.company_id, c.email, c.name, c.role, c.sso_provider_id
 FROM sso_providers p
-LEFT JOIN identity_links k ON k.provider_id = p.id AND k.tenant_id = $2 AND k.subject = $3
+LEFT JOIN identity_links k ON k.provider_id = p.id AND k.namespace = $2 AND k.subject = $3
 LEFT JOIN users l ON l.id = k.user_id
 LEFT JOIN users c
   ON c.company_id = p.company_id AND c.email_normalized = $4 AND c.sso_provider_id = p.id
@@ -77,7 +77,7 @@ VALUES ($11, $3, $12, $7, $4, $2, $1, $13)
 _WRITE = "WITH " + _WRITE_SESSION
 _WRITE_AND_LINK = (  # noqa: S608 - constant text; every value is a $n parameter
     "WITH new_link AS (INSERT INTO identity_links"
-    " (id, provider_id, tenant_id, subject, user_id, created_at)"
+    " (id, provider_id, namespace, subject, user_id, created_at)"
     " VALUES ($14, $4, $15, $16, $2, $7)),"
 ) + _WRITE_SESSION
 _CLEAR_LAST_ERROR = "UPDATE sso_providers SET last_error = NULL WHERE id = $1"
@@ -184,9 +184,9 @@ class FastPath:
         return True
 
     async def resolve(
-        self, provider_id: uuid.UUID, tenant_id: str, subject: str, email: str | None
+        self, provider_id: uuid.UUID, namespace: str, subject: str, email: str | None
     ) -> Resolution | None:
-        row = await self.pool.fetchrow(_RESOLVE, provider_id, tenant_id, subject, email)
+        row = await self.pool.fetchrow(_RESOLVE, provider_id, namespace, subject, email)
         return None if row is None else Resolution.from_row(row)
 
     async def write_sign_in(self, new: NewSignIn, *, clear_last_error: bool) -> None:
@@ -200,7 +200,7 @@ class FastPath:
         try:
             if new.link:
                 await self.pool.execute(
-                    _WRITE_AND_LINK, *args, uuid.uuid4(), new.tenant_id, new.subject
+                    _WRITE_AND_LINK, *args, uuid.uuid4(), new.namespace, new.subject
                 )
             else:
                 await self.pool.execute(_WRITE, *args)

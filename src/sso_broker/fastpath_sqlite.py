@@ -128,7 +128,7 @@ SELECT p.enabled, p.last_error,
        l.id, l.company_id, l.email, l.name, l.role, l.sso_provider_id,
        c.id, c.company_id, c.email, c.name, c.role, c.sso_provider_id
 FROM sso_providers p
-LEFT JOIN identity_links k ON k.provider_id = p.id AND k.tenant_id = ? AND k.subject = ?
+LEFT JOIN identity_links k ON k.provider_id = p.id AND k.namespace = ? AND k.subject = ?
 LEFT JOIN users l ON l.id = k.user_id
 LEFT JOIN users c
   ON c.company_id = p.company_id AND c.email_normalized = ? AND c.sso_provider_id = p.id
@@ -137,7 +137,7 @@ WHERE p.id = ?
 # _RESOLVE's columns with their ids as UUIDs, for Resolution.from_row.
 _RESOLVE_READERS = (_as_is, _as_is) + (_uuid, _uuid, _as_is, _as_is, _as_is, _uuid) * 2
 _INSERT_LINK = (
-    "INSERT INTO identity_links (id, provider_id, tenant_id, subject, user_id, created_at)"
+    "INSERT INTO identity_links (id, provider_id, namespace, subject, user_id, created_at)"
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
 _INSERT_SESSION = (
@@ -354,9 +354,9 @@ class SQLiteFastPath:
         return True
 
     async def resolve(
-        self, provider_id: uuid.UUID, tenant_id: str, subject: str, email: str | None
+        self, provider_id: uuid.UUID, namespace: str, subject: str, email: str | None
     ) -> Resolution | None:
-        args = (tenant_id, subject, email, provider_id.hex)
+        args = (namespace, subject, email, provider_id.hex)
         row = await self._read(lambda c: _one(c, _RESOLVE, args))
         if row is None:
             return None
@@ -375,7 +375,7 @@ class SQLiteFastPath:
             if new.link:
                 connection.execute(
                     _INSERT_LINK,
-                    (uuid.uuid4().hex, provider_id, new.tenant_id, new.subject, user_id, at),
+                    (uuid.uuid4().hex, provider_id, new.namespace, new.subject, user_id, at),
                 )
             connection.execute(
                 _INSERT_SESSION,

@@ -26,13 +26,14 @@ from sso_broker.errors import install_error_handlers
 from sso_broker.health import router as health_router
 from sso_broker.hotpath import HotPath
 from sso_broker.http import IdentityProviderClient
+from sso_broker.idp import adapters_for
 from sso_broker.logs import configure_logging
 from sso_broker.middleware import FrontMiddleware
 from sso_broker.providers.router import router as providers_router
 from sso_broker.ratelimit import counter_store
 from sso_broker.sessions.router import router as sessions_router
 from sso_broker.sessions.tokens import KeyRing, ensure_signing_key
-from sso_broker.sso.discovery import EntraDirectory
+from sso_broker.sso.discovery import ProviderDirectory
 from sso_broker.sso.router import router as sso_router
 from sso_broker.users.router import router as users_router
 
@@ -121,7 +122,8 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
             box=box,
             keyring=KeyRing(settings, box),
             http=http,
-            directory=EntraDirectory(http, settings.entra_authority_base),
+            directory=ProviderDirectory(http),
+            adapters=adapters_for(settings.adapter_config),
             counters=counters,
         )
         try:

@@ -35,6 +35,7 @@ PROVIDER_FIELDS = {
     "type",
     "name",
     "base_url",
+    "issuer",
     "client_id",
     "client_secret_set",
     "client_secret_expires_at",
@@ -407,15 +408,23 @@ class TestCreate:
         ("base_url", "expected"),
         [
             (TENANT_ID, TENANT_ID),
-            (TENANT_ID.upper(), TENANT_ID.upper()),
+            (TENANT_ID.upper(), TENANT_ID),
             ("contoso.onmicrosoft.com", "contoso.onmicrosoft.com"),
-            ("Contoso.OnMicrosoft.com", "Contoso.OnMicrosoft.com"),
+            ("Contoso.OnMicrosoft.com", "contoso.onmicrosoft.com"),
             ("login.contoso.co.uk", "login.contoso.co.uk"),
             (f"  {TENANT_ID}  ", TENANT_ID),
             ("\tcontoso.onmicrosoft.com\n", "contoso.onmicrosoft.com"),
+            # What the Entra admin center and Entra's documents show, pasted whole.
+            (f"https://login.microsoftonline.com/{TENANT_ID}/v2.0", TENANT_ID),
+            (f"https://login.microsoftonline.com/{TENANT_ID.upper()}/", TENANT_ID),
+            (
+                f"https://login.microsoftonline.com/{TENANT_ID}/v2.0/.well-known/openid-configuration",
+                TENANT_ID,
+            ),
+            (f"https://sts.windows.net/{TENANT_ID}/", TENANT_ID),
         ],
     )
-    async def test_create_stores_base_url_as_entered(
+    async def test_create_stores_base_url_normalised(
         self,
         client: httpx.AsyncClient,
         context: AppContext,
@@ -463,10 +472,8 @@ class TestCreate:
             "contoso",
             "   ",
             "not a tenant",
-            f"https://login.microsoftonline.com/{TENANT_ID}/v2.0",
-            f"https://login.microsoftonline.com/{TENANT_ID}",
             f"login.microsoftonline.com/{TENANT_ID}",
-            "https://login.microsoftonline.com/common/v2.0",
+            f"https://login.microsoftonline.com/{TENANT_ID}/oauth2/v2.0/authorize",
             "https://contoso.onmicrosoft.com",
             "contoso.onmicrosoft.com.",
             "contoso.onmicrosoft.com:443",
@@ -494,7 +501,7 @@ class TestCreate:
         response = await client.post(
             BASE, json={"type": "entra", "base_url": base_url}, headers=admin
         )
-        assert_problem(response, 422, "invalid_tenant")
+        assert_problem(response, 422, "invalid_base_url")
         assert await provider_count(context) == 0
 
     @pytest.mark.parametrize(
@@ -510,7 +517,7 @@ class TestCreate:
             pytest.param({"type": "entra"}, id="missing-base-url"),
             pytest.param({"base_url": TENANT_ID}, id="missing-type"),
             pytest.param({"type": None, "base_url": TENANT_ID}, id="null-type"),
-            pytest.param({"type": "okta", "base_url": TENANT_ID}, id="unknown-type"),
+            pytest.param({"type": "saml", "base_url": TENANT_ID}, id="unknown-type"),
             pytest.param({"type": "ENTRA", "base_url": TENANT_ID}, id="type-wrong-case"),
             pytest.param({"type": "", "base_url": TENANT_ID}, id="empty-type"),
             pytest.param({"type": "entra", "base_url": TENANT_ID, "name": ""}, id="empty-name"),
@@ -903,9 +910,10 @@ class TestUpdate:
         ("base_url", "expected"),
         [
             (TENANT_ID, TENANT_ID),
-            (TENANT_ID.upper(), TENANT_ID.upper()),
+            (TENANT_ID.upper(), TENANT_ID),
             ("fabrikam.onmicrosoft.com", "fabrikam.onmicrosoft.com"),
-            (" Fabrikam.com ", "Fabrikam.com"),
+            (" Fabrikam.com ", "fabrikam.com"),
+            (f"https://login.microsoftonline.com/{TENANT_ID}/v2.0", TENANT_ID),
         ],
     )
     async def test_update_base_url(
@@ -944,7 +952,7 @@ class TestUpdate:
     @pytest.mark.parametrize(
         "base_url",
         [
-            f"https://login.microsoftonline.com/{TENANT_ID}/v2.0",
+            f"https://evil.example/{TENANT_ID}/v2.0",
             "contoso",
             "contoso.onmicrosoft.com.",
             "10.0.0.1",
@@ -960,7 +968,7 @@ class TestUpdate:
         base_url: str,
     ) -> None:
         response = await self.patch(client, admin, provider.id, {"base_url": base_url})
-        assert_problem(response, 422, "invalid_tenant")
+        assert_problem(response, 422, "invalid_base_url")
         assert (await stored_or_fail(context, provider.id)).base_url == provider.base_url
 
     # client_id -------------------------------------------------------------------------
@@ -1179,7 +1187,7 @@ class TestUpdate:
             ({"client_secret": SECRET, "enabled": True}, "provider_incomplete"),
             ({"client_secret": SECRET, "client_id": "bad"}, "invalid_client_id"),
             ({"client_secret": SECRET, "base_url": "common"}, "unsupported_tenant"),
-            ({"client_secret": SECRET, "base_url": "x/y"}, "invalid_tenant"),
+            ({"client_secret": SECRET, "base_url": "x/y"}, "invalid_base_url"),
             ({"client_secret": SECRET, "name": None}, "validation_error"),
             ({"client_secret": SECRET, "surprise": 1}, "validation_error"),
         ]

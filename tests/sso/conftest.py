@@ -5,12 +5,34 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
+import jwt
 import pytest
 
 from sso_broker.http import IdentityProviderClient
+from sso_broker.idp import AdapterConfig
+from sso_broker.idp.entra import EntraAdapter
 from sso_broker.sso import discovery
-from sso_broker.sso.discovery import EntraDirectory
+from sso_broker.sso.discovery import ProviderDirectory, ProviderMetadata
 from tests.fixtures.entra import AUTHORITY, FakeEntra
+
+ENTRA = EntraAdapter(AdapterConfig(entra_authority=AUTHORITY))
+
+
+class TenantDirectory:
+    """The generic directory seen through the Entra adapter: ``metadata(tenant)``."""
+
+    def __init__(self, http: IdentityProviderClient, authority: str = AUTHORITY) -> None:
+        self.adapter = EntraAdapter(AdapterConfig(entra_authority=authority))
+        self.directory = ProviderDirectory(http)
+
+    def discovery_url(self, tenant: str) -> str:
+        return self.adapter.discovery_url(tenant)
+
+    async def metadata(self, tenant: str) -> ProviderMetadata:
+        return await self.directory.metadata(self.adapter, tenant)
+
+    async def signing_key(self, metadata: ProviderMetadata, kid: str | None) -> jwt.PyJWK:
+        return await self.directory.signing_key(metadata, kid)
 
 
 class FakeClock:
@@ -35,6 +57,6 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
 
 
 @pytest.fixture
-async def directory(entra: FakeEntra) -> AsyncIterator[EntraDirectory]:
+async def directory(entra: FakeEntra) -> AsyncIterator[TenantDirectory]:
     async with IdentityProviderClient() as http:
-        yield EntraDirectory(http, AUTHORITY)
+        yield TenantDirectory(http)

@@ -1246,7 +1246,7 @@ class TestUserResolution:
         assert await signed_in_user(client, response) == str(user.id)
         async with session_scope(sessionmaker) as session:
             links = (await session.scalars(select(IdentityLink))).all()
-        assert [(lk.provider_id, lk.tenant_id, lk.subject, lk.user_id) for lk in links] == [
+        assert [(lk.provider_id, lk.namespace, lk.subject, lk.user_id) for lk in links] == [
             (provider.id, TENANT_ID, person.oid, user.id)
         ]
 
@@ -1317,7 +1317,29 @@ class TestUserResolution:
             str(user.id)
         )
 
-    async def test_email_wins_over_preferred_username(
+    async def test_an_unverified_email_never_links_the_upn_does(
+        self,
+        client: httpx.AsyncClient,
+        factory: Factory,
+        entra: FakeEntra,
+    ) -> None:
+        """Entra's ``email`` is the mail attribute anyone with user-admin rights (or a guest)
+        can set: without ``xms_edov`` a first sign-in matches the UPN only (README, *Setting
+        up Entra ID*)."""
+        company = await factory.company()
+        provider = await make_provider(factory, company)
+        person = EntraUser.make(
+            email="adele@contoso.com", preferred_username="megan@contoso.onmicrosoft.com"
+        )
+        adele = await factory.user(company, email="adele@contoso.com", provider=provider)
+        megan = await factory.user(
+            company, email="megan@contoso.onmicrosoft.com", provider=provider
+        )
+        response = await sign_in(client, entra, provider, person)
+        assert await signed_in_user(client, response) == str(megan.id)
+        assert adele.id != megan.id
+
+    async def test_a_verified_email_wins_over_the_upn(
         self,
         client: httpx.AsyncClient,
         factory: Factory,
@@ -1328,8 +1350,11 @@ class TestUserResolution:
         person = EntraUser.make(
             email="adele@contoso.com", preferred_username="megan@contoso.onmicrosoft.com"
         )
+        adele = await factory.user(company, email="adele@contoso.com", provider=provider)
         await factory.user(company, email="megan@contoso.onmicrosoft.com", provider=provider)
-        assert_error(await sign_in(client, entra, provider, person), "user_not_provisioned")
+        started = await start(client, provider)
+        response = await client.get(entra.authorize(started.location, user=person, xms_edov=True))
+        assert await signed_in_user(client, response) == str(adele.id)
 
     async def test_later_sign_ins_use_the_link_even_after_an_email_change(
         self,
@@ -1470,7 +1495,7 @@ class TestLastError:
         logs = rendered_logs(caplog)
         assert "AADSTS7000215" in logs
         assert any(
-            getattr(r, "aadsts", None) == "AADSTS7000215" and r.levelno >= logging.WARNING
+            getattr(r, "provider_code", None) == "AADSTS7000215" and r.levelno >= logging.WARNING
             for r in caplog.records
         ), "a log line names the AADSTS code"
         assert WRONG_SECRET not in logs
@@ -1508,7 +1533,7 @@ class TestLastError:
         assert recorded["code"] == code
         assert f"AADSTS{aadsts}" in recorded["message"]
         assert any(
-            getattr(r, "aadsts", None) == f"AADSTS{aadsts}"
+            getattr(r, "provider_code", None) == f"AADSTS{aadsts}"
             and getattr(r, "last_error", None) == code
             for r in caplog.records
         )

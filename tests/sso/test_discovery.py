@@ -1,7 +1,7 @@
 """Entra discovery (README, *Setting up Entra ID*): which metadata documents are accepted,
 and the caches.
 
-``EntraDirectory`` talks to the respx-mocked fake tenant; no database is involved.
+``TenantDirectory`` talks to the respx-mocked fake tenant; no database is involved.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 from sso_broker.errors import SignInError, SignInErrorCode
 from sso_broker.http import IdentityProviderClient
-from sso_broker.providers.types import EntraType
+from sso_broker.idp.entra import EntraAdapter, aadsts_code
 from sso_broker.sso.discovery import (
     JWKS_REFETCH_INTERVAL,
     JWKS_TTL,
@@ -22,18 +22,16 @@ from sso_broker.sso.discovery import (
     METADATA_RETRY_AFTER_FAILURE,
     METADATA_TTL,
     DiscoveryError,
-    EntraDirectory,
-    aadsts_code,
 )
 from tests.fixtures.entra import AUTHORITY, TENANT_DOMAIN, TENANT_ID, FakeEntra
-from tests.sso.conftest import FakeClock
+from tests.sso.conftest import FakeClock, TenantDirectory
 
 OTHER_TENANT = "0d2e1c3b-5a4f-4e6d-8c7b-1a2b3c4d5e6f"
-CONSUMERS = EntraType.CONSUMER_TENANT_ID
+CONSUMERS = EntraAdapter.CONSUMER_TENANT_ID
 ISSUER = f"{AUTHORITY}/{TENANT_ID}/v2.0"
 
 
-async def refused(directory: EntraDirectory, tenant: str, reason: str) -> DiscoveryError:
+async def refused(directory: TenantDirectory, tenant: str, reason: str) -> DiscoveryError:
     with pytest.raises(DiscoveryError) as caught:
         await directory.metadata(tenant)
     assert reason in caught.value.reason, caught.value.reason
@@ -45,7 +43,7 @@ async def refused(directory: EntraDirectory, tenant: str, reason: str) -> Discov
 # ---------------------------------------------------------------------------------------------
 
 
-async def test_metadata_by_tenant_id(directory: EntraDirectory, entra: FakeEntra) -> None:
+async def test_metadata_by_tenant_id(directory: TenantDirectory, entra: FakeEntra) -> None:
     metadata = await directory.metadata(TENANT_ID)
     assert metadata.issuer == ISSUER == entra.issuer
     assert metadata.tenant_id == TENANT_ID
@@ -58,7 +56,7 @@ async def test_metadata_by_tenant_id(directory: EntraDirectory, entra: FakeEntra
 
 
 async def test_metadata_by_verified_domain_yields_the_tenant_guid(
-    directory: EntraDirectory, entra: FakeEntra
+    directory: TenantDirectory, entra: FakeEntra
 ) -> None:
     metadata = await directory.metadata(TENANT_DOMAIN)
     assert metadata.tenant_id == TENANT_ID
@@ -67,7 +65,7 @@ async def test_metadata_by_verified_domain_yields_the_tenant_guid(
     assert entra.discovery_calls == 1
 
 
-async def test_the_tenant_guid_is_lower_cased(directory: EntraDirectory, entra: FakeEntra) -> None:
+async def test_the_tenant_guid_is_lower_cased(directory: TenantDirectory, entra: FakeEntra) -> None:
     entra.discovery["issuer"] = f"{AUTHORITY}/{TENANT_ID.upper()}/v2.0"
     metadata = await directory.metadata(TENANT_ID)
     assert metadata.tenant_id == TENANT_ID
@@ -75,7 +73,7 @@ async def test_the_tenant_guid_is_lower_cased(directory: EntraDirectory, entra: 
 
 
 async def test_a_document_without_end_session_endpoint_is_accepted(
-    directory: EntraDirectory, entra: FakeEntra
+    directory: TenantDirectory, entra: FakeEntra
 ) -> None:
     del entra.discovery["end_session_endpoint"]
     assert (await directory.metadata(TENANT_ID)).end_session_endpoint is None
@@ -83,13 +81,13 @@ async def test_a_document_without_end_session_endpoint_is_accepted(
 
 async def test_an_authority_with_a_trailing_slash(entra: FakeEntra) -> None:
     async with IdentityProviderClient() as http:
-        directory = EntraDirectory(http, AUTHORITY + "/")
+        directory = TenantDirectory(http, AUTHORITY + "/")
         assert directory.discovery_url(TENANT_ID) == entra.discovery_url
         assert (await directory.metadata(TENANT_ID)).issuer == ISSUER
 
 
 def test_the_discovery_url_escapes_the_tenant() -> None:
-    directory = EntraDirectory(IdentityProviderClient(), AUTHORITY)
+    directory = TenantDirectory(IdentityProviderClient(), AUTHORITY)
     assert directory.discovery_url("a/../b?x#y") == (
         f"{AUTHORITY}/a%2F..%2Fb%3Fx%23y/v2.0/.well-known/openid-configuration"
     )
@@ -100,7 +98,7 @@ def test_the_discovery_url_escapes_the_tenant() -> None:
     [(True, True), (False, False), ("true", False), (None, False)],
 )
 async def test_iss_parameter_supported_reflects_the_document(
-    directory: EntraDirectory, entra: FakeEntra, advertised: Any, expected: bool
+    directory: TenantDirectory, entra: FakeEntra, advertised: Any, expected: bool
 ) -> None:
     if advertised is not None:
         entra.discovery["authorization_response_iss_parameter_supported"] = advertised
@@ -113,7 +111,7 @@ async def test_iss_parameter_supported_reflects_the_document(
 
 
 async def test_an_issuer_naming_another_tenant_than_the_configured_guid_is_refused(
-    directory: EntraDirectory, entra: FakeEntra
+    directory: TenantDirectory, entra: FakeEntra
 ) -> None:
     entra.discovery["issuer"] = f"{AUTHORITY}/{OTHER_TENANT}/v2.0"
     await refused(directory, TENANT_ID, "another tenant than the one configured")
@@ -142,7 +140,7 @@ async def test_an_issuer_naming_another_tenant_than_the_configured_guid_is_refus
     ],
 )
 async def test_an_issuer_not_of_the_entra_v2_form_is_refused(
-    directory: EntraDirectory, entra: FakeEntra, issuer: Any
+    directory: TenantDirectory, entra: FakeEntra, issuer: Any
 ) -> None:
     if issuer is None:
         del entra.discovery["issuer"]
@@ -153,13 +151,15 @@ async def test_an_issuer_not_of_the_entra_v2_form_is_refused(
             await directory.metadata(tenant)
 
 
-async def test_the_consumers_tenant_is_refused(entra: FakeEntra, directory: EntraDirectory) -> None:
+async def test_the_consumers_tenant_is_refused(
+    entra: FakeEntra, directory: TenantDirectory
+) -> None:
     FakeEntra(entra.router, tenant_id=CONSUMERS, domain=None)
     await refused(directory, CONSUMERS, "personal-accounts tenant")
 
 
 async def test_a_domain_resolving_to_the_consumers_tenant_is_refused(
-    directory: EntraDirectory, entra: FakeEntra
+    directory: TenantDirectory, entra: FakeEntra
 ) -> None:
     entra.discovery["issuer"] = f"{AUTHORITY}/{CONSUMERS.upper()}/v2.0"
     await refused(directory, TENANT_DOMAIN, "personal-accounts tenant")
@@ -182,34 +182,34 @@ async def test_a_domain_resolving_to_the_consumers_tenant_is_refused(
     ],
 )
 async def test_an_endpoint_off_the_authority_is_refused(
-    directory: EntraDirectory, entra: FakeEntra, endpoint: str, origin: str
+    directory: TenantDirectory, entra: FakeEntra, endpoint: str, origin: str
 ) -> None:
     entra.discovery[endpoint] = f"{origin}/{TENANT_ID}/oauth2/v2.0/whatever"
-    await refused(directory, TENANT_ID, f"{endpoint} is missing or not on the authority")
+    await refused(directory, TENANT_ID, f"{endpoint} is missing or not on the provider's origin")
 
 
 @pytest.mark.parametrize("endpoint", ["authorization_endpoint", "token_endpoint", "jwks_uri"])
 @pytest.mark.parametrize("value", [None, 42, ["https://login.entra.test/x"]])
 async def test_a_missing_or_malformed_endpoint_is_refused(
-    directory: EntraDirectory, entra: FakeEntra, endpoint: str, value: Any
+    directory: TenantDirectory, entra: FakeEntra, endpoint: str, value: Any
 ) -> None:
     if value is None:
         del entra.discovery[endpoint]
     else:
         entra.discovery[endpoint] = value
-    await refused(directory, TENANT_ID, f"{endpoint} is missing or not on the authority")
+    await refused(directory, TENANT_ID, f"{endpoint} is missing or not on the provider's origin")
 
 
 @pytest.mark.parametrize("algorithms", [["RS384"], ["PS256", "ES256"], ["none"], ["HS256"], []])
 async def test_signing_algorithms_without_rs256_are_refused(
-    directory: EntraDirectory, entra: FakeEntra, algorithms: list[str]
+    directory: TenantDirectory, entra: FakeEntra, algorithms: list[str]
 ) -> None:
     entra.discovery["id_token_signing_alg_values_supported"] = algorithms
     await refused(directory, TENANT_ID, "RS256")
 
 
 async def test_signing_algorithms_beside_rs256_are_accepted(
-    directory: EntraDirectory, entra: FakeEntra
+    directory: TenantDirectory, entra: FakeEntra
 ) -> None:
     # Harmless: the ID-token rules pin RS256 whatever discovery says.
     entra.discovery["id_token_signing_alg_values_supported"] = ["none", "HS256", "RS256"]
@@ -223,10 +223,10 @@ async def test_signing_algorithms_beside_rs256_are_accepted(
 
 @pytest.mark.parametrize("tenant", ["fabrikam.onmicrosoft.com", OTHER_TENANT])
 async def test_an_unknown_tenant_is_aadsts90002(
-    directory: EntraDirectory, entra: FakeEntra, tenant: str
+    directory: TenantDirectory, entra: FakeEntra, tenant: str
 ) -> None:
     error = await refused(directory, tenant, "discovery answered 400")
-    assert error.aadsts == "AADSTS90002"
+    assert error.provider_code == "AADSTS90002"
     assert entra.discovery_calls == 0  # the catch-all answered, not the tenant
 
 
@@ -248,11 +248,11 @@ async def test_an_unknown_tenant_is_aadsts90002(
     ids=["html", "bytes", "json list", "500 html", "500 json", "503", "redirect", "oversized"],
 )
 async def test_a_bad_answer_is_a_discovery_error(
-    directory: EntraDirectory, entra: FakeEntra, response: httpx.Response, reason: str
+    directory: TenantDirectory, entra: FakeEntra, response: httpx.Response, reason: str
 ) -> None:
     entra.discovery_response_override = response
     error = await refused(directory, TENANT_ID, reason)
-    assert error.aadsts is None
+    assert error.provider_code is None
 
 
 @pytest.mark.parametrize(
@@ -261,7 +261,7 @@ async def test_a_bad_answer_is_a_discovery_error(
     ids=["unreachable", "timeout"],
 )
 async def test_an_unreachable_entra_is_a_discovery_error(
-    directory: EntraDirectory, entra: FakeEntra, failure: Exception
+    directory: TenantDirectory, entra: FakeEntra, failure: Exception
 ) -> None:
     entra.discovery_response_override = failure
     error = await refused(directory, TENANT_ID, "cannot reach login.entra.test")
@@ -269,7 +269,7 @@ async def test_an_unreachable_entra_is_a_discovery_error(
 
 
 async def test_a_failure_with_nothing_cached_is_repeated_then_retried_after_a_pause(
-    directory: EntraDirectory, entra: FakeEntra, clock: FakeClock
+    directory: TenantDirectory, entra: FakeEntra, clock: FakeClock
 ) -> None:
     entra.discovery_response_override = httpx.ConnectError("down")
     first = await refused(directory, TENANT_ID, "cannot reach")
@@ -286,11 +286,11 @@ async def test_a_failure_with_nothing_cached_is_repeated_then_retried_after_a_pa
 
 
 async def test_an_unknown_tenant_keeps_its_aadsts_code_while_repeated(
-    directory: EntraDirectory, entra: FakeEntra
+    directory: TenantDirectory, entra: FakeEntra
 ) -> None:
     first = await refused(directory, "00000000-0000-4000-8000-0000000000aa", "answered 400")
     again = await refused(directory, "00000000-0000-4000-8000-0000000000aa", "answered 400")
-    assert (first.aadsts, again.aadsts) == ("AADSTS90002", "AADSTS90002")
+    assert (first.provider_code, again.provider_code) == ("AADSTS90002", "AADSTS90002")
     assert (first.cached, again.cached) == (False, True)
 
 
@@ -299,7 +299,7 @@ async def test_an_unknown_tenant_keeps_its_aadsts_code_while_repeated(
 # ---------------------------------------------------------------------------------------------
 
 
-async def test_metadata_is_cached(directory: EntraDirectory, entra: FakeEntra) -> None:
+async def test_metadata_is_cached(directory: TenantDirectory, entra: FakeEntra) -> None:
     first = await directory.metadata(TENANT_ID)
     assert await directory.metadata(TENANT_ID) is first
     assert await directory.metadata(TENANT_ID.upper()) is first  # one cache entry per tenant
@@ -307,7 +307,7 @@ async def test_metadata_is_cached(directory: EntraDirectory, entra: FakeEntra) -
 
 
 async def test_concurrent_first_calls_fetch_once(
-    directory: EntraDirectory, entra: FakeEntra
+    directory: TenantDirectory, entra: FakeEntra
 ) -> None:
     results = await asyncio.gather(*(directory.metadata(TENANT_ID) for _ in range(10)))
     assert {id(result) for result in results} == {id(results[0])}
@@ -315,7 +315,7 @@ async def test_concurrent_first_calls_fetch_once(
 
 
 async def test_metadata_is_refetched_after_its_ttl(
-    directory: EntraDirectory, entra: FakeEntra, clock: FakeClock
+    directory: TenantDirectory, entra: FakeEntra, clock: FakeClock
 ) -> None:
     await directory.metadata(TENANT_ID)
     clock.advance(METADATA_TTL - 1)
@@ -338,7 +338,7 @@ async def test_metadata_is_refetched_after_its_ttl(
     ids=["unreachable", "500", "unacceptable document"],
 )
 async def test_stale_metadata_is_served_when_the_refetch_fails(
-    directory: EntraDirectory, entra: FakeEntra, clock: FakeClock, failure: Any
+    directory: TenantDirectory, entra: FakeEntra, clock: FakeClock, failure: Any
 ) -> None:
     fresh = await directory.metadata(TENANT_ID)
     clock.advance(METADATA_TTL)
@@ -367,7 +367,7 @@ async def test_stale_metadata_is_served_when_the_refetch_fails(
 
 
 async def test_guid_and_domain_share_one_key_set(
-    directory: EntraDirectory, entra: FakeEntra
+    directory: TenantDirectory, entra: FakeEntra
 ) -> None:
     by_guid = await directory.metadata(TENANT_ID)
     by_domain = await directory.metadata(TENANT_DOMAIN)
@@ -378,7 +378,7 @@ async def test_guid_and_domain_share_one_key_set(
 
 
 async def test_a_failing_key_set_is_not_asked_on_every_unknown_kid(
-    directory: EntraDirectory, entra: FakeEntra, clock: FakeClock
+    directory: TenantDirectory, entra: FakeEntra, clock: FakeClock
 ) -> None:
     metadata = await directory.metadata(TENANT_ID)
     await directory.signing_key(metadata, entra.signing_key.kid)
@@ -403,7 +403,7 @@ async def test_a_failing_key_set_is_not_asked_on_every_unknown_kid(
 
 
 async def test_stale_keys_serve_with_one_attempt_per_interval_while_entra_fails(
-    directory: EntraDirectory, entra: FakeEntra, clock: FakeClock
+    directory: TenantDirectory, entra: FakeEntra, clock: FakeClock
 ) -> None:
     metadata = await directory.metadata(TENANT_ID)
     kid = entra.signing_key.kid
@@ -425,7 +425,7 @@ async def test_stale_keys_serve_with_one_attempt_per_interval_while_entra_fails(
 
 
 async def test_with_no_keys_cached_every_lookup_tries_again(
-    directory: EntraDirectory, entra: FakeEntra
+    directory: TenantDirectory, entra: FakeEntra
 ) -> None:
     # Nothing to serve meanwhile, so a passing outage must not block sign-ins for minutes.
     metadata = await directory.metadata(TENANT_ID)

@@ -86,7 +86,7 @@ HOSTILE = [
     Hostile("rs384", "signed with 'RS384', not RS256", lambda e: {"alg": "RS384"}),
     Hostile(
         "wrong-iss",
-        "issuer is not the configured tenant's",
+        "issuer is not the configured provider's",
         lambda e: {"iss": f"{e.authority}/{OTHER_TENANT}/v2.0"},
     ),
     Hostile("wrong-tid", "tenant is not the configured tenant", lambda e: {"tid": OTHER_TENANT}),
@@ -111,7 +111,7 @@ HOSTILE = [
     ),
     Hostile(
         "unknown-kid",
-        "key is not in the tenant's key set",
+        "key is not in the provider's key set",
         lambda e: {"kid": "a-kid-entra-never-published"},
     ),
 ]

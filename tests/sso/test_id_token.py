@@ -1,7 +1,7 @@
 """ID-token validation (README, *Security model*): one test, or parametrized group, per rule.
 
 Each token is minted by the fake Entra tenant and validated the way the callback does it:
-``id_token.validate`` with the metadata and the key lookup of an ``EntraDirectory`` talking
+``id_token.validate`` with the metadata and the key lookup of an ``TenantDirectory`` talking
 to the respx-mocked tenant. No database is involved.
 """
 
@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from sso_broker.errors import SignInError, SignInErrorCode
 from sso_broker.sso import id_token
-from sso_broker.sso.discovery import JWKS_REFETCH_INTERVAL, JWKS_TTL, EntraDirectory
+from sso_broker.sso.discovery import JWKS_REFETCH_INTERVAL, JWKS_TTL
 from sso_broker.sso.id_token import LEEWAY, MAX_AGE, MAX_TOKEN_LENGTH, IdTokenClaims
 from tests.fixtures.entra import (
     AUTHORITY,
@@ -35,7 +35,7 @@ from tests.fixtures.entra import (
     FakeEntra,
     at_hash,
 )
-from tests.sso.conftest import FakeClock
+from tests.sso.conftest import ENTRA, FakeClock, TenantDirectory
 
 NONCE = "0S6_WzA2Mj-nonce-of-this-sign-in"
 ACCESS_TOKEN = "eyJ0eXAiOiJKV1QiLCJub25jZSI6.access-token-issued-with-the-id-token"
@@ -59,7 +59,7 @@ class Validator:
     """Validates tokens as the callback does, against the fake tenant."""
 
     entra: FakeEntra
-    directory: EntraDirectory
+    directory: TenantDirectory
     user: EntraUser
 
     def mint(self, *, nonce: str | EllipsisType | None = NONCE, **options: Any) -> str:
@@ -76,6 +76,7 @@ class Validator:
             nonce=nonce,
             access_token=access_token,
             signing_key=self.directory.signing_key,
+            adapter=ENTRA,
         )
 
     async def accept(self, token: str, **kwargs: Any) -> IdTokenClaims:
@@ -90,7 +91,7 @@ class Validator:
 
 
 @pytest.fixture
-def v(entra: FakeEntra, directory: EntraDirectory, user: EntraUser) -> Validator:
+def v(entra: FakeEntra, directory: TenantDirectory, user: EntraUser) -> Validator:
     return Validator(entra=entra, directory=directory, user=user)
 
 
@@ -120,8 +121,8 @@ def b64url_json(value: dict[str, Any]) -> str:
 
 async def test_a_valid_token_is_accepted(v: Validator, entra: FakeEntra) -> None:
     claims = await v.accept(v.mint(access_token=ACCESS_TOKEN), access_token=ACCESS_TOKEN)
-    assert claims.tenant_id == TENANT_ID
-    assert claims.object_id == v.user.oid
+    assert claims.namespace == TENANT_ID
+    assert claims.subject == v.user.oid
     assert claims.email == v.user.email
     assert claims.name == v.user.name
     assert claims.sid == v.user.sid
@@ -146,8 +147,24 @@ async def test_email_falls_back_to_preferred_username(v: Validator) -> None:
     claims = await v.accept(v.mint(email=""))
     assert claims.email == "AdeleV@contoso.onmicrosoft.com"
 
+    # Entra's email is the user's mail attribute, which guests and user administrators set:
+    # only with xms_edov (the domain owner verified it) does it beat the UPN.
     claims = await v.accept(v.mint(email="adele@contoso.com"))
+    assert claims.email == "AdeleV@contoso.onmicrosoft.com"
+    claims = await v.accept(v.mint(email="adele@contoso.com", xms_edov=True))
     assert claims.email == "adele@contoso.com"
+    for edov in (False, "true", 1, None):
+        claims = await v.accept(v.mint(email="adele@contoso.com", xms_edov=edov))
+        assert claims.email == "AdeleV@contoso.onmicrosoft.com", edov
+    # xms_edov without an email falls back to the UPN too.
+    claims = await v.accept(v.mint(email=..., xms_edov=True))
+    assert claims.email == "AdeleV@contoso.onmicrosoft.com"
+
+
+async def test_a_upn_that_is_not_an_email_links_nobody(v: Validator) -> None:
+    for upn in ("adele", "adele@", "adele@contoso.com\n", "adele@cont\u212aso.com"):
+        claims = await v.accept(v.mint(email=..., preferred_username=upn))
+        assert claims.email is None, upn
 
 
 async def test_no_email_at_all_gives_none(v: Validator) -> None:
@@ -158,8 +175,8 @@ async def test_no_email_at_all_gives_none(v: Validator) -> None:
 async def test_tenant_and_object_ids_are_lower_cased(v: Validator) -> None:
     oid = "A1B2C3D4-0000-4000-8000-00000000ABCD"
     claims = await v.accept(v.mint(tid=TENANT_ID.upper(), oid=oid))
-    assert claims.tenant_id == TENANT_ID
-    assert claims.object_id == oid.lower()
+    assert claims.namespace == TENANT_ID
+    assert claims.subject == oid.lower()
 
 
 async def test_an_overlong_oid_is_refused(v: Validator) -> None:
@@ -292,18 +309,18 @@ async def test_an_unknown_kid_fetches_the_keys_again_once_per_interval(
     assert entra.jwks_calls == 1
 
     clock.advance(JWKS_REFETCH_INTERVAL)  # the cached set is no longer fresh
-    await v.reject(v.mint(kid="unknown-kid-1"), "not in the tenant's key set")
+    await v.reject(v.mint(kid="unknown-kid-1"), "not in the provider's key set")
     assert entra.jwks_calls == 2, "an unknown kid fetches the set again"
 
     clock.advance(JWKS_REFETCH_INTERVAL - 1)
-    await v.reject(v.mint(kid="unknown-kid-2"), "not in the tenant's key set")
+    await v.reject(v.mint(kid="unknown-kid-2"), "not in the provider's key set")
     assert entra.jwks_calls == 2, "a second unknown kid within 5 minutes must not fetch"
 
     await v.accept(v.mint())
     assert entra.jwks_calls == 2
 
     clock.advance(1)
-    await v.reject(v.mint(kid="unknown-kid-3"), "not in the tenant's key set")
+    await v.reject(v.mint(kid="unknown-kid-3"), "not in the provider's key set")
     assert entra.jwks_calls == 3
 
 
@@ -311,16 +328,16 @@ async def test_unknown_kids_refetch_once_then_wait_for_the_interval(
     v: Validator, entra: FakeEntra, clock: FakeClock
 ) -> None:
     # The first lookup fetches the set: fresh, it answers for that kid without a refetch.
-    await v.reject(v.mint(kid="unknown-kid"), "not in the tenant's key set")
+    await v.reject(v.mint(kid="unknown-kid"), "not in the provider's key set")
     assert entra.jwks_calls == 1
     # The next unknown kid fetches the set once more, at once ...
-    await v.reject(v.mint(kid="another-unknown-kid"), "not in the tenant's key set")
+    await v.reject(v.mint(kid="another-unknown-kid"), "not in the provider's key set")
     assert entra.jwks_calls == 2
     # ... and then no request until the interval has passed.
-    await v.reject(v.mint(kid="a-third-unknown-kid"), "not in the tenant's key set")
+    await v.reject(v.mint(kid="a-third-unknown-kid"), "not in the provider's key set")
     assert entra.jwks_calls == 2
     clock.advance(JWKS_REFETCH_INTERVAL)
-    await v.reject(v.mint(kid="a-fourth-unknown-kid"), "not in the tenant's key set")
+    await v.reject(v.mint(kid="a-fourth-unknown-kid"), "not in the provider's key set")
     assert entra.jwks_calls == 3
 
 
@@ -356,7 +373,7 @@ async def test_key_rotation_between_two_sign_ins(
     assert entra.jwks_calls == 2
 
     # The retired key left the published set: a token it signed is refused, with no fetch.
-    await v.reject(old_token, "not in the tenant's key set")
+    await v.reject(old_token, "not in the provider's key set")
     assert entra.jwks_calls == 2
 
 
@@ -368,7 +385,7 @@ async def test_rotation_moments_after_a_fetch_is_picked_up_at_once(
     await v.accept(v.mint())  # the new kid is unknown: one refetch finds it
     assert entra.jwks_calls == 2
     entra.rotate_keys()
-    await v.reject(v.mint(), "not in the tenant's key set")  # a second rotation must wait
+    await v.reject(v.mint(), "not in the provider's key set")  # a second rotation must wait
     assert entra.jwks_calls == 2
 
 
@@ -410,7 +427,7 @@ async def test_an_unparseable_jwks_entry_does_not_spoil_the_good_key(
     await v.accept(v.mint())
     assert entra.jwks_calls == 1
     # The unusable entries are not keys: a token naming one is refused.
-    await v.reject(v.mint(kid="bad"), "not in the tenant's key set")
+    await v.reject(v.mint(kid="bad"), "not in the provider's key set")
 
 
 @pytest.mark.parametrize(
@@ -662,19 +679,25 @@ def test_check_required() -> None:
                 id_token.check_required(claim_set(**{name: value}))
     with refused("lacks sub, nonce"):
         id_token.check_required(claim_set(sub=..., nonce=None))
+    # Entra's identity claims are required of Entra's tokens only.
+    id_token.check_required(claim_set(tid=..., oid=...))
+    for name in ("tid", "oid"):
+        with refused(f"lacks {name}"):
+            id_token.check_required(claim_set(**{name: ...}), ENTRA.required_claims)
 
 
-async def test_check_issuer_and_tenant(directory: EntraDirectory) -> None:
+async def test_check_issuer_and_tenant(directory: TenantDirectory) -> None:
     metadata = await directory.metadata(TENANT_ID)
     id_token.check_issuer(claim_set(), metadata)
     for issuer in (f"{AUTHORITY}/{TENANT_ID}/v2.0/", f"{AUTHORITY}/{OTHER_TENANT}/v2.0", [1]):
         with refused("issuer"):
             id_token.check_issuer(claim_set(iss=issuer), metadata)
-    id_token.check_tenant(claim_set(), metadata)
-    id_token.check_tenant(claim_set(tid=TENANT_ID.upper()), metadata)
+    assert ENTRA.check_claims(claim_set(), metadata.tenant_id) is None
+    assert ENTRA.check_claims(claim_set(tid=TENANT_ID.upper()), metadata.tenant_id) is None
     for tenant in (OTHER_TENANT, f" {TENANT_ID}", [TENANT_ID]):
-        with refused("tenant"):
-            id_token.check_tenant(claim_set(tid=tenant), metadata)
+        reason = ENTRA.check_claims(claim_set(tid=tenant), metadata.tenant_id)
+        assert reason is not None
+        assert "tenant" in reason
 
 
 def test_check_audience() -> None:

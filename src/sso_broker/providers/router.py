@@ -6,6 +6,7 @@ from fastapi import APIRouter, Response, status
 
 from sso_broker.deps import ContextDep, CurrentAdmin, ReadSessionDep, SessionDep, SettingsDep
 from sso_broker.errors import AUTHORIZATION_ERRORS, ErrorCode, error_responses
+from sso_broker.idp import adapters_for
 from sso_broker.providers import service
 from sso_broker.providers.schemas import ProviderCreate, ProviderList, ProviderRead, ProviderUpdate
 
@@ -34,14 +35,18 @@ async def list_providers(
         *AUTHORIZATION_ERRORS,
         ErrorCode.VALIDATION_ERROR,
         ErrorCode.UNSUPPORTED_TENANT,
-        ErrorCode.INVALID_TENANT,
+        ErrorCode.INVALID_BASE_URL,
     ),
 )
 async def create_provider(
     data: ProviderCreate, principal: CurrentAdmin, session: SessionDep, settings: SettingsDep
 ) -> ProviderRead:
     provider = await service.create(
-        session, principal.user.company_id, data, actor_id=principal.user.id
+        session,
+        adapters_for(settings.adapter_config),
+        principal.user.company_id,
+        data,
+        actor_id=principal.user.id,
     )
     return ProviderRead.build(provider, settings)
 
@@ -70,7 +75,7 @@ async def get_provider(
         ErrorCode.NOT_FOUND,
         ErrorCode.VALIDATION_ERROR,
         ErrorCode.UNSUPPORTED_TENANT,
-        ErrorCode.INVALID_TENANT,
+        ErrorCode.INVALID_BASE_URL,
         ErrorCode.INVALID_CLIENT_ID,
         ErrorCode.INVALID_CLIENT_SECRET,
         ErrorCode.PROVIDER_INCOMPLETE,
@@ -84,7 +89,7 @@ async def update_provider(
     context: ContextDep,
 ) -> ProviderRead:
     provider = await service.update(
-        session, context.box, principal.user.company_id, provider_id, data,
+        session, context.box, context.adapters, principal.user.company_id, provider_id, data,
         actor_id=principal.user.id,
     )  # fmt: skip
     return ProviderRead.build(provider, context.settings)

@@ -7,12 +7,12 @@ from typing import Annotated
 from pydantic import AwareDatetime, BaseModel, Field, StrictBool, StringConstraints
 
 from sso_broker.config import Settings
+from sso_broker.idp import ProviderTypeName, adapters_for
 from sso_broker.providers.models import (
     BASE_URL_MAX,
     CLIENT_ID_MAX,
     SSOProvider,
 )
-from sso_broker.providers.types import ProviderTypeName
 from sso_broker.schemas import DisplayName, PatchBody, StrictBody
 
 CLIENT_SECRET_MAX = 1024
@@ -23,10 +23,21 @@ ClientSecret = Annotated[str, StringConstraints(min_length=1, max_length=CLIENT_
 
 
 class ProviderCreate(StrictBody):
-    type: ProviderTypeName = Field(description="The identity provider's kind.")
+    type: ProviderTypeName = Field(
+        description="The identity provider's kind: entra, okta, pingone, or oidc (any OpenID "
+        "Provider)."
+    )
     base_url: BaseUrl = Field(
-        description="For Entra: the Directory (tenant) ID or a verified domain of the tenant.",
-        examples=["3f2b8c4e-1a2b-4c3d-9e8f-0a1b2c3d4e5f", "contoso.onmicrosoft.com"],
+        description="entra: the Directory (tenant) ID or a verified domain (a pasted "
+        "login.microsoftonline.com or sts.windows.net URL is taken apart); okta: the org URL, "
+        "optionally with /oauth2/{server id}; pingone: the environment ID or its issuer URL; "
+        "oidc: the issuer URL. Stored normalised.",
+        examples=[
+            "3f2b8c4e-1a2b-4c3d-9e8f-0a1b2c3d4e5f",
+            "contoso.onmicrosoft.com",
+            "https://acme.okta.com/oauth2/default",
+            "https://id.example.com",
+        ],
     )
     name: ProviderName | None = Field(
         default=None, description="Display name; defaults to the type's name."
@@ -49,7 +60,8 @@ class ProviderUpdate(PatchBody):
         repr=False,
     )
     client_secret_expires_at: AwareDatetime | None = Field(
-        default=None, description="When the secret expires in Entra (with a timezone)."
+        default=None,
+        description="When the secret expires at the identity provider (with a timezone).",
     )
     enabled: StrictBool | None = None
 
@@ -61,9 +73,18 @@ class LastError(BaseModel):
 
 
 class ProviderUrls(BaseModel):
-    initiate_sign_in_url: str = Field(description="Entra: Branding & properties → Home page URL.")
-    callback_url: str = Field(description="Entra: App registration → Redirect URIs (Web).")
-    logout_url: str = Field(description="Entra: front-channel logout URL (optional).")
+    initiate_sign_in_url: str = Field(
+        description="Entra: Branding & properties → Home page URL; Okta: Initiate login URI; "
+        "PingOne: Initiate Login URI; any provider: where a sign-in starts."
+    )
+    callback_url: str = Field(
+        description="Entra: Redirect URIs (Web); Okta: Sign-in redirect URIs; PingOne: "
+        "Redirect URIs; any provider: the registered redirect URI."
+    )
+    logout_url: str = Field(
+        description="Front-channel logout URL, and the post-logout redirect URI (Okta: "
+        "Sign-out redirect URIs; PingOne: Signoff URLs)."
+    )
 
 
 class ProviderRead(BaseModel):
@@ -71,6 +92,10 @@ class ProviderRead(BaseModel):
     type: ProviderTypeName
     name: str
     base_url: str
+    issuer: str | None = Field(
+        description="Read-only: the issuer base_url names; null for an Entra domain, whose "
+        "tenant only its metadata names."
+    )
     client_id: str | None
     client_secret_set: bool
     client_secret_expires_at: datetime | None
@@ -88,6 +113,7 @@ class ProviderRead(BaseModel):
             type=provider.type,
             name=provider.name,
             base_url=provider.base_url,
+            issuer=adapters_for(settings.adapter_config)[provider.type].issuer(provider.base_url),
             client_id=provider.client_id,
             client_secret_set=provider.client_secret_encrypted is not None,
             client_secret_expires_at=provider.client_secret_expires_at,

@@ -11,10 +11,10 @@ from sso_broker.audit import service as audit
 from sso_broker.audit.service import EventType
 from sso_broker.crypto import SecretBox
 from sso_broker.errors import ErrorCode, InvalidInput, NotFound
+from sso_broker.idp import Adapters
 from sso_broker.providers import repository
 from sso_broker.providers.models import SSOProvider
 from sso_broker.providers.schemas import ProviderCreate, ProviderUpdate
-from sso_broker.providers.types import provider_type
 
 # Fields whose change makes a recorded sign-in failure stale.
 _CREDENTIAL_FIELDS = frozenset({"base_url", "client_id", "client_secret"})
@@ -39,9 +39,15 @@ async def list_for_company(session: AsyncSession, company_id: uuid.UUID) -> Sequ
 
 
 async def create(
-    session: AsyncSession, company_id: uuid.UUID, data: ProviderCreate, *, actor_id: uuid.UUID
+    session: AsyncSession,
+    adapters: Adapters,
+    company_id: uuid.UUID,
+    data: ProviderCreate,
+    *,
+    actor_id: uuid.UUID,
 ) -> SSOProvider:
-    kind = provider_type(data.type)
+    """A new, disabled provider; creating one never calls the identity provider."""
+    kind = adapters[data.type]
     provider = SSOProvider(
         id=uuid.uuid4(),
         company_id=company_id,
@@ -62,6 +68,7 @@ async def create(
 async def update(
     session: AsyncSession,
     box: SecretBox,
+    adapters: Adapters,
     company_id: uuid.UUID,
     provider_id: uuid.UUID,
     data: ProviderUpdate,
@@ -75,7 +82,7 @@ async def update(
     provider is refused the same way.
     """
     provider = await get(session, company_id, provider_id)
-    kind = provider_type(provider.type)
+    kind = adapters[provider.type]
     changed = data.model_fields_set
     was_enabled = provider.enabled
 
@@ -112,8 +119,8 @@ async def update(
             if value is None
         )
         raise InvalidInput(
-            f"The provider cannot be enabled without {missing}. Send the app registration's "
-            "Application (client) ID and a client secret's Value with `enabled: true`.",
+            f"The provider cannot be enabled without {missing}. Send the application's client "
+            "ID and a client secret's value with `enabled: true`.",
             code=ErrorCode.PROVIDER_INCOMPLETE,
         )
     if changed & _CREDENTIAL_FIELDS:

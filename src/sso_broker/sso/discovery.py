@@ -1,10 +1,12 @@
-"""Entra's OpenID metadata and signing keys, fetched over the shared HTTP client and cached.
+"""Identity providers' OpenID metadata and signing keys, fetched over the shared HTTP client
+and cached: the generic core every provider type shares (README, *Identity providers*).
 
 Both are public and the same for every replica, so an in-process cache is safe: metadata is
-refreshed after :data:`METADATA_TTL` (and a stale copy keeps serving while Entra is down);
-a key set is fetched again on an unknown ``kid`` at most once per :data:`JWKS_REFETCH_INTERVAL`
-per issuer, so a key rotation between two sign-ins works and a flood of forged kids does not
-hammer Entra.
+refreshed after :data:`METADATA_TTL` (and a stale copy keeps serving while the provider is
+down); a key set is fetched again on an unknown ``kid`` at most once per
+:data:`JWKS_REFETCH_INTERVAL` per issuer, so a key rotation between two sign-ins works and a
+flood of forged kids does not hammer the provider. What a type accepts as its metadata (its
+issuer, where its endpoints may live) is its adapter's say (``idp/``).
 """
 
 from __future__ import annotations
@@ -12,17 +14,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import jwt
 
 from sso_broker.errors import SignInError, SignInErrorCode
 from sso_broker.http import IdentityProviderClient, ResponseTooLarge, TransportError
-from sso_broker.providers.types import EntraType, is_guid
+from sso_broker.idp import Adapter
 
 logger = logging.getLogger(__name__)
 
@@ -32,32 +33,21 @@ JWKS_TTL = 24 * 3600.0
 JWKS_REFETCH_INTERVAL = 300.0
 MAX_DOCUMENT_BYTES = 256 * 1024
 _ENDPOINTS = ("authorization_endpoint", "token_endpoint", "jwks_uri", "end_session_endpoint")
-_AADSTS = re.compile(r"AADSTS(\d{4,7})")
-
-
-def aadsts_code(*texts: object) -> str | None:
-    """The first ``AADSTS…`` code in Entra's error texts or ``error_codes`` list."""
-    for text in texts:
-        if isinstance(text, list) and text and isinstance(text[0], int):
-            return f"AADSTS{text[0]}"
-        if isinstance(text, str):
-            match = _AADSTS.search(text[:2000])
-            if match:
-                return f"AADSTS{match.group(1)}"
-    return None
 
 
 @dataclass(frozen=True, slots=True)
 class ProviderMetadata:
-    """What a sign-in needs from the tenant's discovery document."""
+    """What a sign-in needs from the provider's discovery document."""
 
     issuer: str
-    tenant_id: str
+    tenant_id: str | None  # the tenant the issuer names, for types that have tenants (Entra)
     authorization_endpoint: str
     token_endpoint: str
     jwks_uri: str
     end_session_endpoint: str | None
     iss_parameter_supported: bool
+    # token_endpoint_auth_methods_supported as published; None when the document has none.
+    token_auth_methods: tuple[str, ...] | None = None
 
 
 @dataclass(slots=True)
@@ -79,16 +69,25 @@ class _KeySet:
 
 
 class DiscoveryError(Exception):
-    """Entra's metadata could not be had or was not acceptable.
+    """The provider's metadata could not be had or was not acceptable.
 
-    ``aadsts`` carries Entra's error code when Entra gave one (AADSTS90002: no such tenant).
+    ``status`` is the HTTP status the provider answered, and ``provider_code`` its own error
+    code when it gave one (Entra's AADSTS90002: no such tenant).
     """
 
-    def __init__(self, reason: str, *, aadsts: str | None = None, cached: bool = False) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        status: int | None = None,
+        provider_code: str | None = None,
+        cached: bool = False,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.aadsts = aadsts
-        # True when this repeats a recent failure without asking Entra again.
+        self.status = status
+        self.provider_code = provider_code
+        # True when this repeats a recent failure without asking the provider again.
         self.cached = cached
 
 
@@ -115,22 +114,21 @@ async def _get_json(http: IdentityProviderClient, url: str) -> tuple[int, Any]:
         raise DiscoveryError(f"{urlsplit(url).path} answered {status} without JSON") from e
 
 
-class EntraDirectory:
-    """Per-process caches of Entra metadata (per tenant) and key sets (per issuer)."""
+class ProviderDirectory:
+    """Per-process caches of providers' metadata (per discovery URL) and key sets (per
+    issuer), for every provider type."""
 
-    def __init__(self, http: IdentityProviderClient, authority: str) -> None:
+    def __init__(self, http: IdentityProviderClient) -> None:
         self._http = http
-        self._authority = authority.rstrip("/")
         self._metadata: dict[str, _Cached] = {}
         self._keys: dict[str, _KeySet] = {}
 
-    def discovery_url(self, tenant: str) -> str:
-        return f"{self._authority}/{quote(tenant, safe='')}/v2.0/.well-known/openid-configuration"
-
-    async def metadata(self, tenant: str) -> ProviderMetadata:
-        """The tenant's metadata, fetched at most once per TTL; stale copies serve on failure."""
-        key = tenant.lower()
-        cached = self._metadata.setdefault(key, _Cached())
+    async def metadata(self, adapter: Adapter, base_url: str) -> ProviderMetadata:
+        """The provider's metadata, fetched at most once per TTL; stale copies serve on
+        failure."""
+        url = adapter.discovery_url(base_url)
+        # Exact: two issuers differing only in their path's letter case are two providers.
+        cached = self._metadata.setdefault(url, _Cached())
         now = time.monotonic()
         if cached.metadata is not None and now - cached.fetched_at < METADATA_TTL:
             return cached.metadata
@@ -139,96 +137,52 @@ class EntraDirectory:
             if cached.metadata is not None and now - cached.fetched_at < METADATA_TTL:
                 return cached.metadata
             if now - cached.failed_at < METADATA_RETRY_AFTER_FAILURE:
-                # A tenant that just failed is not asked again for a while, so bots clicking a
-                # misconfigured provider's link cannot make us hammer Entra.
+                # A provider that just failed is not asked again for a while, so bots clicking
+                # a misconfigured provider's link cannot make us hammer it.
                 if cached.metadata is not None:
                     return cached.metadata
                 if cached.failure is not None:
+                    failure = cached.failure
                     raise DiscoveryError(
-                        cached.failure.reason, aadsts=cached.failure.aadsts, cached=True
+                        failure.reason,
+                        status=failure.status,
+                        provider_code=failure.provider_code,
+                        cached=True,
                     )
             try:
-                metadata = await self._fetch_metadata(tenant)
+                metadata = await self._fetch_metadata(adapter, base_url, url)
             except DiscoveryError as e:
                 cached.failed_at, cached.failure = time.monotonic(), e
                 if cached.metadata is not None:
-                    logger.warning("serving stale Entra metadata", extra={"tenant": tenant})
+                    logger.warning(
+                        "serving stale provider metadata", extra={"provider_type": adapter.name}
+                    )
                     return cached.metadata
                 raise
             cached.metadata, cached.fetched_at, cached.failure = metadata, time.monotonic(), None
             return metadata
 
-    async def _fetch_metadata(self, tenant: str) -> ProviderMetadata:
-        status, document = await _get_json(self._http, self.discovery_url(tenant))
+    async def _fetch_metadata(self, adapter: Adapter, base_url: str, url: str) -> ProviderMetadata:
+        status, document = await _get_json(self._http, url)
         if status != 200 or not isinstance(document, dict):
             details = document if isinstance(document, dict) else {}
             raise DiscoveryError(
                 f"discovery answered {status}",
-                aadsts=aadsts_code(details.get("error_codes"), details.get("error_description")),
+                status=status,
+                provider_code=adapter.error_code(
+                    details.get("error_codes"), details.get("error_description")
+                ),
             )
-        return self._check_metadata(tenant, document)
-
-    def _check_metadata(self, tenant: str, document: dict[str, Any]) -> ProviderMetadata:
-        """Accepts a discovery document only if it speaks for exactly the configured tenant.
-
-        The issuer must be ``{authority}/{tenant GUID}/v2.0``, the GUID must equal a GUID
-        tenant as configured (a domain tenant learns its GUID here), never the tenant of
-        personal Microsoft accounts, and every endpoint must live on the authority's origin,
-        so a tampered or confused document cannot send codes or secrets elsewhere.
-        """
-        issuer = document.get("issuer")
-        prefix, suffix = f"{self._authority}/", "/v2.0"
-        if not isinstance(issuer, str) or not (
-            issuer.startswith(prefix) and issuer.endswith(suffix)
-        ):
-            raise DiscoveryError("discovery issuer is not an Entra v2.0 issuer of this authority")
-        tenant_id = issuer[len(prefix) : -len(suffix)]
-        if not is_guid(tenant_id):
-            raise DiscoveryError("discovery issuer does not name a tenant GUID")
-        if is_guid(tenant) and tenant_id.lower() != tenant.lower():
-            raise DiscoveryError("discovery issuer names another tenant than the one configured")
-        if tenant_id.lower() == EntraType.CONSUMER_TENANT_ID:
-            raise DiscoveryError("the tenant is Microsoft's personal-accounts tenant")
-        endpoints: dict[str, str | None] = {}
-        for name in (
-            "authorization_endpoint",
-            "token_endpoint",
-            "jwks_uri",
-            "end_session_endpoint",
-        ):
-            value = document.get(name)
-            if value is None and name == "end_session_endpoint":
-                endpoints[name] = None
-                continue
-            if not isinstance(value, str) or not self._on_authority(value):
-                raise DiscoveryError(f"discovery {name} is missing or not on the authority")
-            endpoints[name] = value
-        algorithms = document.get("id_token_signing_alg_values_supported")
-        if isinstance(algorithms, list) and "RS256" not in algorithms:
-            raise DiscoveryError("the tenant does not sign ID tokens with RS256")
-        return ProviderMetadata(
-            issuer=issuer,
-            tenant_id=tenant_id.lower(),
-            authorization_endpoint=str(endpoints["authorization_endpoint"]),
-            token_endpoint=str(endpoints["token_endpoint"]),
-            jwks_uri=str(endpoints["jwks_uri"]),
-            end_session_endpoint=endpoints["end_session_endpoint"],
-            iss_parameter_supported=document.get("authorization_response_iss_parameter_supported")
-            is True,
-        )
-
-    def _on_authority(self, url: str) -> bool:
-        authority = urlsplit(self._authority)
-        target = urlsplit(url)
-        return (target.scheme, target.netloc) == (authority.scheme, authority.netloc)
+        return check_metadata(adapter, base_url, document)
 
     async def signing_key(self, metadata: ProviderMetadata, kid: str | None) -> jwt.PyJWK:
         """The issuer's key for ``kid`` (or its only key when the token names none).
 
         An unknown kid fetches the key set again at once, and then not again for the refetch
-        interval: a rotation between two sign-ins works, a flood of forged kids costs Entra
-        one request per interval. A key set past its TTL is refreshed at most once per interval
-        too (failures count), so while Entra's key endpoint fails the cached keys serve.
+        interval: a rotation between two sign-ins works, a flood of forged kids costs the
+        provider one request per interval. A key set past its TTL is refreshed at most once per
+        interval too (failures count), so while the provider's key endpoint fails the cached
+        keys serve.
         """
         key_set = self._keys.setdefault(metadata.issuer, _KeySet())
         found = self._pick(key_set, kid)
@@ -256,12 +210,12 @@ class EntraDirectory:
                 except DiscoveryError as e:
                     if not key_set.keys:
                         raise SignInError(SignInErrorCode.IDP_ERROR, e.reason) from e
-                    logger.warning("serving cached Entra keys", extra={"reason": e.reason})
+                    logger.warning("serving cached signing keys", extra={"reason": e.reason})
                 found = self._pick(key_set, kid)
         if found is None:
             raise SignInError(
                 SignInErrorCode.INVALID_ID_TOKEN,
-                "the ID token's key is not in the tenant's key set"
+                "the ID token's key is not in the provider's key set"
                 if kid is not None
                 else "the ID token names no key and the key set holds several",
             )
@@ -288,9 +242,52 @@ class EntraDirectory:
             try:
                 key = jwt.PyJWK(entry, algorithm="RS256")
             except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
-                logger.info("skipped an unusable key in the tenant's key set")
+                logger.info("skipped an unusable key in the provider's key set")
                 continue
             keys[str(entry.get("kid", ""))] = key
         if not keys:
-            raise DiscoveryError("the tenant's key set holds no usable RSA signing key")
+            raise DiscoveryError("the provider's key set holds no usable RSA signing key")
         return keys
+
+
+def check_metadata(adapter: Adapter, base_url: str, document: dict[str, Any]) -> ProviderMetadata:
+    """Accepts a discovery document only if it speaks for exactly the configured provider.
+
+    Its ``issuer`` must be the one ``base_url`` names (the adapter's rule: exactly the derived
+    issuer, or for an Entra domain an Entra issuer of this authority), and every endpoint must
+    be one the adapter trusts (on the issuer's origin, unless the type says otherwise), so a
+    tampered or confused document cannot send codes or secrets elsewhere.
+    """
+    issuer = document.get("issuer")
+    if not isinstance(issuer, str):
+        raise DiscoveryError("discovery document has no issuer")
+    try:
+        tenant_id = adapter.check_issuer(base_url, issuer)
+    except ValueError as e:
+        raise DiscoveryError(str(e)) from e
+    endpoints: dict[str, str | None] = {}
+    for name in _ENDPOINTS:
+        value = document.get(name)
+        if value is None and name == "end_session_endpoint":
+            endpoints[name] = None
+            continue
+        if not isinstance(value, str) or not adapter.endpoint_allowed(issuer, value):
+            raise DiscoveryError(f"discovery {name} is missing or not on the provider's origin")
+        endpoints[name] = value
+    algorithms = document.get("id_token_signing_alg_values_supported")
+    if isinstance(algorithms, list) and "RS256" not in algorithms:
+        raise DiscoveryError("the provider does not sign ID tokens with RS256")
+    methods = document.get("token_endpoint_auth_methods_supported")
+    return ProviderMetadata(
+        issuer=issuer,
+        tenant_id=tenant_id,
+        authorization_endpoint=str(endpoints["authorization_endpoint"]),
+        token_endpoint=str(endpoints["token_endpoint"]),
+        jwks_uri=str(endpoints["jwks_uri"]),
+        end_session_endpoint=endpoints["end_session_endpoint"],
+        iss_parameter_supported=document.get("authorization_response_iss_parameter_supported")
+        is True,
+        token_auth_methods=tuple(m for m in methods if isinstance(m, str))
+        if isinstance(methods, list)
+        else None,
+    )

@@ -1,9 +1,11 @@
 """Who a validated ID token signs in: the nOAuth lesson applied.
 
 An email claim alone is not an identity (in a multi-tenant Entra app anyone can set one),
-so identities are keyed by (provider, ``tid``, ``oid``). The email is used once, at a
-user's first sign-in, to find the account an administrator associated with this provider;
-afterwards the link alone counts.
+so identities are keyed by the provider and (``namespace``, ``subject``): Entra's ``tid`` and
+``oid``, every other type's ``iss`` and ``sub``. An email the provider vouches for (the type's
+rule, ``Adapter.first_link_email``) is used once, at a user's first sign-in, to find the
+account an administrator associated with this provider; afterwards the link alone counts
+(README, *Identities and first sign-in*).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from sso_broker.sso.repository import Account, Resolution
 
 
 def not_provisioned(reason: str, claims: IdTokenClaims) -> SignInError:
-    return SignInError(SignInErrorCode.USER_NOT_PROVISIONED, reason, idp_subject=claims.object_id)
+    return SignInError(SignInErrorCode.USER_NOT_PROVISIONED, reason, idp_subject=claims.subject)
 
 
 def choose_account(
@@ -38,7 +40,7 @@ def choose_account(
             )
         return linked, False
     if claims.email is None:
-        raise not_provisioned("the ID token carries neither email nor preferred_username", claims)
+        raise not_provisioned("the ID token carries no email a first sign-in may trust", claims)
     if found.candidate is None:
         raise not_provisioned("no user of this company with that email uses this provider", claims)
     return found.candidate, True

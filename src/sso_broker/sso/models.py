@@ -20,7 +20,8 @@ class ConsumedState(Base):
 
 
 class IdentityLink(IdMixin, Base):
-    """Ties an identity at a provider (tenant ``tid`` + object ``oid``) to one of our users.
+    """Ties an identity at a provider to one of our users: (``namespace``, ``subject``) is
+    Entra's tenant ``tid`` and object ``oid``, every other type's ``iss`` and ``sub``.
 
     Made at a user's first sign-in (email match) and used alone afterwards, so an email
     changed at the identity provider neither locks the user out nor lets someone else in.
@@ -28,15 +29,15 @@ class IdentityLink(IdMixin, Base):
 
     __tablename__ = "identity_links"
     __table_args__ = (
-        UniqueConstraint("provider_id", "tenant_id", "subject"),
+        UniqueConstraint("provider_id", "namespace", "subject"),
         UniqueConstraint("provider_id", "user_id"),
     )
 
     provider_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("sso_providers.id", ondelete="CASCADE")
     )
-    tenant_id: Mapped[str] = mapped_column(String(64))
-    subject: Mapped[str] = mapped_column(String(64))
+    namespace: Mapped[str] = mapped_column(String(255))
+    subject: Mapped[str] = mapped_column(String(255))
     user_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("users.id", ondelete="CASCADE"), index=True
     )

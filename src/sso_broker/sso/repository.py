@@ -66,7 +66,7 @@ class NewSignIn:
 
     provider_id: uuid.UUID
     account: Account
-    tenant_id: str
+    namespace: str  # the tenant (Entra) or issuer the subject is unique in
     subject: str
     link: bool  # a first sign-in: link the identity to the account too
     session_id: uuid.UUID

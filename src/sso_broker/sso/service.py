@@ -1,9 +1,11 @@
-"""The browser sign-in: initiate → Entra → callback → a login code for the frontend.
+"""The browser sign-in: initiate → identity provider → callback → a login code for the
+frontend, for every provider type.
 
-Follow it with a finger: :func:`initiate` seals a fresh :class:`LoginState` and builds
-Entra's authorization URL; :func:`complete` opens and consumes the state, exchanges the code
-(PKCE, ``client_secret_post``), validates the ID token, resolves the user, opens a sign-in
-session and returns the frontend URL carrying a one-time login code.
+Follow it with a finger: :func:`initiate` seals a fresh :class:`LoginState` and builds the
+provider's authorization URL; :func:`complete` opens and consumes the state, exchanges the
+code (PKCE, the client authentication the provider's metadata asks for), validates the ID
+token, resolves the user, opens a sign-in session and returns the frontend URL carrying a
+one-time login code. What differs by type is asked of the provider's adapter (``idp/``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote_plus, urlencode
 
 from sso_broker.audit import service as audit
 from sso_broker.audit.service import EventType
@@ -29,15 +31,12 @@ from sso_broker.deps import AppContext
 from sso_broker.errors import SignInError, SignInErrorCode
 from sso_broker.hotpath import LinkConflict
 from sso_broker.http import ResponseTooLarge, TransportError
+from sso_broker.idp import Adapter
+from sso_broker.idp.base import Actionable
 from sso_broker.providers.models import SSOProvider
 from sso_broker.sessions import service as sessions_service
 from sso_broker.sso import id_token, repository, state
-from sso_broker.sso.discovery import (
-    DiscoveryError,
-    ProviderMetadata,
-    aadsts_code,
-    overall_deadline,
-)
+from sso_broker.sso.discovery import DiscoveryError, ProviderMetadata, overall_deadline
 from sso_broker.sso.identity import choose_account, not_provisioned
 from sso_broker.sso.redirects import safe_return_to
 from sso_broker.users.repository import normalize_email
@@ -50,42 +49,14 @@ MAX_HINT = 256
 MAX_TOKEN_RESPONSE = 64 * 1024
 PURGE_PROBABILITY = 0.02
 
-# Entra errors an administrator can fix, and what to tell them (shown as last_error).
-ACTIONABLE_AADSTS: dict[str, tuple[str, str]] = {
-    "AADSTS7000215": (
-        "invalid_client_secret",
-        "Entra rejected the client secret (AADSTS7000215): paste the secret's Value, not its "
-        "Secret ID (App registration → Certificates & secrets).",
-    ),
-    "AADSTS7000222": (
-        "client_secret_expired",
-        "The client secret has expired (AADSTS7000222): create a new one in Entra "
-        "(Certificates & secrets) and paste its Value here.",
-    ),
-    "AADSTS700016": (
-        "unknown_client_id",
-        "Entra does not know this client ID in this tenant (AADSTS700016): paste the "
-        "Application (client) ID of the app registration in this tenant.",
-    ),
-    "AADSTS50011": (
-        "redirect_uri_mismatch",
-        "Entra refused the callback URL (AADSTS50011): add this provider's callback URL to "
-        "the app registration's Redirect URIs (platform Web), exactly as shown.",
-    ),
-    "AADSTS90002": (
-        "tenant_not_found",
-        "Entra does not know this tenant (AADSTS90002): check the Directory (tenant) ID or "
-        "domain in base_url.",
-    ),
-    # The plain OAuth error, when no AADSTS code says more (RFC 6749 §5.2).
-    "invalid_client": (
-        "invalid_client",
-        "The identity provider rejected the client credentials (invalid_client): check the "
-        "client ID and paste the client secret's Value again.",
-    ),
-}
-# Errors the user caused or chose: cancelled, not assigned to the app, consent declined.
-ACCESS_DENIED_AADSTS = frozenset({"AADSTS50105", "AADSTS65004", "AADSTS50126"})
+# Client authentication with a secret, in our order of preference when the metadata lists
+# none (RFC 8414: no list means client_secret_basic).
+SECRET_AUTH_METHODS = frozenset({"client_secret_basic", "client_secret_post"})
+UNSUPPORTED_AUTH = Actionable(
+    "unsupported_client_authentication",
+    "The identity provider accepts neither client_secret_basic nor client_secret_post at its "
+    "token endpoint: allow one of them for this application.",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,12 +127,18 @@ async def record_failure(
         logger.warning("could not audit a failed sign-in", extra={"error": type(e).__name__})
 
 
+def adapter_of(context: AppContext, provider: SSOProvider) -> Adapter:
+    return context.adapters[provider.type]
+
+
 async def provider_metadata(context: AppContext, provider: SSOProvider) -> ProviderMetadata:
+    adapter = adapter_of(context, provider)
     try:
-        return await context.directory.metadata(provider.base_url)
+        return await context.directory.metadata(adapter, provider.base_url)
     except DiscoveryError as e:
-        if e.aadsts in ACTIONABLE_AADSTS and not e.cached:
-            await record_error(context, provider.id, e.aadsts)
+        actionable = adapter.discovery_failed(e.status, e.provider_code)
+        if actionable is not None and not e.cached:
+            await record_error(context, provider.id, actionable, e.provider_code)
         raise SignInError(SignInErrorCode.IDP_ERROR, f"discovery failed: {e.reason}") from e
 
 
@@ -198,7 +175,8 @@ async def initiate(
     domain_hint: str | None,
     prompt: str | None,
 ) -> InitiateResult:
-    """Builds the redirect to Entra; writes nothing to the database (the state is sealed)."""
+    """Builds the redirect to the provider; writes nothing to the database (the state is
+    sealed)."""
     provider = await load_provider(context, provider_id)
     try:
         metadata = await provider_metadata(context, provider)
@@ -211,8 +189,8 @@ async def initiate(
     login = state.LoginState.new(provider.id, safe_path)
     optional = {
         "login_hint": _hint(login_hint),
-        "domain_hint": _hint(domain_hint),
         "prompt": prompt if prompt in PROMPTS else None,
+        **adapter_of(context, provider).authorization_params(domain_hint=_hint(domain_hint)),
     }
     # state, nonce and the challenge are URL-safe base64 already: nothing to encode.
     prefix = _authorization_prefix(
@@ -248,15 +226,33 @@ def token_request_body(*, code: str, redirect_uri: str, **params: str) -> bytes:
     ).encode("ascii")
 
 
-async def record_error(context: AppContext, provider_id: uuid.UUID, aadsts: str) -> None:
-    """Stores an actionable failure as the provider's ``last_error`` (its own transaction).
+def client_auth_method(metadata: ProviderMetadata) -> str | None:
+    """The first secret-based method the metadata lists, in its order; ``client_secret_basic``
+    when it lists none (RFC 8414, 2); None when it lists only others."""
+    if metadata.token_auth_methods is None:
+        return "client_secret_basic"
+    return next((m for m in metadata.token_auth_methods if m in SECRET_AUTH_METHODS), None)
 
-    ``aadsts`` is a key of :data:`ACTIONABLE_AADSTS`: Entra's code, or a plain OAuth error.
-    """
-    code, message = ACTIONABLE_AADSTS[aadsts]
+
+def basic_authorization(client_id: str, secret: str) -> str:
+    """RFC 6749, 2.3.1: each part form-encoded before the Basic encoding, so a secret holding
+    ``:`` or ``%`` reaches the provider as it is."""
+    pair = f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+async def record_error(
+    context: AppContext, provider_id: uuid.UUID, actionable: Actionable, provider_code: str | None
+) -> None:
+    """Stores an actionable failure as the provider's ``last_error`` (its own transaction)."""
+    code, message = actionable.code, actionable.message
     logger.warning(
         "sign-in failure an administrator must fix",
-        extra={"provider_id": str(provider_id), "aadsts": aadsts, "last_error": code},
+        extra={
+            "provider_id": str(provider_id),
+            "provider_code": provider_code,
+            "last_error": code,
+        },
     )
     async with session_scope(context.sessionmaker) as session:
         provider = await session.get(SSOProvider, provider_id)
@@ -264,20 +260,24 @@ async def record_error(context: AppContext, provider_id: uuid.UUID, aadsts: str)
             provider.last_error = {"code": code, "message": message, "at": utcnow().isoformat()}
 
 
-def _check_idp_error(params: CallbackParams) -> str | None:
-    """Maps an error response from Entra to our code; returns its AADSTS code for the log."""
+def _check_idp_error(adapter: Adapter, params: CallbackParams) -> None:
+    """Maps an error response from the provider to our code, its own code in the log."""
     if params.error is None:
-        return None
-    aadsts = aadsts_code(params.error_description)
-    if params.error == "access_denied" or aadsts in ACCESS_DENIED_AADSTS:
+        return
+    provider_code = adapter.error_code(params.error_description)
+    if adapter.user_refused(params.error, provider_code):
         code = SignInErrorCode.ACCESS_DENIED
     else:
         code = SignInErrorCode.IDP_ERROR
-    raise SignInError(code, f"Entra answered {params.error[:64]!r} ({aadsts or 'no AADSTS code'})")
+    raise SignInError(
+        code,
+        f"{adapter.name} answered {params.error[:64]!r} ({provider_code or 'no provider code'})",
+    )
 
 
 def _check_iss(params: CallbackParams, metadata: ProviderMetadata) -> None:
-    """RFC 9207: the response names its issuer when Entra says it will (mix-up defence)."""
+    """RFC 9207: the response names its issuer when the provider says it will (mix-up
+    defence)."""
     if params.iss is not None and params.iss != metadata.issuer:
         raise SignInError(SignInErrorCode.IDP_ERROR, "the authorization response's iss is wrong")
     if params.iss is None and metadata.iss_parameter_supported:
@@ -291,15 +291,33 @@ async def _exchange_code(
     code: str,
     login: state.LoginState,
 ) -> dict[str, Any]:
-    """The token request: ``client_secret_post`` plus the PKCE verifier."""
+    """The token request: the PKCE verifier, and the client authentication the metadata
+    names first of ``client_secret_basic`` and ``client_secret_post``."""
     client_id, secret_encrypted = credentials(provider)
-    body = token_request_body(
-        code=code,
-        redirect_uri=callback_url(context, provider.id),
-        client_id=client_id,
-        client_secret=context.box.decrypt(secret_encrypted),
-        code_verifier=login.code_verifier,
-    )
+    adapter = adapter_of(context, provider)
+    method = client_auth_method(metadata)
+    if method is None:
+        await record_error(context, provider.id, UNSUPPORTED_AUTH, None)
+        raise SignInError(
+            SignInErrorCode.TOKEN_EXCHANGE_FAILED, "no secret-based client authentication"
+        )
+    headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
+    secret = context.box.decrypt(secret_encrypted)
+    if method == "client_secret_post":
+        body = token_request_body(
+            code=code,
+            redirect_uri=callback_url(context, provider.id),
+            client_id=client_id,
+            client_secret=secret,
+            code_verifier=login.code_verifier,
+        )
+    else:
+        headers["Authorization"] = basic_authorization(client_id, secret)
+        body = token_request_body(
+            code=code,
+            redirect_uri=callback_url(context, provider.id),
+            code_verifier=login.code_verifier,
+        )
     try:
         async with asyncio.timeout(overall_deadline(context.http)):
             status, answer = await context.http.fetch(
@@ -307,10 +325,7 @@ async def _exchange_code(
                 metadata.token_endpoint,
                 limit=MAX_TOKEN_RESPONSE,
                 content=body,
-                headers={
-                    "Content-Type": "application/x-www-form-urlencoded",
-                    "Accept": "application/json",
-                },
+                headers=headers,
             )
     except ResponseTooLarge as e:
         raise SignInError(
@@ -330,15 +345,19 @@ async def _exchange_code(
             f"token endpoint answered {status} without a JSON object",
         )
     if status != 200 or "error" in document:
-        aadsts = aadsts_code(document.get("error_codes"), document.get("error_description"))
-        if aadsts in ACTIONABLE_AADSTS:
-            await record_error(context, provider.id, aadsts)
-        elif document.get("error") == "invalid_client":
-            await record_error(context, provider.id, "invalid_client")
+        error = document.get("error")
+        provider_code = adapter.error_code(
+            document.get("error_codes"), document.get("error_description")
+        )
+        actionable = adapter.actionable(
+            error if isinstance(error, str) else None, provider_code, status
+        )
+        if actionable is not None:
+            await record_error(context, provider.id, actionable, provider_code)
         raise SignInError(
             SignInErrorCode.TOKEN_EXCHANGE_FAILED,
             f"token endpoint answered {status} "
-            f"{str(document.get('error'))[:64]!r} ({aadsts or 'no AADSTS code'})",
+            f"{str(error)[:64]!r} ({provider_code or 'no provider code'})",
         )
     if not isinstance(document.get("id_token"), str):
         raise SignInError(
@@ -387,7 +406,8 @@ async def _complete(
     login: state.LoginState,
 ) -> str:
     provider_id = provider.id
-    _check_idp_error(params)
+    adapter = adapter_of(context, provider)
+    _check_idp_error(adapter, params)
     metadata = await provider_metadata(context, provider)
     _check_iss(params, metadata)
     if not params.code or len(params.code) > 8192:
@@ -402,6 +422,7 @@ async def _complete(
         if isinstance(tokens.get("access_token"), str)
         else None,
         signing_key=context.directory.signing_key,
+        adapter=adapter,
     )
 
     code = sessions_service.new_secret_token()
@@ -412,7 +433,7 @@ async def _complete(
             "provider_id": str(provider_id),
             "user_id": str(new.account.id),
             "session_id": str(new.session_id),
-            "idp_oid": claims.object_id,
+            "idp_subject": claims.subject,
         },
     )
     query = {"code": code}
@@ -428,7 +449,7 @@ async def _write_sign_in(
     """Resolves the account and writes the link, session, login code and audit event: one
     SELECT and one write (on PostgreSQL one statement, ``fastpath.py``)."""
     email = normalize_email(claims.email) if claims.email else None
-    found = await context.fast.resolve(provider.id, claims.tenant_id, claims.object_id, email)
+    found = await context.fast.resolve(provider.id, claims.namespace, claims.subject, email)
     new = _new_sign_in(context, provider, claims, code, found)
     try:
         await context.fast.write_sign_in(new, clear_last_error=_had_error(found))
@@ -459,8 +480,8 @@ def _new_sign_in(
     return repository.NewSignIn(
         provider_id=provider.id,
         account=account,
-        tenant_id=claims.tenant_id,
-        subject=claims.object_id,
+        namespace=claims.namespace,
+        subject=claims.subject,
         link=link,
         session_id=uuid.uuid4(),
         idp_sid=claims.sid,
@@ -476,17 +497,18 @@ def _new_sign_in(
 async def end_session_url(
     context: AppContext, provider: SSOProvider, login_hint: str | None
 ) -> str | None:
-    """Entra's end-session URL for the frontend to send the browser to after sign-out."""
+    """The provider's end-session URL for the frontend to send the browser to after
+    sign-out."""
+    adapter = adapter_of(context, provider)
     try:
-        metadata = await context.directory.metadata(provider.base_url)
+        metadata = await context.directory.metadata(adapter, provider.base_url)
     except DiscoveryError:
         return None
     if metadata.end_session_endpoint is None:
         return None
-    params = {"post_logout_redirect_uri": logout_url(context, provider.id)}
-    if provider.client_id:
-        params["client_id"] = provider.client_id
-    if login_hint:
-        params["logout_hint"] = login_hint
+    params = {
+        "post_logout_redirect_uri": logout_url(context, provider.id),
+        **adapter.logout_params(client_id=provider.client_id, login_hint=login_hint),
+    }
     separator = "&" if "?" in metadata.end_session_endpoint else "?"
     return f"{metadata.end_session_endpoint}{separator}{urlencode(params)}"

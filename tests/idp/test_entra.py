@@ -1,21 +1,20 @@
-"""Unit tests of the Entra tenant, client ID and client secret rules."""
+"""Unit tests of the Entra adapter's rules: what may be pasted as the tenant (README,
+*Setting up Entra ID*), client ID and secret, first-link email, and Entra's errors."""
 
 from __future__ import annotations
 
 import pytest
 
-from sso_broker.errors import ErrorCode, InvalidInput
-from sso_broker.providers.types import (
-    PROVIDER_TYPES,
-    EntraType,
-    is_domain_name,
-    is_guid,
-    provider_type,
-)
+from sso_broker.errors import ErrorCode
+from sso_broker.idp import ADAPTER_TYPES, AdapterConfig, Adapters
+from sso_broker.idp.base import is_domain_name, is_guid
+from sso_broker.idp.entra import EntraAdapter
+from tests.idp.helpers import refused
 
 GUID = "3f2b8c4e-1a2b-4c3d-9e8f-0a1b2c3d4e5f"
 CONSUMER_TENANT = "9188040d-6c67-4c5b-b112-36a304b66dad"
-ENTRA = EntraType()
+LOCAL_AUTHORITY = "http://127.0.0.1:8123/entra"
+ENTRA = EntraAdapter(AdapterConfig(entra_authority=LOCAL_AUTHORITY))
 
 
 def _long_domain(total: int) -> str:
@@ -149,21 +148,16 @@ class TestIsDomainName:
 
 
 class TestProviderTypes:
-    def test_entra_is_registered_under_its_name(self) -> None:
-        assert set(PROVIDER_TYPES) == {"entra"}
-        assert isinstance(provider_type("entra"), EntraType)
+    def test_the_four_types_are_registered_under_their_names(self) -> None:
+        adapters = Adapters(AdapterConfig())
+        assert [kind.name for kind in ADAPTER_TYPES] == ["entra", "okta", "pingone", "oidc"]
+        assert isinstance(adapters["entra"], EntraAdapter)
 
     def test_entra_default_display_name(self) -> None:
-        assert EntraType.default_display_name == "Azure AD / Entra"
+        assert EntraAdapter.default_display_name == "Azure AD / Entra"
 
 
-def _refused(call: object, value: str, code: ErrorCode) -> InvalidInput:
-    assert callable(call)
-    with pytest.raises(InvalidInput) as raised:
-        call(value)
-    assert raised.value.code == code
-    assert raised.value.status == 422
-    return raised.value
+_refused = refused
 
 
 class TestNormalizeBaseUrl:
@@ -171,10 +165,10 @@ class TestNormalizeBaseUrl:
         ("value", "stored"),
         [
             (GUID, GUID),
-            (GUID.upper(), GUID.upper()),
+            (GUID.upper(), GUID),
             (f"  {GUID}\t\n", GUID),
             ("contoso.onmicrosoft.com", "contoso.onmicrosoft.com"),
-            ("Contoso.OnMicrosoft.com", "Contoso.OnMicrosoft.com"),
+            ("Contoso.OnMicrosoft.com", "contoso.onmicrosoft.com"),
             ("  contoso.com  ", "contoso.com"),
             ("\u00a0contoso.com\u00a0", "contoso.com"),
             # Domains that merely contain an alias are ordinary tenants.
@@ -182,7 +176,7 @@ class TestNormalizeBaseUrl:
             ("consumers-inc.com", "consumers-inc.com"),
         ],
     )
-    def test_keeps_a_tenant_id_or_domain_as_entered_without_surrounding_space(
+    def test_keeps_a_tenant_id_or_domain_lower_cased_without_surrounding_space(
         self, value: str, stored: str
     ) -> None:
         assert ENTRA.normalize_base_url(value) == stored
@@ -221,12 +215,15 @@ class TestNormalizeBaseUrl:
             "[2001:db8::1]",
             "{" + GUID + "}",
             GUID.replace("-", ""),
-            f"https://login.microsoftonline.com/{GUID}/v2.0",
-            f"https://login.microsoftonline.com/{GUID}",
             f"login.microsoftonline.com/{GUID}",
             f"{GUID}/v2.0",
-            "https://login.microsoftonline.com/common/v2.0",
             "https://contoso.onmicrosoft.com",
+            f"https://login.microsoftonline.com/{GUID}/oauth2/v2.0/authorize",
+            f"https://login.microsoftonline.com/{GUID}/v2.0?x=1",
+            f"https://login.microsoftonline.com/{GUID}#v2.0",
+            "https://login.microsoftonline.com/",
+            f"https://login.microsoftonline.com.evil.example/{GUID}",
+            f"ftp://login.microsoftonline.com/{GUID}",
             "contoso.onmicrosoft.com:443",
             "c\u043entoso.onmicrosoft.com",
             "\u0441ommon",  # Cyrillic es (U+0441): looks like "common"
@@ -236,27 +233,47 @@ class TestNormalizeBaseUrl:
             "GUID" + GUID,
         ],
     )
-    def test_refuses_anything_else_as_invalid_tenant(self, value: str) -> None:
-        _refused(ENTRA.normalize_base_url, value, ErrorCode.INVALID_TENANT)
+    def test_refuses_anything_else_as_invalid_base_url(self, value: str) -> None:
+        _refused(ENTRA.normalize_base_url, value, ErrorCode.INVALID_BASE_URL)
 
     @pytest.mark.parametrize(
         "value", ["zz-hostile-tenant-zz", "https://evil.example/zz-hostile-tenant-zz"]
     )
     def test_never_echoes_the_input_in_the_error(self, value: str) -> None:
-        error = _refused(ENTRA.normalize_base_url, value, ErrorCode.INVALID_TENANT)
+        error = _refused(ENTRA.normalize_base_url, value, ErrorCode.INVALID_BASE_URL)
         assert "zz-hostile-tenant-zz" not in error.detail
         assert "evil.example" not in error.detail
+        assert "Directory (tenant) ID" in error.detail  # what to paste instead
 
     @pytest.mark.parametrize(
-        "value", [f"https://login.microsoftonline.com/{GUID}/v2.0", "contoso.com:443"]
+        "value",
+        [
+            f"https://login.microsoftonline.com/{GUID}/v2.0",
+            f"https://login.microsoftonline.com/{GUID}/v2.0/",
+            f"https://login.microsoftonline.com/{GUID}",
+            f"https://login.microsoftonline.com/{GUID}/",
+            f"https://login.microsoftonline.com/{GUID}/v2.0/.well-known/openid-configuration",
+            f"https://login.microsoftonline.com/{GUID}/.well-known/openid-configuration",
+            f"HTTPS://LOGIN.MICROSOFTONLINE.COM/{GUID.upper()}/V2.0",
+            f"https://sts.windows.net/{GUID}/",
+            f"  https://sts.windows.net/{GUID}  ",
+            f"{LOCAL_AUTHORITY}/{GUID}/v2.0",
+            f"{LOCAL_AUTHORITY.upper()}/{GUID}/v2.0",
+        ],
     )
-    def test_tells_to_paste_only_the_id_when_given_a_url(self, value: str) -> None:
-        error = _refused(ENTRA.normalize_base_url, value, ErrorCode.INVALID_TENANT)
-        assert "not a URL" in error.detail
+    def test_takes_the_tenant_out_of_a_pasted_entra_url(self, value: str) -> None:
+        assert ENTRA.normalize_base_url(value) == GUID
 
-    def test_does_not_hint_about_urls_for_plain_garbage(self) -> None:
-        error = _refused(ENTRA.normalize_base_url, "contoso", ErrorCode.INVALID_TENANT)
-        assert "not a URL" not in error.detail
+    def test_takes_a_domain_out_of_a_pasted_url(self) -> None:
+        url = "https://login.microsoftonline.com/Contoso.onmicrosoft.com/v2.0"
+        assert ENTRA.normalize_base_url(url) == "contoso.onmicrosoft.com"
+
+    @pytest.mark.parametrize(
+        "alias", ["common", "organizations", "consumers", CONSUMER_TENANT.upper()]
+    )
+    def test_a_pasted_multi_tenant_url_is_still_unsupported(self, alias: str) -> None:
+        url = f"https://login.microsoftonline.com/{alias}/v2.0"
+        _refused(ENTRA.normalize_base_url, url, ErrorCode.UNSUPPORTED_TENANT)
 
 
 class TestNormalizeClientId:
