@@ -193,13 +193,14 @@ class Factory:
         client_id: str | None = None,
         client_secret: str | None = None,
         enabled: bool = False,
+        type: str = "entra",
     ) -> SSOProvider:
         async with session_scope(self.context.sessionmaker) as session:
             provider = SSOProvider(
                 id=uuid.uuid4(),
                 company_id=company.id,
-                type="entra",
-                name="Azure AD / Entra",
+                type=type,
+                name=self.context.adapters[type].default_display_name,
                 base_url=base_url,
                 client_id=client_id,
                 client_secret_encrypted=self.context.box.encrypt(client_secret)

@@ -1,0 +1,115 @@
+"""A whole sign-in through a provider of type ``oidc`` (README, *Any OpenID Provider*): the
+generic core with the plain adapter, against the fake tenant, which is a standard OpenID
+Provider at its issuer. Identities are (``iss``, ``sub``); only a verified email links."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from sso_broker.database import session_scope
+from sso_broker.models import IdentityLink
+from sso_broker.users.models import Role
+from tests.conftest import Factory
+from tests.fixtures.entra import CLIENT_ID, CLIENT_SECRET, EntraUser, FakeEntra
+from tests.sso.test_callback import Setup, assert_error, last_error, signed_in_user, start
+
+
+async def oidc_setup(factory: Factory, entra: FakeEntra) -> Setup:
+    company = await factory.company()
+    provider = await factory.provider(
+        company,
+        type="oidc",
+        base_url=entra.issuer,
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        enabled=True,
+    )
+    person = EntraUser.make()
+    assert person.email is not None
+    user = await factory.user(company, email=person.email.upper(), provider=provider)
+    return Setup(company=company, provider=provider, person=person, user=user)
+
+
+async def sign_in(
+    client: httpx.AsyncClient, entra: FakeEntra, s: Setup, **claims: Any
+) -> httpx.Response:
+    started = await start(client, s.provider)
+    return await client.get(entra.authorize(started.location, user=s.person, **claims))
+
+
+async def test_a_verified_email_links_the_identity_by_issuer_and_subject(
+    client: httpx.AsyncClient,
+    factory: Factory,
+    entra: FakeEntra,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    s = await oidc_setup(factory, entra)
+    response = await sign_in(client, entra, s, email_verified=True)
+    assert await signed_in_user(client, response) == str(s.user.id)
+    async with session_scope(sessionmaker) as session:
+        (link,) = (await session.scalars(select(IdentityLink))).all()
+    assert (link.namespace, link.user_id) == (entra.issuer, s.user.id)
+    assert link.subject != s.person.oid  # the token's sub, not Entra's oid
+
+    # Later sign-ins use the link alone: the email no longer matters.
+    again = await sign_in(client, entra, s, email="someone.else@example.com")
+    assert await signed_in_user(client, again) == str(s.user.id)
+
+
+async def test_an_unverified_email_links_nobody(
+    client: httpx.AsyncClient, factory: Factory, entra: FakeEntra
+) -> None:
+    s = await oidc_setup(factory, entra)
+    for verified in (None, False, "true"):
+        options = {} if verified is None else {"email_verified": verified}
+        assert_error(await sign_in(client, entra, s, **options), "user_not_provisioned")
+
+
+async def test_entras_claims_are_not_required_of_other_types(
+    client: httpx.AsyncClient, factory: Factory, entra: FakeEntra
+) -> None:
+    s = await oidc_setup(factory, entra)
+    response = await sign_in(client, entra, s, tid=..., oid=..., email_verified=True)
+    assert await signed_in_user(client, response) == str(s.user.id)
+
+
+async def test_domain_hint_is_entras_alone(
+    client: httpx.AsyncClient, factory: Factory, entra: FakeEntra
+) -> None:
+    s = await oidc_setup(factory, entra)
+    started = await start(client, s.provider, domain_hint="contoso.com", login_hint="a@b.c")
+    query = parse_qs(urlsplit(started.location).query)
+    assert "domain_hint" not in query
+    assert query["login_hint"] == ["a@b.c"]
+
+
+async def test_a_rejected_secret_names_the_generic_fix(
+    client: httpx.AsyncClient, factory: Factory, entra: FakeEntra
+) -> None:
+    s = await oidc_setup(factory, entra)
+    entra.token_error = (401, {"error": "invalid_client", "error_description": "bad secret"})
+    assert_error(await sign_in(client, entra, s), "token_exchange_failed")
+    error = await last_error(client, factory, s)
+    assert error is not None
+    assert error["code"] == "invalid_client"
+    assert "client secret" in error["message"]
+    assert "AADSTS" not in error["message"]
+
+
+async def test_the_provider_shows_its_issuer(
+    client: httpx.AsyncClient, factory: Factory, entra: FakeEntra
+) -> None:
+    s = await oidc_setup(factory, entra)
+    admin = await factory.user(s.company, Role.ADMINISTRATOR)
+    read = await client.get(
+        f"/api/v1/sso-providers/{s.provider.id}", headers=await factory.headers(admin)
+    )
+    assert read.status_code == 200, read.text
+    assert read.json()["type"] == "oidc"
+    assert read.json()["issuer"] == entra.issuer
+    assert read.json()["name"] == "OpenID Connect"
