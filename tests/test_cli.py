@@ -236,6 +236,22 @@ class TestRotateKeys:
                         "secret": old_box.encrypt("rotate-me-secret"),
                     },
                 )
+                user = (await connection.execute(text("SELECT id FROM users"))).scalars().first()
+                await connection.execute(
+                    text(
+                        "INSERT INTO sign_in_sessions (id, user_id, company_id, "
+                        "id_token_encrypted, created_at, expires_at) VALUES "
+                        "(:id, :user, :company, :kept, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                    ),
+                    {
+                        "id": "22222222-2222-4222-8222-222222222222"
+                        if cli_env.backend == "postgres"
+                        else "22222222222242228222222222222222",
+                        "user": user,
+                        "company": company,
+                        "kept": old_box.encrypt("eyJ.kept-id-token.sig"),
+                    },
+                )
             await engine.dispose()
 
         _setup(capsys)
@@ -247,19 +263,22 @@ class TestRotateKeys:
         report = _json(out)
         assert report["client_secrets"] == 1
         assert int(str(report["signing_keys"])) >= 1
+        assert report["id_tokens"] == 1
 
-        async def stored() -> str:
+        async def stored(column: str = "client_secret_encrypted") -> str:
+            table = "sso_providers" if column == "client_secret_encrypted" else "sign_in_sessions"
             engine = create_engine(make_settings(cli_env.url))
             async with engine.connect() as connection:
                 value = (
-                    await connection.execute(
-                        text("SELECT client_secret_encrypted FROM sso_providers")
-                    )
+                    await connection.execute(text(f"SELECT {column} FROM {table}"))  # noqa: S608
                 ).scalar_one()
             await engine.dispose()
             return str(value)
 
         assert SecretBox([new_key]).decrypt(asyncio.run(stored())) == "rotate-me-secret"
+        assert SecretBox([new_key]).decrypt(asyncio.run(stored("id_token_encrypted"))) == (
+            "eyJ.kept-id-token.sig"
+        )
         # Put the signing keys back under the suite's key for the tests that follow.
         monkeypatch.setenv("SSO_BROKER_ENCRYPTION_KEYS", f"{TEST_KEY},{new_key}")
         assert run(capsys, "rotate-keys")[0] == 0

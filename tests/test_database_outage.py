@@ -17,11 +17,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from sso_broker.database import create_autocommit, create_engine, create_sessionmaker
 from sso_broker.deps import AppContext
-from sso_broker.errors import is_database_unavailable
 from sso_broker.fastpath import FastPath
 from sso_broker.fastpath_sqlite import SQLiteFastPath
 from sso_broker.models import IdentityLink, LoginCode, SignInSession
 from sso_broker.pgpool import LeanPool
+from sso_broker.problems import is_database_unavailable
 from sso_broker.sso import service as sso_service
 from sso_broker.users.models import Role
 from tests.conftest import PUBLIC_URL, Database, Factory, make_settings

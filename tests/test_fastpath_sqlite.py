@@ -15,8 +15,8 @@ import pytest
 
 from sso_broker.database import utcnow
 from sso_broker.deps import AppContext
-from sso_broker.errors import is_database_unavailable
 from sso_broker.fastpath_sqlite import SQLiteFastPath
+from sso_broker.problems import is_database_unavailable
 from tests.conftest import Database, Factory
 
 

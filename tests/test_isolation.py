@@ -19,12 +19,12 @@ import pytest
 from sso_broker.models import SSOProvider, User
 from sso_broker.users.models import Role
 from tests.conftest import Factory, Tenant
+from tests.problems import assert_problem
 
 MakeTenant = Callable[[str], Awaitable[Tenant]]
 
 USERS = "/api/v1/users"
 PROVIDERS = "/api/v1/sso-providers"
-PROBLEM_JSON = "application/problem+json"
 
 # Who in B may use each collection at all (README, *The admin API in short*).
 USER_STAFF = (Role.ADMINISTRATOR, Role.MANAGER)
@@ -55,15 +55,6 @@ async def world(make_tenant: MakeTenant, factory: Factory) -> World:
         a.company, Role.USER, email="linked@contoso.com", provider=a_provider
     )
     return World(a=a, b=b, a_provider=a_provider, b_provider=b_provider, a_linked=a_linked)
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM_JSON
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert body["code"] == code
-    return body
 
 
 async def snapshot(client: httpx.AsyncClient, tenant: Tenant) -> dict[str, Any]:

@@ -33,11 +33,11 @@ from sso_broker.models import Base, Company, IdentityLink, RefreshToken, SSOProv
 from sso_broker.sessions import service as sessions_service
 from sso_broker.users.models import Role
 from tests.conftest import Factory
+from tests.problems import assert_problem
 
 USERS = "/api/v1/users"
 PROVIDERS = "/api/v1/sso-providers"
 AUDIT = "/api/v1/audit-events"
-PROBLEM_JSON = "application/problem+json"
 
 PROPERTIES = settings(
     max_examples=25,
@@ -385,14 +385,6 @@ def answer(response: httpx.Response) -> tuple[int, str, Any]:
     """What a response tells the caller: status, content type and body."""
     body = response.json() if response.content else None
     return response.status_code, response.headers.get("content-type", ""), body
-
-
-def assert_problem(response: httpx.Response, status: int, code: str, context: Any = None) -> None:
-    assert response.status_code == status, (context, response.text)
-    assert response.headers["content-type"] == PROBLEM_JSON
-    body = response.json()
-    assert body["status"] == status
-    assert body["code"] == code, body
 
 
 async def send(

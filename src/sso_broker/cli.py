@@ -29,7 +29,7 @@ from sso_broker.errors import AppError
 from sso_broker.logs import configure_logging
 from sso_broker.providers.models import SSOProvider
 from sso_broker.sessions import service as sessions_service
-from sso_broker.sessions.models import SigningKey
+from sso_broker.sessions.models import SigningKey, SignInSession
 from sso_broker.sessions.tokens import KeyRing, ensure_signing_key
 from sso_broker.users import repository as users_repository
 from sso_broker.users import service as users_service
@@ -141,7 +141,7 @@ async def cmd_rotate_keys(settings: Settings, _args: argparse.Namespace) -> None
     """Re-encrypts every stored secret under the first key of SSO_BROKER_ENCRYPTION_KEYS."""
 
     async def work(sessionmaker: Any, box: SecretBox) -> None:
-        counts = {"client_secrets": 0, "signing_keys": 0}
+        counts = {"client_secrets": 0, "signing_keys": 0, "id_tokens": 0}
         async with session_scope(sessionmaker) as session:
             providers = await session.scalars(
                 select(SSOProvider).where(SSOProvider.client_secret_encrypted.is_not(None))
@@ -153,6 +153,13 @@ async def cmd_rotate_keys(settings: Settings, _args: argparse.Namespace) -> None
             for key in await session.scalars(select(SigningKey)):
                 key.private_key_encrypted = box.rotate(key.private_key_encrypted)
                 counts["signing_keys"] += 1
+            # The ID tokens live sessions keep for sign-out (README, *Identity providers*).
+            for sign_in in await session.scalars(
+                select(SignInSession).where(SignInSession.id_token_encrypted.is_not(None))
+            ):
+                assert sign_in.id_token_encrypted is not None  # noqa: S101
+                sign_in.id_token_encrypted = box.rotate(sign_in.id_token_encrypted)
+                counts["id_tokens"] += 1
         _emit({"status": "rotated", **counts})
 
     await _with_database(settings, work)

@@ -66,8 +66,9 @@ WHERE p.id = $1
 _WRITE_SESSION = """
 new_session AS (
   INSERT INTO sign_in_sessions
-    (id, user_id, company_id, provider_id, idp_sid, login_hint, created_at, expires_at)
-  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)),
+    (id, user_id, company_id, provider_id, idp_sid, login_hint, created_at, expires_at,
+     id_token_encrypted)
+  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $14)),
 new_code AS (
   INSERT INTO login_codes (code_hash, session_id, expires_at) VALUES ($9, $1, $10))
 INSERT INTO audit_events
@@ -78,7 +79,7 @@ _WRITE = "WITH " + _WRITE_SESSION
 _WRITE_AND_LINK = (  # noqa: S608 - constant text; every value is a $n parameter
     "WITH new_link AS (INSERT INTO identity_links"
     " (id, provider_id, namespace, subject, user_id, created_at)"
-    " VALUES ($14, $4, $15, $16, $2, $7)),"
+    " VALUES ($15, $4, $16, $17, $2, $7)),"
 ) + _WRITE_SESSION
 _CLEAR_LAST_ERROR = "UPDATE sso_providers SET last_error = NULL WHERE id = $1"
 # The spent row, its session and user, and the next refresh token when the grant is good:
@@ -196,6 +197,7 @@ class FastPath:
             new.session_id, new.account.id, new.account.company_id, new.provider_id,
             new.idp_sid, new.login_hint, new.now, new.expires_at, new.code_hash,
             new.code_expires_at, uuid.uuid4(), new.event_type, new.subject[:64],
+            new.id_token_encrypted,
         ]  # fmt: skip
         try:
             if new.link:

@@ -142,8 +142,9 @@ _INSERT_LINK = (
 )
 _INSERT_SESSION = (
     "INSERT INTO sign_in_sessions"
-    " (id, user_id, company_id, provider_id, idp_sid, login_hint, created_at, expires_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    " (id, user_id, company_id, provider_id, idp_sid, login_hint, created_at, expires_at,"
+    " id_token_encrypted)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_CODE = "INSERT INTO login_codes (code_hash, session_id, expires_at) VALUES (?, ?, ?)"
 _INSERT_AUDIT = (
@@ -380,7 +381,7 @@ class SQLiteFastPath:
             connection.execute(
                 _INSERT_SESSION,
                 (session_id, user_id, company_id, provider_id, new.idp_sid, new.login_hint,
-                 at, _db_time(new.expires_at)),
+                 at, _db_time(new.expires_at), new.id_token_encrypted),
             )  # fmt: skip
             connection.execute(
                 _INSERT_CODE, (new.code_hash, session_id, _db_time(new.code_expires_at))

@@ -140,6 +140,28 @@ def e2e_database(e2e_ready: None, tmp_path_factory: pytest.TempPathFactory) -> I
         shutil.rmtree(root, ignore_errors=True)
 
 
+# The OP's look-alikes of the other provider types, and what their administrator pastes
+# (README, *Setting up Okta*, *Setting up PingOne*, *Any OpenID Provider*).
+PROFILES = ("okta", "pingone", "oidc")
+
+
+@dataclass
+class Typed:
+    """One company whose provider is of another type than Entra, at an OP of that profile."""
+
+    op: Any
+    provider: dict[str, Any]
+    users: dict[str, dict[str, Any]]
+
+
+def _pasted(kind: str, op: Any) -> str:
+    if kind == "okta":
+        return f"{op.issuer}/.well-known/openid-configuration"  # forgiven
+    if kind == "pingone":
+        return TENANT_ID  # the environment ID: SSO_BROKER_PINGONE_AUTHORITY names the OP
+    return f"{op.issuer}/"
+
+
 @dataclass
 class World:
     """Everything the stories need, set up once for the session."""
@@ -154,6 +176,8 @@ class World:
     client_id: str
     client_secret: str
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The same story's other provider types: one company, OP and provider each.
+    typed: dict[str, Typed] = field(default_factory=dict)
 
     def api(self) -> httpx.Client:
         return httpx.Client(base_url=self.broker.url, headers=self.admin_headers, timeout=10)
@@ -173,6 +197,11 @@ def world(e2e_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     workdir = tmp_path_factory.mktemp("e2e")
     op = OpenIDProvider(workdir / "op", TENANT_ID)
     op.start()
+    others = {
+        kind: OpenIDProvider(workdir / f"op-{kind}", TENANT_ID, profile=kind) for kind in PROFILES
+    }
+    for other in others.values():
+        other.start()
     public_port, second_port, frontend_port = free_port(), free_port(), free_port()
     public_url = f"http://127.0.0.1:{public_port}"
     frontend_url = f"http://127.0.0.1:{frontend_port}"
@@ -185,6 +214,9 @@ def world(e2e_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             "SSO_BROKER_FRONTEND_URL": frontend_url,
             "SSO_BROKER_ENTRA_AUTHORITY": op.authority,
             "SSO_BROKER_RATE_LIMIT_ENABLED": "false",
+            # The OPs serve plain http on loopback; a bare PingOne environment ID names theirs.
+            "SSO_BROKER_ALLOW_HTTP_ISSUERS": "true",
+            "SSO_BROKER_PINGONE_AUTHORITY": others["pingone"].authority,
         }
     )
     broker = Broker(env, public_port, ARTIFACTS / "broker.log")
@@ -196,6 +228,10 @@ def world(e2e_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         second.start()
         frontend = start_frontend(frontend_port, public_url, ARTIFACTS / "frontend.log")
         seeded = seed(broker, op, "Contoso e2e")
+        typed = {}
+        for kind, other in others.items():
+            made = seed(broker, other, f"{kind} e2e", kind=kind, base_url=_pasted(kind, other))
+            typed[kind] = Typed(op=other, provider=made.provider, users=made.users)
         yield World(
             op=op,
             broker=broker,
@@ -207,6 +243,7 @@ def world(e2e_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             client_id=seeded.client_id,
             client_secret=seeded.client_secret,
             users=seeded.users,
+            typed=typed,
         )
     finally:
         if frontend is not None:
@@ -214,6 +251,8 @@ def world(e2e_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         second.stop()
         broker.stop()
         op.stop()
+        for other in others.values():
+            other.stop()
 
 
 @pytest.fixture(scope="module")

@@ -72,7 +72,12 @@ class OpenIDProvider:
     ACCOUNTS: dict[str, Account] = _load_accounts()
     PASSWORD = "any non-empty password"  # what the login page accepts, for the record
 
-    def __init__(self, workdir: Path, tenant_id: str, port: int = 0) -> None:
+    def __init__(
+        self, workdir: Path, tenant_id: str, port: int = 0, profile: str = "entra"
+    ) -> None:
+        """``profile`` makes it look like another kind of provider (``server.mjs``): okta,
+        pingone or oidc."""
+        self.profile = profile
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.tenant_id = str(uuid.UUID(tenant_id))  # lower-case canonical GUID
@@ -131,6 +136,8 @@ class OpenIDProvider:
             str(self.keys_file),
             "--clients",
             str(self.clients_file),
+            "--profile",
+            self.profile,
         ]
         self._log = self.log_file.open("a", encoding="utf-8")
         self._log.write(f"--- starting: {' '.join(command)}\n")

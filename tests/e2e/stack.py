@@ -129,12 +129,20 @@ class Seed:
     users: dict[str, dict[str, Any]]
 
 
-def seed(broker: Broker, op: OpenIDProvider, company: str = "Contoso") -> Seed:
+def seed(
+    broker: Broker,
+    op: OpenIDProvider,
+    company: str = "Contoso",
+    *,
+    kind: str = "entra",
+    base_url: str = TENANT_ID,
+) -> Seed:
     """What an operator and a company administrator do before anyone signs in.
 
     The CLI makes the company, its administrator and a token; the admin API creates the
-    Entra provider, registers its callback at the OP, sets the credentials and enables it,
-    and adds the OP's accounts as users: all associated with the provider but ``outsider``.
+    provider (``kind``, with ``base_url`` pasted as the administrator would), registers its
+    callback at the OP, sets the credentials and enables it, and adds the OP's accounts as
+    users: all associated with the provider but ``outsider``.
     """
     company_id = json.loads(broker.cli("create-company", company))["id"]
     broker.cli(
@@ -147,7 +155,7 @@ def seed(broker: Broker, op: OpenIDProvider, company: str = "Contoso") -> Seed:
     )  # fmt: skip
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=broker.url, headers=headers, timeout=10) as api:
-        created = api.post("/api/v1/sso-providers", json={"type": "entra", "base_url": TENANT_ID})
+        created = api.post("/api/v1/sso-providers", json={"type": kind, "base_url": base_url})
         assert created.status_code == 201, created.text
         provider = created.json()
         client_id, secret = op.add_client(

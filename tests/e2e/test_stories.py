@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.e2e.conftest import World, skip_unless_ready
+from tests.e2e.conftest import PROFILES, World, skip_unless_ready
 
 skip_unless_ready()
 pytestmark = pytest.mark.usefixtures("e2e_ready")
@@ -138,3 +138,54 @@ class TestRefusals:
             assert "AADSTS7000215" in provider["last_error"]["message"]
         finally:
             world.patch_provider(client_secret=world.client_secret)
+
+
+@pytest.mark.parametrize("kind", PROFILES)
+class TestOtherProviderTypes:
+    """The same story through an Okta org, a PingOne environment and a plain OpenID Provider
+    (the OP in those profiles: ``op/server.mjs``), each set up by pasting what its console
+    shows (README, *Setting up Okta*, *Setting up PingOne*, *Any OpenID Provider*)."""
+
+    def test_an_associated_user_signs_in_and_out(self, page: Any, world: World, kind: str) -> None:
+        typed = world.typed[kind]
+        assert typed.provider["type"] == kind
+        assert typed.provider["issuer"] == typed.op.issuer
+        page.goto(f"{world.broker.url}/sso/{typed.provider['id']}/initiate")
+        sign_in_at_op(page, "adele")
+        account = typed.op.ACCOUNTS["adele"]
+        assert (
+            wait_for_status(page, world) == f"Signed in as {account['name']} ({account['email']})"
+        )
+        token = access_token(page)
+        me = httpx.get(
+            f"{world.broker.url}/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert me.status_code == 200
+        assert me.json()["user"]["id"] == typed.users["adele"]["id"]
+
+        # Sign-out goes through the OP's end-session endpoint with id_token_hint, then back
+        # through the provider's logout URL to the frontend.
+        page.click("#sign-out")
+        page.wait_for_url(re.compile(re.escape(world.frontend_url) + r"/sso/logged-out.*"))
+        assert "signed out" in str(page.text_content("#status")).lower()
+        after = httpx.get(
+            f"{world.broker.url}/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert after.status_code == 401
+
+    def test_an_account_without_a_verified_email_is_not_provisioned(
+        self, page: Any, world: World, kind: str
+    ) -> None:
+        # noemail's user has its UPN as email here, but only Entra trusts a UPN.
+        typed = world.typed[kind]
+        page.goto(f"{world.broker.url}/sso/{typed.provider['id']}/initiate")
+        sign_in_at_op(page, "noemail")
+        assert error_code_on(page, world) == "user_not_provisioned"
+
+    def test_a_user_not_associated_with_the_provider_is_not_provisioned(
+        self, page: Any, world: World, kind: str
+    ) -> None:
+        typed = world.typed[kind]
+        page.goto(f"{world.broker.url}/sso/{typed.provider['id']}/initiate")
+        sign_in_at_op(page, "outsider")
+        assert error_code_on(page, world) == "user_not_provisioned"

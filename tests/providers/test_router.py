@@ -19,6 +19,7 @@ from sso_broker.logs import JSONFormatter
 from sso_broker.models import SSOProvider, User
 from sso_broker.users.models import Role
 from tests.conftest import PUBLIC_URL, Factory, Tenant
+from tests.problems import assert_problem
 
 BASE = "/api/v1/sso-providers"
 DEFAULT_NAME = "Azure AD / Entra"
@@ -56,17 +57,6 @@ MakeTenant = Callable[[str], Awaitable[Tenant]]
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code, body
-    assert body["status"] == status
-    assert body["type"] == f"https://sso-broker.dev/problems/{code}"
-    assert body["detail"]
-    return body
 
 
 def item(provider_id: uuid.UUID | str) -> str:

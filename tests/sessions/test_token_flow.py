@@ -30,6 +30,7 @@ from sso_broker.sessions.models import LoginCode, RefreshToken, SignInSession
 from sso_broker.users.models import Role
 from tests.conftest import PUBLIC_URL, Factory
 from tests.fixtures.entra import CLIENT_ID, CLIENT_SECRET, TENANT_ID, EntraUser, FakeEntra
+from tests.problems import assert_problem
 
 TOKEN = "/api/v1/auth/token"
 ME = "/api/v1/auth/me"
@@ -158,12 +159,6 @@ async def refresh(client: httpx.AsyncClient, refresh_token: str) -> httpx.Respon
     return await client.post(
         TOKEN, json={"grant_type": "refresh_token", "refresh_token": refresh_token}
     )
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    assert response.json()["code"] == code, response.text
 
 
 def assert_invalid_grant(response: httpx.Response) -> None:

@@ -14,7 +14,7 @@ import pytest
 from sso_broker.sso.service import basic_authorization
 from tests.conftest import Factory
 from tests.fixtures.entra import FakeEntra
-from tests.sso.test_callback import assert_error, last_error, setup, signed_in_user, start
+from tests.sso.helpers import assert_error, last_error, setup, signed_in_user, start
 
 METHODS = "token_endpoint_auth_methods_supported"
 

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sso_broker.models import LoginCode, SignInSession
 from tests.conftest import Factory
 from tests.fixtures.entra import CLIENT_ID, FakeEntra
-from tests.sso.test_callback import (
+from tests.sso.helpers import (
     OTHER_TENANT,
     assert_error,
     assert_nothing_created,

@@ -8,15 +8,23 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import jwt
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sso_broker.database import session_scope
-from sso_broker.models import IdentityLink
+from sso_broker.models import IdentityLink, SignInSession
 from sso_broker.users.models import Role
-from tests.conftest import Factory
+from tests.conftest import PUBLIC_URL, Factory
 from tests.fixtures.entra import CLIENT_ID, CLIENT_SECRET, EntraUser, FakeEntra
-from tests.sso.test_callback import Setup, assert_error, last_error, signed_in_user, start
+from tests.sso.helpers import (
+    Setup,
+    assert_error,
+    last_error,
+    setup,
+    signed_in_user,
+    start,
+)
 
 
 async def oidc_setup(factory: Factory, entra: FakeEntra) -> Setup:
@@ -113,3 +121,65 @@ async def test_the_provider_shows_its_issuer(
     assert read.json()["type"] == "oidc"
     assert read.json()["issuer"] == entra.issuer
     assert read.json()["name"] == "OpenID Connect"
+
+
+async def logout(client: httpx.AsyncClient, response: httpx.Response) -> str | None:
+    """Signs the browser's session out; answers the provider's sign-out URL."""
+    code = parse_qs(urlsplit(response.headers["location"]).query)["code"][0]
+    tokens = await client.post(
+        "/api/v1/auth/token", json={"grant_type": "login_code", "code": code}
+    )
+    assert tokens.status_code == 200, tokens.text
+    answer = await client.post(
+        "/api/v1/auth/logout",
+        headers={"Authorization": f"Bearer {tokens.json()['access_token']}"},
+    )
+    assert answer.status_code == 200, answer.text
+    url: str | None = answer.json()["idp_logout_url"]
+    return url
+
+
+async def kept_id_tokens(sessionmaker: async_sessionmaker[AsyncSession]) -> list[str | None]:
+    async with session_scope(sessionmaker) as session:
+        return list((await session.scalars(select(SignInSession.id_token_encrypted))).all())
+
+
+async def test_sign_out_hands_the_id_token_back_and_then_forgets_it(
+    client: httpx.AsyncClient,
+    factory: Factory,
+    entra: FakeEntra,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    s = await oidc_setup(factory, entra)
+    response = await sign_in(client, entra, s, email_verified=True)
+    (kept,) = await kept_id_tokens(sessionmaker)
+    assert kept is not None
+    assert "eyJ" not in kept, "kept encrypted, never as it came"
+
+    url = await logout(client, response)
+
+    assert url is not None
+    assert url.startswith(entra.end_session_endpoint + "?")
+    query = parse_qs(urlsplit(url).query)
+    hint = jwt.decode(query["id_token_hint"][0], options={"verify_signature": False})
+    assert (hint["iss"], hint["aud"]) == (entra.issuer, CLIENT_ID)
+    assert query["post_logout_redirect_uri"] == [f"{PUBLIC_URL}/sso/{s.provider.id}/logout"]
+    assert query["client_id"] == [CLIENT_ID]
+    assert await kept_id_tokens(sessionmaker) == [None], "a revoked session keeps nothing"
+
+
+async def test_entra_keeps_no_id_token_and_signs_out_with_logout_hint(
+    client: httpx.AsyncClient,
+    factory: Factory,
+    entra: FakeEntra,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    s = await setup(factory)
+    started = await start(client, s.provider)
+    response = await client.get(entra.authorize(started.location, user=s.person))
+    assert await kept_id_tokens(sessionmaker) == [None]
+    url = await logout(client, response)
+    assert url is not None
+    query = parse_qs(urlsplit(url).query)
+    assert "id_token_hint" not in query
+    assert query["logout_hint"] == [s.person.login_hint]

@@ -17,11 +17,11 @@ import pytest
 
 from sso_broker.users.models import Role
 from tests.conftest import Factory, Tenant
+from tests.problems import assert_problem
 
 MakeTenant = Callable[[str], Awaitable[Tenant]]
 
 USERS = "/api/v1/users"
-PROBLEM_JSON = "application/problem+json"
 USER_FIELDS = {"id", "email", "name", "role", "sso_provider_id", "created_at", "updated_at"}
 
 # The admin API (README, *The admin API in short*): an administrator may grant up to manager,
@@ -48,16 +48,6 @@ ACTOR_ROLE_MATRIX = [
 
 def user_url(user_id: uuid.UUID | str) -> str:
     return f"{USERS}/{user_id}"
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM_JSON
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert body["code"] == code
-    assert {"type", "title", "status", "detail", "code"} <= body.keys()
-    return body
 
 
 def new_user_body(role: Role | str | None = Role.USER, **overrides: Any) -> dict[str, Any]:

@@ -104,6 +104,9 @@ class Adapter(ABC):
     console: ClassVar[str]
     # Claims an ID token must carry beyond the ones every type needs (``sso/id_token.py``).
     required_claims: ClassVar[tuple[str, ...]] = ()
+    # Whether sign-out sends the ID token back as id_token_hint (OpenID RP-Initiated Logout);
+    # the token is then kept, encrypted, with the session until it ends.
+    logout_needs_id_token: ClassVar[bool] = True
 
     def __init__(self, config: AdapterConfig) -> None:
         self.config = config
@@ -227,9 +230,15 @@ class Adapter(ABC):
 
     # -- Sign-out ---------------------------------------------------------------------------
 
-    def logout_params(self, *, client_id: str | None, login_hint: str | None) -> dict[str, str]:
-        """What the end-session request carries besides ``post_logout_redirect_uri``."""
-        return {"client_id": client_id} if client_id else {}
+    def logout_params(
+        self, *, client_id: str | None, login_hint: str | None, id_token: str | None
+    ) -> dict[str, str]:
+        """What the end-session request carries besides ``post_logout_redirect_uri``: the
+        ID token as ``id_token_hint`` (Okta and PingOne require it) and the client ID."""
+        params = {"id_token_hint": id_token} if id_token else {}
+        if client_id:
+            params["client_id"] = client_id
+        return params
 
 
 def parse_issuer_url(value: str, config: AdapterConfig, *, what: str) -> IssuerUrl:

@@ -83,6 +83,8 @@ class EntraAdapter(Adapter):
     default_display_name = "Azure AD / Entra"
     console = "the Microsoft Entra admin center (App registrations → your app → Overview)"
     required_claims = ("tid", "oid")
+    # Entra's sign-out takes logout_hint instead: no ID token is kept.
+    logout_needs_id_token = False
 
     # Multi-tenant aliases would accept users of any organisation (or any personal Microsoft
     # account), so a provider is always pinned to one tenant.
@@ -248,8 +250,10 @@ class EntraAdapter(Adapter):
 
     # -- Sign-out ---------------------------------------------------------------------------
 
-    def logout_params(self, *, client_id: str | None, login_hint: str | None) -> dict[str, str]:
-        params = super().logout_params(client_id=client_id, login_hint=login_hint)
+    def logout_params(
+        self, *, client_id: str | None, login_hint: str | None, id_token: str | None
+    ) -> dict[str, str]:
+        params = super().logout_params(client_id=client_id, login_hint=login_hint, id_token=None)
         if login_hint:
             params["logout_hint"] = login_hint
         return params

@@ -42,6 +42,9 @@ class SignInSession(IdMixin, Base):
     idp_sid: Mapped[str | None] = mapped_column(String(255))
     # The ID token's ``login_hint``, passed back to Entra at sign-out to skip its account picker.
     login_hint: Mapped[str | None] = mapped_column(String(1024))
+    # The ID token, encrypted, for providers whose sign-out wants it back as id_token_hint
+    # (Okta, PingOne, plain OpenID Providers); cleared when the session is revoked.
+    id_token_encrypted: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]

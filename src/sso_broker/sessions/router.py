@@ -6,7 +6,6 @@ from fastapi import APIRouter, Body, Response
 
 from sso_broker.deps import ContextDep, CurrentPrincipal, PrincipalRoute, SessionDep
 from sso_broker.errors import AUTHENTICATION_ERRORS, ErrorCode, error_responses
-from sso_broker.providers.models import SSOProvider
 from sso_broker.sessions import service
 from sso_broker.sessions.schemas import (
     CompanyRead,
@@ -96,10 +95,5 @@ async def logout(
     principal: CurrentPrincipal, session: SessionDep, context: ContextDep, response: Response
 ) -> LogoutResponse:
     response.headers["Cache-Control"] = "no-store"
-    await service.revoke(session, principal.session.id, reason="logout", actor_id=principal.user.id)
-    url = None
-    if principal.session.provider_id is not None:
-        provider = await session.get(SSOProvider, principal.session.provider_id)
-        if provider is not None:
-            url = await sso_service.end_session_url(context, provider, principal.session.login_hint)
+    url = await sso_service.sign_out(context, session, principal)
     return LogoutResponse(idp_logout_url=url)

@@ -320,7 +320,7 @@ async def revoke(
         await session.execute(
             update(SignInSession)
             .where(SignInSession.id == session_id, SignInSession.revoked_at.is_(None))
-            .values(revoked_at=utcnow())
+            .values(revoked_at=utcnow(), id_token_encrypted=None)
             .returning(*_REVOKED)
         )
     ).all()
@@ -338,7 +338,7 @@ async def revoke_by_idp_session(session: AsyncSession, provider_id: uuid.UUID, i
                 SignInSession.idp_sid == idp_sid,
                 SignInSession.revoked_at.is_(None),
             )
-            .values(revoked_at=utcnow())
+            .values(revoked_at=utcnow(), id_token_encrypted=None)
             .returning(*_REVOKED)
         )
     ).all()

@@ -72,6 +72,9 @@ class NewSignIn:
     session_id: uuid.UUID
     idp_sid: str | None
     login_hint: str | None
+    id_token_encrypted: (
+        str | None
+    )  # kept only where sign-out needs it (Adapter.logout_needs_id_token)
     now: datetime
     expires_at: datetime
     code_hash: str

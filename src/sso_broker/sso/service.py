@@ -23,9 +23,12 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote_plus, urlencode
 
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from sso_broker.audit import service as audit
 from sso_broker.audit.service import EventType
-from sso_broker.crypto import token_hash
+from sso_broker.crypto import DecryptionError, token_hash
 from sso_broker.database import session_scope, utcnow
 from sso_broker.deps import AppContext
 from sso_broker.errors import SignInError, SignInErrorCode
@@ -35,6 +38,8 @@ from sso_broker.idp import Adapter
 from sso_broker.idp.base import Actionable
 from sso_broker.providers.models import SSOProvider
 from sso_broker.sessions import service as sessions_service
+from sso_broker.sessions.models import SignInSession
+from sso_broker.sessions.service import Principal
 from sso_broker.sso import id_token, repository, state
 from sso_broker.sso.discovery import DiscoveryError, ProviderMetadata, overall_deadline
 from sso_broker.sso.identity import choose_account, not_provisioned
@@ -426,7 +431,8 @@ async def _complete(
     )
 
     code = sessions_service.new_secret_token()
-    new = await _write_sign_in(context, provider, claims, code)
+    kept = context.box.encrypt(tokens["id_token"]) if adapter.logout_needs_id_token else None
+    new = await _write_sign_in(context, provider, claims, code, kept)
     logger.info(
         "sign-in succeeded",
         extra={
@@ -444,13 +450,17 @@ async def _complete(
 
 
 async def _write_sign_in(
-    context: AppContext, provider: SSOProvider, claims: id_token.IdTokenClaims, code: str
+    context: AppContext,
+    provider: SSOProvider,
+    claims: id_token.IdTokenClaims,
+    code: str,
+    id_token_encrypted: str | None,
 ) -> repository.NewSignIn:
     """Resolves the account and writes the link, session, login code and audit event: one
     SELECT and one write (on PostgreSQL one statement, ``fastpath.py``)."""
     email = normalize_email(claims.email) if claims.email else None
     found = await context.fast.resolve(provider.id, claims.namespace, claims.subject, email)
-    new = _new_sign_in(context, provider, claims, code, found)
+    new = _new_sign_in(context, provider, claims, code, found, id_token_encrypted)
     try:
         await context.fast.write_sign_in(new, clear_last_error=_had_error(found))
     except LinkConflict as e:
@@ -471,6 +481,7 @@ def _new_sign_in(
     claims: id_token.IdTokenClaims,
     code: str,
     found: repository.Resolution | None,
+    id_token_encrypted: str | None,
 ) -> repository.NewSignIn:
     """The rows a sign-in writes, once the provider is known to be enabled still."""
     if found is None or not found.enabled:
@@ -486,6 +497,7 @@ def _new_sign_in(
         session_id=uuid.uuid4(),
         idp_sid=claims.sid,
         login_hint=claims.login_hint,
+        id_token_encrypted=id_token_encrypted,
         now=now,
         expires_at=now + timedelta(seconds=context.settings.session_max_age),
         code_hash=token_hash(code),
@@ -494,8 +506,29 @@ def _new_sign_in(
     )
 
 
+async def sign_out(context: AppContext, session: AsyncSession, principal: Principal) -> str | None:
+    """Revokes the caller's session and answers the provider's end-session URL for the
+    browser (None for a session that no provider opened, or a provider without one)."""
+    signed_in = principal.session
+    id_token_encrypted = await session.scalar(
+        select(SignInSession.id_token_encrypted).where(SignInSession.id == signed_in.id)
+    )
+    await sessions_service.revoke(
+        session, signed_in.id, reason="logout", actor_id=principal.user.id
+    )
+    if signed_in.provider_id is None:
+        return None
+    provider = await session.get(SSOProvider, signed_in.provider_id)
+    if provider is None:
+        return None
+    return await end_session_url(context, provider, signed_in.login_hint, id_token_encrypted)
+
+
 async def end_session_url(
-    context: AppContext, provider: SSOProvider, login_hint: str | None
+    context: AppContext,
+    provider: SSOProvider,
+    login_hint: str | None,
+    id_token_encrypted: str | None = None,
 ) -> str | None:
     """The provider's end-session URL for the frontend to send the browser to after
     sign-out."""
@@ -506,9 +539,17 @@ async def end_session_url(
         return None
     if metadata.end_session_endpoint is None:
         return None
+    id_token_hint = None
+    if id_token_encrypted and adapter.logout_needs_id_token:
+        try:
+            id_token_hint = context.box.decrypt(id_token_encrypted)
+        except DecryptionError:  # a retired key: sign-out works, only without the hint
+            logger.warning("could not decrypt a session's ID token for sign-out")
     params = {
         "post_logout_redirect_uri": logout_url(context, provider.id),
-        **adapter.logout_params(client_id=provider.client_id, login_hint=login_hint),
+        **adapter.logout_params(
+            client_id=provider.client_id, login_hint=login_hint, id_token=id_token_hint
+        ),
     }
     separator = "&" if "?" in metadata.end_session_endpoint else "?"
     return f"{metadata.end_session_endpoint}{separator}{urlencode(params)}"

@@ -1,6 +1,14 @@
-// An OpenID Provider that looks like one Microsoft Entra ID tenant, for the end-to-end tests.
+// An OpenID Provider that looks like one Microsoft Entra ID tenant, for the end-to-end tests —
+// or, with --profile, like an Okta org, a PingOne environment or a plain OpenID Provider.
 //
 //   node server.mjs --port P --tenant GUID --keys KEYS_FILE --clients CLIENTS_FILE
+//                   [--profile entra|okta|pingone|oidc]
+//
+// Profiles (the issuer's path, and what differs from Entra):
+//   entra    /<tenant>/v2.0      oid, tid, login_hint claims; AADSTS errors; client_secret_post
+//   okta     /oauth2/default     an Okta custom authorization server: email_verified, no tid/oid
+//   pingone  /<tenant>/as        a PingOne environment (the tenant GUID is the environment ID)
+//   oidc     /op                 a plain OP that allows only client_secret_basic
 //
 // It is the OpenID-certified `oidc-provider` package, configured the way the broker meets Entra:
 // issuer http://127.0.0.1:<port>/<tenant>/v2.0 (discovery under it), ID tokens signed RS256 and
@@ -44,6 +52,7 @@ const { values: args } = parseArgs({
     keys: { type: 'string' },
     clients: { type: 'string' },
     host: { type: 'string', default: '127.0.0.1' },
+    profile: { type: 'string', default: 'entra' },
   },
   strict: true,
 });
@@ -55,7 +64,20 @@ if (!Number.isInteger(requestedPort) || requestedPort < 0 || requestedPort > 655
   fail('--port must be 0..65535');
 }
 const TENANT = args.tenant.toLowerCase();
-const BASE = `/${TENANT}/v2.0`; // the provider's mount path (and the issuer's path)
+const PROFILE = args.profile;
+const MOUNTS = {
+  entra: `/${TENANT}/v2.0`,
+  okta: '/oauth2/default',
+  pingone: `/${TENANT}/as`,
+  oidc: '/op',
+};
+if (!(PROFILE in MOUNTS)) fail('--profile must be entra, okta, pingone or oidc');
+const ENTRA = PROFILE === 'entra';
+const BASE = MOUNTS[PROFILE]; // the provider's mount path (and the issuer's path)
+// The plain OP takes client_secret_basic only, as some providers do.
+const AUTH_METHODS = PROFILE === 'oidc'
+  ? ['client_secret_basic']
+  : ['client_secret_post', 'client_secret_basic'];
 
 // ---------------------------------------------------------------------------------------------
 // Signing keys: a private JWKS file, made (one RSA-2048 key, kid = its RFC 7638 thumbprint) when
@@ -118,6 +140,15 @@ async function findAccount(_ctx, sub) {
     accountId: account.oid,
     // The provider keeps only the claims the granted scopes allow (see `claims` below).
     async claims() {
+      if (!ENTRA) {
+        // Okta, PingOne and plain OPs: sub is the user, and they vouch for the email.
+        return {
+          sub: account.oid,
+          name: account.name,
+          preferred_username: account.preferred_username,
+          ...(account.email ? { email: account.email, email_verified: true } : undefined),
+        };
+      }
       return {
         sub: account.oid,
         oid: account.oid,
@@ -155,7 +186,7 @@ function clientMetadata(entry) {
     client_secret: entry.client_secret,
     redirect_uris: entry.redirect_uris ?? [],
     post_logout_redirect_uris: entry.post_logout_redirect_uris ?? [],
-    token_endpoint_auth_method: 'client_secret_post',
+    token_endpoint_auth_method: AUTH_METHODS[0],
     grant_types: ['authorization_code'],
     response_types: ['code'],
     application_type: 'web',
@@ -357,7 +388,7 @@ function configuration() {
     claims: {
       openid: ['sub', 'oid', 'tid', 'ver'],
       profile: ['name', 'preferred_username', 'login_hint'],
-      email: ['email'],
+      email: ['email', 'email_verified'],
       sid: null,
       auth_time: null,
       acr: null,
@@ -366,11 +397,11 @@ function configuration() {
     scopes: ['openid', 'profile', 'email', 'offline_access'],
     conformIdTokenClaims: false, // the ID token carries the profile and email claims itself
     responseTypes: ['code'],
-    clientAuthMethods: ['client_secret_post', 'client_secret_basic'],
+    clientAuthMethods: AUTH_METHODS,
     clientDefaults: {
       grant_types: ['authorization_code'],
       response_types: ['code'],
-      token_endpoint_auth_method: 'client_secret_post',
+      token_endpoint_auth_method: AUTH_METHODS[0],
       id_token_signed_response_alg: 'RS256',
     },
     enabledJWA: { idTokenSigningAlgValues: ['RS256'] },
@@ -405,10 +436,7 @@ function configuration() {
     cookies: { keys: [randomBytes(32).toString('base64url')] },
     clientBasedCORS: () => false,
     renderError,
-    discovery: {
-      cloud_instance_name: 'microsoftonline.com',
-      tenant_region_scope: 'EU',
-    },
+    discovery: ENTRA ? { cloud_instance_name: 'microsoftonline.com', tenant_region_scope: 'EU' } : {},
   };
 }
 
@@ -555,7 +583,7 @@ async function handle(req, res) {
   const url = new URL(req.url, 'http://127.0.0.1');
   // Entra reads the tenant in the path case-insensitively.
   const first = url.pathname.split('/')[1] ?? '';
-  if (first !== TENANT && first.toLowerCase() === TENANT) {
+  if (ENTRA && first !== TENANT && first.toLowerCase() === TENANT) {
     url.pathname = `/${TENANT}${url.pathname.slice(first.length + 1)}`;
   }
   const path = url.pathname;
@@ -565,8 +593,9 @@ async function handle(req, res) {
     return;
   }
 
-  const login = path.match(/^\/[^/]+\/v2\.0\/login\/([A-Za-z0-9_-]+)(\/abort)?$/);
-  if (login && path.startsWith(`${BASE}/`)) {
+  const login = path.startsWith(`${BASE}/login/`)
+    && path.slice(BASE.length).match(/^\/login\/([A-Za-z0-9_-]+)(\/abort)?$/);
+  if (login) {
     if (login[2] ? req.method !== 'GET' : !['GET', 'POST'].includes(req.method)) {
       sendHtml(res, 405, page('Method not allowed', '<h1>Method not allowed</h1>'));
       return;
@@ -587,7 +616,7 @@ async function handle(req, res) {
   }
 
   const other = path.match(/^\/([^/]+)\/v2\.0\/\.well-known\/openid-configuration$/);
-  if (other) {
+  if (ENTRA && other) {
     unknownTenant(res, decodeURIComponent(other[1]));
     return;
   }
@@ -611,7 +640,7 @@ const { port } = server.address();
 const issuer = `http://${args.host}:${port}${BASE}`;
 
 provider = new Provider(issuer, configuration());
-provider.use(entraTokenErrors);
+if (ENTRA) provider.use(entraTokenErrors);
 // Entra puts sid in every ID token; oidc-provider only for clients registered for back-channel
 // logout with backchannel_logout_session_required (or when the claims parameter asks for it).
 provider.Client.prototype.includeSid = () => true;
