@@ -22,13 +22,13 @@ from sso_broker.database import (
     create_sessionmaker,
 )
 from sso_broker.deps import AppContext
-from sso_broker.errors import install_error_handlers
 from sso_broker.health import router as health_router
 from sso_broker.hotpath import HotPath
 from sso_broker.http import IdentityProviderClient
 from sso_broker.idp import adapters_for
 from sso_broker.logs import configure_logging
 from sso_broker.middleware import FrontMiddleware
+from sso_broker.problems import install_error_handlers
 from sso_broker.providers.router import router as providers_router
 from sso_broker.ratelimit import counter_store
 from sso_broker.sessions.router import router as sessions_router

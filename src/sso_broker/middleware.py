@@ -16,8 +16,9 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sso_broker.errors import ErrorCode, problem_response
+from sso_broker.errors import ErrorCode
 from sso_broker.logs import clean_request_id, log_access, request_id_var
+from sso_broker.problems import problem_response
 from sso_broker.ratelimit import over_limit
 
 MAX_BODY_BYTES = 64 * 1024

@@ -35,7 +35,8 @@ from starlette.types import Scope
 
 from sso_broker.config import Settings
 from sso_broker.database import Base, utcnow
-from sso_broker.errors import ErrorCode, is_database_unavailable, problem_response
+from sso_broker.errors import ErrorCode
+from sso_broker.problems import is_database_unavailable, problem_response
 
 if TYPE_CHECKING:  # imported when a Redis URL is set: 7 MB the embedded default need not load
     from redis.asyncio import Redis

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.responses import Response
 
+from sso_broker.browser import BrowserRoute, direct, sign_in_failure
 from sso_broker.deps import AppContext, ContextDep, SessionDep
-from sso_broker.errors import BrowserRoute, direct, sign_in_failure
 from sso_broker.sessions import service as sessions_service
 from sso_broker.sso import service
 from sso_broker.sso.state import STATE_TTL, cookie_name
