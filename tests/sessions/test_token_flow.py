@@ -29,7 +29,14 @@ from sso_broker.sessions import service as sessions_service
 from sso_broker.sessions.models import LoginCode, RefreshToken, SignInSession
 from sso_broker.users.models import Role
 from tests.conftest import PUBLIC_URL, Factory
-from tests.fixtures.entra import CLIENT_ID, CLIENT_SECRET, TENANT_ID, EntraUser, FakeEntra
+from tests.fixtures.entra import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    TENANT_DOMAIN,
+    TENANT_ID,
+    EntraUser,
+    FakeEntra,
+)
 from tests.problems import assert_problem
 
 TOKEN = "/api/v1/auth/token"
@@ -884,6 +891,27 @@ class TestFrontChannelLogout:
         )
         assert response.status_code == 200, response.text
         assert await me_status(client, tokens["access_token"]) == 200
+
+    @pytest.mark.parametrize("tenant", [TENANT_ID, TENANT_DOMAIN])
+    async def test_an_iss_that_is_not_the_providers_ends_nothing(
+        self, client: httpx.AsyncClient, factory: Factory, entra: FakeEntra, tenant: str
+    ) -> None:
+        company = await factory.company()
+        provider = await factory.provider(
+            company, base_url=tenant, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+            enabled=True,
+        )  # fmt: skip
+        signed_in = await sign_in(client, entra, factory, provider=provider)
+        tokens = await exchange(client, signed_in.code)
+        url = f"/sso/{signed_in.provider.id}/logout"
+        for iss in (entra.issuer + "/", entra.issuer.upper(), "https://evil.example", ""):
+            response = await client.get(url, params={"sid": signed_in.person.sid, "iss": iss})
+            assert response.status_code == 200, response.text
+            assert await me_status(client, tokens["access_token"]) == 200, iss
+        # The provider's own issuer (its metadata's, for a domain tenant) ends the session.
+        response = await client.get(url, params={"sid": signed_in.person.sid, "iss": entra.issuer})
+        assert response.status_code == 200, response.text
+        assert await me_status(client, tokens["access_token"]) == 401
 
     async def test_an_unknown_sid_ends_nothing(
         self, client: httpx.AsyncClient, factory: Factory, entra: FakeEntra

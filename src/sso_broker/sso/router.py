@@ -11,7 +11,6 @@ from starlette.responses import Response
 
 from sso_broker.browser import BrowserRoute, direct, sign_in_failure
 from sso_broker.deps import AppContext, ContextDep, SessionDep
-from sso_broker.sessions import service as sessions_service
 from sso_broker.sso import service
 from sso_broker.sso.state import STATE_TTL, cookie_name
 
@@ -175,12 +174,13 @@ async def logout(
     session: SessionDep,
     context: ContextDep,
     sid: Annotated[str | None, Query()] = None,
+    iss: Annotated[str | None, Query()] = None,
 ) -> Response:
-    """With ``sid``: Entra's front-channel logout (it loads this in a hidden frame), which
-    ends every session of this provider with that Entra session. Without: the page Entra
-    sends the browser to after its sign-out, which forwards to the frontend."""
+    """With ``sid``: the provider's front-channel logout (it loads this in a hidden frame),
+    which ends every session of this provider with that IdP session; an ``iss`` that is not
+    the provider's issuer ends nothing. Without: the page the provider sends the browser to
+    after its sign-out, which forwards to the frontend."""
     if not sid:
         return _no_store(RedirectResponse(context.settings.logged_out, status_code=302))
-    if "\x00" not in sid:  # no session has such a sid (PostgreSQL cannot even compare it)
-        await sessions_service.revoke_by_idp_session(session, provider_id, sid)
+    await service.front_channel_logout(context, session, provider_id, sid, iss)
     return _no_store(HTMLResponse("<!doctype html><title>Signed out</title>", status_code=200))

@@ -524,6 +524,37 @@ async def sign_out(context: AppContext, session: AsyncSession, principal: Princi
     return await end_session_url(context, provider, signed_in.login_hint, id_token_encrypted)
 
 
+async def front_channel_logout(
+    context: AppContext,
+    session: AsyncSession,
+    provider_id: uuid.UUID,
+    sid: str,
+    iss: str | None,
+) -> int:
+    """OpenID Front-Channel Logout: ends every live session of the provider with IdP session
+    ``sid``; answers how many. When the request names its issuer, it must be the provider's
+    (for an Entra domain, the one its metadata names), or nothing ends."""
+    if "\x00" in sid:  # no session has such a sid (PostgreSQL cannot even compare it)
+        return 0
+    if iss is not None:
+        provider = await cached_provider(context, provider_id)
+        if provider is None:
+            return 0
+        adapter = adapter_of(context, provider)
+        expected = adapter.issuer(provider.base_url)
+        if expected is None:
+            try:
+                expected = (await context.directory.metadata(adapter, provider.base_url)).issuer
+            except DiscoveryError:
+                expected = None
+        if iss != expected:
+            logger.info(
+                "front-channel logout for another issuer", extra={"provider_id": str(provider_id)}
+            )
+            return 0
+    return await sessions_service.revoke_by_idp_session(session, provider_id, sid)
+
+
 async def end_session_url(
     context: AppContext,
     provider: SSOProvider,
