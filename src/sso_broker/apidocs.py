@@ -5,12 +5,24 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from sso_broker.browser import BrowserRoute
 from sso_broker.errors import PROBLEM_JSON
+from sso_broker.ratelimit import is_rate_limited
+
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+
+
+def no_database(endpoint: Endpoint) -> Endpoint:
+    """Marks an endpoint that answers without the database, so its route documents no 503."""
+    endpoint.__sso_no_database__ = True  # type: ignore[attr-defined]
+    return endpoint
+
 
 _RATE_LIMITED: dict[str, Any] = {
     "description": "Error codes: `rate_limited` (with `Retry-After`)",
@@ -24,7 +36,6 @@ _DATABASE_DOWN: dict[str, Any] = {
     "description": "Error codes: `database_unavailable` (with `Retry-After`)",
     "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
 }
-_NO_DATABASE = frozenset({"/healthz", "/.well-known/jwks.json"})
 
 # Answered by the size limits in front of every route (sso_broker.middleware), whatever the route.
 _BODY_TOO_LARGE: dict[str, Any] = {
@@ -53,30 +64,35 @@ def document_errors(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             spec = generate()
-            browser = {
-                (route.path_format, method.lower())
+            routes = {
+                (route.path_format, method.lower()): route
                 for route in app.routes
-                if isinstance(route, BrowserRoute)
+                if isinstance(route, APIRoute)
                 for method in route.methods or ()
             }
             for path, path_item in spec.get("paths", {}).items():
                 for method, operation in path_item.items():
+                    route = routes.get((path, method))
+                    browser = isinstance(route, BrowserRoute)
+                    uses_database = route is None or not getattr(
+                        route.endpoint, "__sso_no_database__", False
+                    )
                     responses = operation.setdefault("responses", {})
                     for response in responses.values():
                         content = response.get("content", {})
                         if PROBLEM_JSON in content and "application/json" in content:
                             content[PROBLEM_JSON] = content.pop("application/json")
-                    if (path, method) in browser:
+                    if browser:
                         responses.pop("422", None)
                     if "requestBody" in operation:
                         responses.setdefault("413", copy.deepcopy(_BODY_TOO_LARGE))
                     responses.setdefault("414", copy.deepcopy(_QUERY_TOO_LONG))
-                    if path.startswith("/sso/"):
-                        responses.setdefault("429", copy.deepcopy(_RATE_LIMITED_PAGE))
-                    elif path == "/api/v1/auth/token":
-                        responses.setdefault("429", copy.deepcopy(_RATE_LIMITED))
+                    # The limiter's own rule says which routes it counts (ratelimit.py).
+                    if is_rate_limited(path):
+                        limited = _RATE_LIMITED_PAGE if browser else _RATE_LIMITED
+                        responses.setdefault("429", copy.deepcopy(limited))
                     # Browser routes answer a database outage with the error redirect.
-                    if path not in _NO_DATABASE and not path.startswith("/sso/"):
+                    if uses_database and not browser:
                         responses.setdefault("503", copy.deepcopy(_DATABASE_DOWN))
             _drop_unreferenced_schemas(spec, ("HTTPValidationError", "ValidationError"))
             app.openapi_schema = spec

@@ -5,6 +5,7 @@ import asyncio
 from fastapi import APIRouter
 from pydantic import BaseModel
 
+from sso_broker.apidocs import no_database
 from sso_broker.database import ping
 from sso_broker.deps import ContextDep
 from sso_broker.errors import ErrorCode, ServiceUnavailable, error_responses
@@ -17,6 +18,7 @@ class Health(BaseModel):
 
 
 @router.get("/healthz", summary="Liveness: the process is up", response_model=Health)
+@no_database
 async def healthz() -> Health:
     return Health(status="ok")
 

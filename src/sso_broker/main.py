@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sso_broker import __version__
+from sso_broker.apidocs import document_errors
 from sso_broker.audit.router import router as audit_router
 from sso_broker.caches import SESSION_INFO_KEY, Caches
 from sso_broker.config import Settings
@@ -149,6 +150,7 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app, settings.database_url)
+    document_errors(app)
     app.add_middleware(
         FrontMiddleware, frontend_origin=settings.frontend_origin, access_log=settings.access_log
     )

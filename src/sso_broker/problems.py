@@ -20,7 +20,6 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sso_broker.apidocs import document_errors
 from sso_broker.errors import PROBLEM_JSON, AppError, ErrorCode, Problem
 
 logger = logging.getLogger("sso_broker.errors")
@@ -199,7 +198,7 @@ async def unhandled_error_handler(request: Request, exc: Exception) -> JSONRespo
 
 
 def install_error_handlers(app: FastAPI, database_url: str) -> None:
-    """Turns every error into problem+json, and documents errors as they are sent."""
+    """Turns every error into problem+json (``apidocs.document_errors`` documents them)."""
     app.add_exception_handler(AppError, app_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
@@ -212,4 +211,3 @@ def install_error_handlers(app: FastAPI, database_url: str) -> None:
         app.add_exception_handler(error, unhandled_error_handler)
     app.add_exception_handler(OSError, unhandled_error_handler)
     app.add_exception_handler(Exception, unhandled_error_handler)
-    document_errors(app)

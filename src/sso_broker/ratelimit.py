@@ -165,6 +165,11 @@ class Leases:
         return allowed
 
 
+def is_rate_limited(path: str) -> bool:
+    """Whether requests to ``path`` (or a route's path template) are counted."""
+    return path == TOKEN_PATH or _SSO_PATH.match(path) is not None
+
+
 def _limits(settings: Settings, path: str, client_ip: str, window: int) -> list[Limit]:
     if path == TOKEN_PATH:
         return [Limit(f"token:ip:{client_ip}:{window}", settings.rate_limit_token_per_ip)]

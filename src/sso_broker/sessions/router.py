@@ -4,6 +4,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Response
 
+from sso_broker.apidocs import no_database
 from sso_broker.deps import ContextDep, CurrentPrincipal, PrincipalRoute, SessionDep
 from sso_broker.errors import AUTHENTICATION_ERRORS, ErrorCode, error_responses
 from sso_broker.sessions import service
@@ -28,6 +29,7 @@ router = APIRouter(tags=["Sessions"])
     summary="Public keys that verify session JWTs",
     response_description="A JSON Web Key Set (RFC 7517)",
 )
+@no_database  # the key ring is loaded at start-up
 async def jwks(context: ContextDep, response: Response) -> dict[str, Any]:
     # Cacheable briefly: a new key is published before it signs anything.
     response.headers["Cache-Control"] = "public, max-age=300"
