@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.providers.test_router import BASE, admin, assert_problem, create, item, tenant
+from tests.problems import assert_problem
+from tests.providers.helpers import BASE, create, item
 
-__all__ = ["admin", "tenant"]  # fixtures
 ENV = "5c6e7f80-91a2-4b3c-8d4e-5f60718293a4"
 OKTA_ORG = "https://acme.okta.com"
 ISSUER = "https://id.example.com"
