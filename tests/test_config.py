@@ -12,7 +12,7 @@ def _settings(**values: object) -> Settings:
 
 
 class TestDefaults:
-    def test_contract_defaults(self, no_env: None) -> None:
+    def test_documented_defaults(self, no_env: None) -> None:
         settings = _settings()
         assert settings.database_url == "sqlite+aiosqlite:///./var/sso-broker.db"
         assert settings.public_base == "http://127.0.0.1:8000"

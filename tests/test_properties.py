@@ -85,7 +85,7 @@ def may_manage(actor: Role, target: Role, *, is_self: bool) -> bool:
 SUCCESS = {"list": 200, "get": 200, "create": 201, "patch": 200, "patch_role": 200, "delete": 204}
 
 
-def contract_status(
+def documented_status(
     actor: Role, collection: str, op: str, *, target: Role, requested: Role, is_self: bool
 ) -> int:
     """The status the README's admin API rules give ``actor`` for ``op`` on an own-company
@@ -708,11 +708,11 @@ def assert_reflects(item: dict[str, Any], body: dict[str, Any]) -> None:
 
 @PROPERTIES
 @given(data=st.data())
-async def test_every_role_can_do_exactly_what_the_contract_allows(
+async def test_every_role_can_do_exactly_what_the_readme_allows(
     client: httpx.AsyncClient, context: AppContext, factory: Factory, data: st.DataObject
 ) -> None:
     """For every role and operation, with a random target, requested role and self-targeting,
-    the API's answer and effect are the contract's."""
+    the API's answer and effect are the README's."""
     company = await factory.company(data.draw(NAMES, label="company"))
     home = await factory.provider(company, base_url=data.draw(TENANTS, label="tenant"))
     actors = {role: await factory.user(company, role, email=fresh_email()) for role in Role}
@@ -737,7 +737,7 @@ async def test_every_role_can_do_exactly_what_the_contract_allows(
             )
         )
         method, url, body = request_for(data, case, target.id, provider.id)
-        expected = contract_status(
+        expected = documented_status(
             actor,
             collection,
             op,

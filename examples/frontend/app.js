@@ -20,7 +20,7 @@ const PROVIDER_ID =
 const ACCESS_KEY = "sso-broker.access_token";
 const REFRESH_KEY = "sso-broker.refresh_token";
 
-// The codes the broker puts in SIGN_IN_ERROR_URL?error=<code> (contract, section 5).
+// The codes the broker puts in SIGN_IN_ERROR_URL?error=<code> (README, *Signing in*).
 const SIGN_IN_ERRORS = {
   provider_not_found:
     "This sign-in link does not lead to a known single sign-on setup. " +
@@ -49,7 +49,7 @@ const SIGN_IN_ERRORS = {
 const GENERIC_SIGN_IN_ERROR =
   "Signing in did not work. Please try again or contact your administrator.";
 
-// Problem codes of the token exchange and of /me (contract, sections 4 and 6).
+// Problem codes of the token exchange and of /me (README, *Signing in* and *The admin API in short*).
 const API_ERRORS = {
   invalid_grant: "The sign-in code expired or was already used. Please sign in again.",
   not_authenticated: "You are not signed in.",

@@ -69,7 +69,7 @@ class TestBearer:
         response = await client.get(PROTECTED, headers=await factory.headers(admin))
         assert response.status_code == 200
 
-    async def test_token_claims_follow_the_contract(
+    async def test_token_claims_follow_the_readme(
         self, factory: Factory, admin: User, context: AppContext
     ) -> None:
         token = await factory.token(admin)

@@ -265,7 +265,7 @@ class TestLoginCodeGrant:
         assert body["refresh_token"] not in (body["access_token"], signed_in.code)
         assert await me_status(client, body["access_token"]) == 200
 
-    async def test_the_access_token_carries_the_contract_claims(
+    async def test_the_access_token_carries_the_documented_claims(
         self, client: httpx.AsyncClient, factory: Factory, entra: FakeEntra, settings: Settings
     ) -> None:
         signed_in = await sign_in(client, entra, factory)

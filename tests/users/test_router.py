@@ -1,7 +1,7 @@
 """The users admin API: who may read, create, change and delete whom (README, *The admin API
 in short*).
 
-The expected permissions are written out here from the contract, not imported from the
+The expected permissions are written out here from the README's rules, not imported from the
 service, so a change to the service's rules fails these tests.
 """
 
