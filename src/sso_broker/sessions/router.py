@@ -18,7 +18,7 @@ from sso_broker.sessions.schemas import (
     TokenRequest,
     TokenResponse,
 )
-from sso_broker.sso import service as sso_service
+from sso_broker.sso import signout
 from sso_broker.users.schemas import UserRead
 
 router = APIRouter(tags=["Sessions"])
@@ -97,5 +97,5 @@ async def logout(
     principal: CurrentPrincipal, session: SessionDep, context: ContextDep, response: Response
 ) -> LogoutResponse:
     response.headers["Cache-Control"] = "no-store"
-    url = await sso_service.sign_out(context, session, principal)
+    url = await signout.sign_out(context, session, principal)
     return LogoutResponse(idp_logout_url=url)

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from sso_broker.browser import BrowserRoute, direct, sign_in_failure
 from sso_broker.deps import AppContext, ContextDep, SessionDep
-from sso_broker.sso import service
+from sso_broker.sso import service, signout
 from sso_broker.sso.state import STATE_TTL, cookie_name
 
 _REDIRECT: dict[int | str, dict[str, Any]] = {
@@ -182,5 +182,5 @@ async def logout(
     after its sign-out, which forwards to the frontend."""
     if not sid:
         return _no_store(RedirectResponse(context.settings.logged_out, status_code=302))
-    await service.front_channel_logout(context, session, provider_id, sid, iss)
+    await signout.front_channel_logout(context, session, provider_id, sid, iss)
     return _no_store(HTMLResponse("<!doctype html><title>Signed out</title>", status_code=200))
