@@ -256,3 +256,21 @@ class TestErrors:
     def test_access_denied_is_the_users_choice(self) -> None:
         assert OKTA.user_refused("access_denied", None)
         assert not OKTA.user_refused("server_error", None)
+
+
+def test_oktas_error_document_names_its_code() -> None:
+    """Okta's API errors are {"errorCode": "E0000007", "errorSummary": …}: the code reaches
+    last_error for a base_url whose authorization server does not exist."""
+    document = {
+        "errorCode": "E0000007",
+        "errorSummary": "Not found: Resource not found: nope (AuthorizationServer)",
+        "errorLink": "E0000007",
+        "errorId": "oaeAbc",
+        "errorCauses": [],
+    }
+    code = OKTA.error_code(*document.values())
+    assert code == "E0000007"
+    found = OKTA.discovery_failed(404, code)
+    assert found is not None
+    assert found.code == "issuer_not_found"
+    assert "E0000007" in found.message

@@ -183,3 +183,34 @@ async def test_entra_keeps_no_id_token_and_signs_out_with_logout_hint(
     query = parse_qs(urlsplit(url).query)
     assert "id_token_hint" not in query
     assert query["logout_hint"] == [s.person.login_hint]
+
+
+async def test_an_okta_server_that_does_not_exist_says_so_in_last_error(
+    client: httpx.AsyncClient, factory: Factory, entra: FakeEntra
+) -> None:
+    issuer = "https://acme.okta.com/oauth2/nope"
+    entra.router.get(f"{issuer}/.well-known/openid-configuration").mock(
+        return_value=httpx.Response(
+            404,
+            json={
+                "errorCode": "E0000007",
+                "errorSummary": "Not found: Resource not found: nope (AuthorizationServer)",
+                "errorLink": "E0000007",
+                "errorId": "oaeq3pZHt0dT2yZ8d",
+                "errorCauses": [],
+            },
+        )
+    )
+    company = await factory.company()
+    provider = await factory.provider(
+        company, type="okta", base_url=issuer, client_id="0oa1", client_secret="s", enabled=True
+    )
+    response = await client.get(f"/sso/{provider.id}/initiate")
+    assert_error(response, "idp_error")
+    person = EntraUser.make()
+    user = await factory.user(company, email=str(person.email), provider=provider)
+    s = Setup(company=company, provider=provider, person=person, user=user)
+    error = await last_error(client, factory, s)
+    assert error is not None
+    assert error["code"] == "issuer_not_found"
+    assert "E0000007" in error["message"]

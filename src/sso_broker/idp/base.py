@@ -221,10 +221,11 @@ class Adapter(ABC):
     def discovery_failed(self, status: int | None, provider_code: str | None) -> Actionable | None:
         """``last_error`` for metadata that could not be had (a wrong ``base_url``)."""
         if status == 404:
+            said = f", {provider_code}" if provider_code else ""
             return Actionable(
                 "issuer_not_found",
                 f"{self.default_display_name} has no OpenID metadata at this base_url "
-                "(HTTP 404): check the base_url you pasted.",
+                f"(HTTP 404{said}): check the base_url you pasted.",
             )
         return None
 

@@ -169,9 +169,9 @@ class ProviderDirectory:
             raise DiscoveryError(
                 f"discovery answered {status}",
                 status=status,
-                provider_code=adapter.error_code(
-                    details.get("error_codes"), details.get("error_description")
-                ),
+                # Every field: Entra's error_codes and error_description, Okta's errorCode
+                # and errorSummary; the adapter knows its own.
+                provider_code=adapter.error_code(*details.values()),
             )
         return check_metadata(adapter, base_url, document)
 
