@@ -7,6 +7,7 @@ never send the browser anywhere but a path on the frontend.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from http.cookies import SimpleCookie
 from typing import Any
@@ -459,20 +460,33 @@ class TestInitiateFailures:
         assert_error_redirect(await client.get(f"/sso/{provider.id}/initiate"), "idp_error")
 
     @pytest.mark.parametrize("tenant", [str(uuid.uuid4()), "fabrikam.onmicrosoft.com"])
-    async def test_unknown_tenant_is_idp_error_and_recorded_as_tenant_not_found(
-        self, client: httpx.AsyncClient, factory: Factory, entra: FakeEntra, tenant: str
+    async def test_unknown_tenant_is_idp_error_and_writes_nothing(
+        self,
+        client: httpx.AsyncClient,
+        factory: Factory,
+        entra: FakeEntra,
+        tenant: str,
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
+        """An initiate writes nothing, failed or not: anonymous requests must not fill the
+        audit log or change the provider (README, *Security model*); the log says why."""
         provider = await enabled_provider(factory, base_url=tenant)
         headers = await admin_headers(factory, provider)
+        caplog.set_level(logging.INFO, logger="sso_broker")
 
-        assert_error_redirect(await client.get(f"/sso/{provider.id}/initiate"), "idp_error")
+        for _ in range(3):
+            response = await client.get(f"/sso/{provider.id}/initiate")
+            assert_error_redirect(response, "idp_error")
 
         read = await client.get(f"/api/v1/sso-providers/{provider.id}", headers=headers)
         assert read.status_code == 200, read.text
-        last_error = read.json()["last_error"]
-        assert last_error is not None
-        assert last_error["code"] == "tenant_not_found"
-        assert "AADSTS90002" in last_error["message"]
+        assert read.json()["last_error"] is None
+        events = await client.get(
+            "/api/v1/audit-events", params={"type": "sign_in.failed"}, headers=headers
+        )
+        assert events.status_code == 200, events.text
+        assert events.json()["items"] == []
+        assert any("discovery failed" in str(getattr(r, "reason", "")) for r in caplog.records)
 
     async def test_a_plain_discovery_failure_records_no_last_error(
         self, client: httpx.AsyncClient, factory: Factory, entra: FakeEntra

@@ -127,13 +127,17 @@ def adapter_of(context: AppContext, provider: SSOProvider) -> Adapter:
     return context.adapters[provider.type]
 
 
-async def provider_metadata(context: AppContext, provider: SSOProvider) -> ProviderMetadata:
+async def provider_metadata(
+    context: AppContext, provider: SSOProvider, *, record: bool = True
+) -> ProviderMetadata:
+    """The provider's metadata; a failure an administrator can fix becomes ``last_error``
+    unless ``record`` is off (an initiate writes nothing)."""
     adapter = adapter_of(context, provider)
     try:
         return await context.directory.metadata(adapter, provider.base_url)
     except DiscoveryError as e:
         actionable = adapter.discovery_failed(e.status, e.provider_code)
-        if actionable is not None and not e.cached:
+        if record and actionable is not None and not e.cached:
             await record_error(context, provider.id, actionable, e.provider_code)
         raise SignInError(SignInErrorCode.IDP_ERROR, f"discovery failed: {e.reason}") from e
 
@@ -171,14 +175,13 @@ async def initiate(
     domain_hint: str | None,
     prompt: str | None,
 ) -> InitiateResult:
-    """Builds the redirect to the provider; writes nothing to the database (the state is
-    sealed)."""
+    """Builds the redirect to the provider. It writes nothing to the database, failed or
+    not: the state is sealed, and an anonymous request must not be able to fill the audit
+    log or hold a pooled connection while the provider is asked (README, *Security model*).
+    A failure is logged; the callback and the connection test record what an administrator
+    must fix."""
     provider = await load_provider(context, provider_id)
-    try:
-        metadata = await provider_metadata(context, provider)
-    except SignInError as e:
-        await record_failure(context, provider, e, stage="initiate")
-        raise
+    metadata = await provider_metadata(context, provider, record=False)
     safe_path = safe_return_to(return_to)
     if return_to and safe_path is None:
         logger.info("dropped an unsafe return_to", extra={"provider_id": str(provider_id)})
