@@ -15,6 +15,8 @@ from sso_broker.idp import Adapters
 from sso_broker.providers import repository
 from sso_broker.providers.models import SSOProvider
 from sso_broker.providers.schemas import ProviderCreate, ProviderUpdate
+from sso_broker.sessions import service as sessions_service
+from sso_broker.sessions.models import SignInSession
 
 # Fields whose change makes a recorded sign-in failure stale.
 _CREDENTIAL_FIELDS = frozenset({"base_url", "client_id", "client_secret"})
@@ -126,6 +128,14 @@ async def update(
     if changed & _CREDENTIAL_FIELDS:
         provider.last_error = None
     await session.flush()
+    if was_enabled and not provider.enabled:
+        # Disabling is the kill switch: everyone it signed in is signed out at once.
+        await sessions_service.revoke_where(
+            session,
+            SignInSession.provider_id == provider.id,
+            reason="provider_disabled",
+            actor_id=actor_id,
+        )
     # Field names only: never a value (the secret least of all).
     audit.record(
         session, company_id, EventType.PROVIDER_UPDATED, actor_user_id=actor_id,

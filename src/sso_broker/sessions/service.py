@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, delete, update
+from sqlalchemy import Row, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sso_broker.audit import service as audit
@@ -326,6 +326,38 @@ async def revoke(
     ).all()
     await session.execute(delete(LoginCode).where(LoginCode.session_id == session_id))
     _audit_revocations(session, rows, reason, actor_id)
+
+
+async def revoke_where(
+    session: AsyncSession, *conditions: Any, reason: str, actor_id: uuid.UUID | None
+) -> int:
+    """Ends every live session matching ``conditions`` (a provider's, a user's), each audited
+    as ``session.revoked`` with ``reason``; answers how many. The caches of this process drop
+    them at commit and every replica's within a second (``caches.py``)."""
+    rows = (
+        await session.execute(
+            update(SignInSession)
+            .where(SignInSession.revoked_at.is_(None), *conditions)
+            .values(revoked_at=utcnow(), id_token_encrypted=None)
+            .returning(*_REVOKED)
+        )
+    ).all()
+    _audit_revocations(session, rows, reason, actor_id)
+    return len(rows)
+
+
+async def live_sessions(session: AsyncSession, user_id: uuid.UUID) -> Sequence[SignInSession]:
+    """The user's sessions that are neither revoked nor expired, newest first."""
+    result = await session.scalars(
+        select(SignInSession)
+        .where(
+            SignInSession.user_id == user_id,
+            SignInSession.revoked_at.is_(None),
+            SignInSession.expires_at > utcnow(),
+        )
+        .order_by(SignInSession.created_at.desc(), SignInSession.id)
+    )
+    return result.all()
 
 
 async def revoke_by_idp_session(session: AsyncSession, provider_id: uuid.UUID, idp_sid: str) -> int:

@@ -4,10 +4,17 @@ import uuid
 
 from fastapi import APIRouter, Response, status
 
-from sso_broker.deps import CurrentUserManager, ReadSessionDep, SessionDep
+from sso_broker.deps import CurrentPrincipal, CurrentUserManager, ReadSessionDep, SessionDep
 from sso_broker.errors import AUTHORIZATION_ERRORS, ErrorCode, error_responses
 from sso_broker.users import service
-from sso_broker.users.schemas import UserCreate, UserList, UserRead, UserUpdate
+from sso_broker.users.schemas import (
+    UserCreate,
+    UserList,
+    UserRead,
+    UserSession,
+    UserSessionList,
+    UserUpdate,
+)
 
 router = APIRouter(prefix="/api/v1/users", tags=["Users"])
 
@@ -89,3 +96,33 @@ async def delete_user(
     user_id: uuid.UUID, principal: CurrentUserManager, session: SessionDep
 ) -> None:
     await service.delete(session, principal.user, user_id)
+
+
+@router.get(
+    "/{user_id}/sessions",
+    summary="A user's live sign-in sessions (yours, or of a role below yours)",
+    response_model=UserSessionList,
+    responses=error_responses(
+        *AUTHORIZATION_ERRORS, ErrorCode.NOT_FOUND, ErrorCode.VALIDATION_ERROR
+    ),
+)
+async def list_user_sessions(
+    user_id: uuid.UUID, principal: CurrentPrincipal, session: ReadSessionDep
+) -> UserSessionList:
+    found = await service.list_sessions(session, principal.user, user_id)
+    return UserSessionList(items=[UserSession.model_validate(s) for s in found])
+
+
+@router.delete(
+    "/{user_id}/sessions",
+    summary="End all of a user's sessions now (yours, a role below yours, or an administrator's)",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(
+        *AUTHORIZATION_ERRORS, ErrorCode.NOT_FOUND, ErrorCode.VALIDATION_ERROR
+    ),
+)
+async def revoke_user_sessions(
+    user_id: uuid.UUID, principal: CurrentPrincipal, session: SessionDep
+) -> None:
+    await service.revoke_sessions(session, principal.user, user_id)

@@ -58,3 +58,18 @@ class UserRead(BaseModel):
 
 class UserList(BaseModel):
     items: list[UserRead]
+
+
+class UserSession(BaseModel):
+    """A live sign-in session of a user."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    provider_id: uuid.UUID | None = Field(description="The SSO provider that opened it, if any.")
+    created_at: datetime
+    expires_at: datetime
+
+
+class UserSessionList(BaseModel):
+    items: list[UserSession]

@@ -13,6 +13,8 @@ from sso_broker.audit import service as audit
 from sso_broker.audit.service import EventType
 from sso_broker.errors import Conflict, ErrorCode, Forbidden, InvalidInput, NotFound
 from sso_broker.providers import repository as providers_repository
+from sso_broker.sessions import service as sessions_service
+from sso_broker.sessions.models import SignInSession
 from sso_broker.sso.models import IdentityLink
 from sso_broker.users import repository
 from sso_broker.users.models import Role, User
@@ -140,7 +142,17 @@ async def update(session: AsyncSession, actor: User, user_id: uuid.UUID, data: U
         user.role = data.role
     if "sso_provider_id" in changed and data.sso_provider_id != user.sso_provider_id:
         await _check_provider(session, actor.company_id, data.sso_provider_id)
+        old = user.sso_provider_id
         user.sso_provider_id = data.sso_provider_id
+        if old is not None:
+            # What the old provider signed in ends with the association.
+            await sessions_service.revoke_where(
+                session,
+                SignInSession.user_id == user.id,
+                SignInSession.provider_id == old,
+                reason="provider_changed",
+                actor_id=actor.id,
+            )
         # A new association starts afresh: the next sign-in links by email again. This is
         # also how an administrator re-links someone whose Entra account was recreated.
         await session.execute(sql_delete(IdentityLink).where(IdentityLink.user_id == user.id))
@@ -159,6 +171,36 @@ async def update(session: AsyncSession, actor: User, user_id: uuid.UUID, data: U
         user_id=user.id, details={"fields": sorted(changed), "role": user.role.value},
     )  # fmt: skip
     return user
+
+
+def check_can_see_sessions(actor: User, target: User, *, revoking: bool) -> None:
+    """Sessions may be listed and ended by their owner, and by anyone whose role is above the
+    owner's; an administrator may also end (not list) another administrator's."""
+    if actor.id == target.id or target.role in GRANTABLE[actor.role]:
+        return
+    if revoking and actor.role is Role.ADMINISTRATOR:
+        return
+    raise Forbidden(
+        f"As {actor.role.value} you may see and end your own sessions and those of roles "
+        f"below yours; this user is {target.role.value}."
+    )
+
+
+async def list_sessions(
+    session: AsyncSession, actor: User, user_id: uuid.UUID
+) -> Sequence[SignInSession]:
+    user = await get(session, actor.company_id, user_id)
+    check_can_see_sessions(actor, user, revoking=False)
+    return await sessions_service.live_sessions(session, user.id)
+
+
+async def revoke_sessions(session: AsyncSession, actor: User, user_id: uuid.UUID) -> int:
+    """Ends all of the user's sessions now: the kill switch for one account."""
+    user = await get(session, actor.company_id, user_id)
+    check_can_see_sessions(actor, user, revoking=True)
+    return await sessions_service.revoke_where(
+        session, SignInSession.user_id == user.id, reason="revoked_by_user", actor_id=actor.id
+    )
 
 
 async def delete(session: AsyncSession, actor: User, user_id: uuid.UUID) -> None:
