@@ -33,6 +33,7 @@ from sso_broker.migrate import migrate
 from sso_broker.models import Base, Company, SSOProvider, User
 from sso_broker.sessions import service as sessions_service
 from sso_broker.users.models import Role
+from sso_broker.users.repository import normalize_email
 
 # The fake Entra tenant (`entra` fixture) for every test that signs someone in.
 pytest_plugins = ["tests.fixtures.entra"]
@@ -177,7 +178,7 @@ class Factory:
                 id=uuid.uuid4(),
                 company_id=company.id,
                 email=address,
-                email_normalized=address.lower(),
+                email_normalized=normalize_email(address),
                 name=name,
                 role=role,
                 sso_provider_id=provider.id if provider else None,

@@ -167,7 +167,8 @@ async def test_callback_and_token_statements(
         state = ["BEGIN", "INSERT", "COMMIT"]
         spend = ["BEGIN", "DELETE", "SELECT", "INSERT", "COMMIT"]
         assert seen == {
-            "callback first": [*state, "SELECT", "BEGIN", "INSERT", *writes, "COMMIT"],
+            # A first sign-in also writes the link and its identity.linked event.
+            "callback first": [*state, "SELECT", "BEGIN", "INSERT", "INSERT", *writes, "COMMIT"],
             "token first": spend,
             "callback again": [*state, "SELECT", "BEGIN", *writes, "COMMIT"],
             "token again": spend,

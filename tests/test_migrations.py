@@ -215,3 +215,48 @@ async def test_provider_types_migration_keeps_every_entra_link(fresh_database: s
         await engine.dispose()
     assert [tuple(row) for row in links] == [(tenant.lower(), f"oid-{i}") for i in range(3)]
     assert base_url == tenant.lower()
+
+
+async def test_email_folding_migration_recomputes_non_ascii_rows(fresh_database: str) -> None:
+    """Rows normalized with str.lower() are normalized again in ASCII only; ASCII rows stay."""
+    now = datetime.now(UTC)
+    company = uuid.uuid4()
+    kelvin, plain = uuid.uuid4(), uuid.uuid4()
+    tables = _old_tables()
+    engine = create_engine(make_settings(fresh_database))
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(
+                lambda sync: command.upgrade(alembic_config(sync), "a41c6e9d2b07")
+            )
+            await connection.commit()
+            await connection.execute(
+                tables["companies"].insert(),
+                [{"id": company, "name": "Contoso", "created_at": now, "updated_at": now}],
+            )
+            await connection.execute(
+                tables["users"].insert(),
+                [
+                    {
+                        "id": user_id, "company_id": company, "email": email,
+                        "email_normalized": email.lower(), "name": "K", "role": "user",
+                        "sso_provider_id": None, "created_at": now, "updated_at": now,
+                    }
+                    for user_id, email in (
+                        (kelvin, "\u212aate@Example.com"), (plain, "Ada@Example.com")
+                    )
+                ],
+            )  # fmt: skip
+            await connection.commit()
+        await migrate(engine)
+        async with engine.connect() as connection:
+            rows = dict(
+                (
+                    await connection.execute(
+                        sa.select(tables["users"].c.id, tables["users"].c.email_normalized)
+                    )
+                ).all()
+            )
+    finally:
+        await engine.dispose()
+    assert rows == {kelvin: "\u212aate@example.com", plain: "ada@example.com"}

@@ -32,6 +32,7 @@ from sso_broker.deps import AppContext
 from sso_broker.models import Base, Company, IdentityLink, RefreshToken, SSOProvider, User
 from sso_broker.sessions import service as sessions_service
 from sso_broker.users.models import Role
+from sso_broker.users.repository import normalize_email
 from tests.conftest import Factory
 from tests.problems import assert_problem
 
@@ -253,7 +254,7 @@ def company_specs(draw: st.DrawFn, emails: st.SearchStrategy[str]) -> CompanySpe
             st.builds(UserSpec, emails, NAMES, st.sampled_from(Role), links),
             min_size=1,
             max_size=4,
-            unique_by=lambda u: u.email.lower(),
+            unique_by=lambda u: normalize_email(u.email),
         )
     )
     return CompanySpec(draw(NAMES), providers, users)
@@ -331,7 +332,7 @@ async def build(context: AppContext, factory: Factory, spec: CompanySpec) -> Bui
                 id=uuid.uuid4(),
                 company_id=company.id,
                 email=u.email,
-                email_normalized=u.email.lower(),
+                email_normalized=normalize_email(u.email),
                 name=u.name,
                 role=u.role,
                 sso_provider_id=None if u.provider is None else providers[u.provider].id,
@@ -443,8 +444,9 @@ async def test_no_admin_route_reaches_another_company(
     b = await build(context, factory, b_spec)
     b_headers = await one_of_each_role(factory, b)
     event(f"A: {len(a.users)} users, {len(a.providers)} providers")
-    a_addresses = {e.lower() for e in a_emails}
-    event(f"B shares {len({s.email.lower() for s in b_spec.users} & a_addresses)} of A's emails")
+    a_addresses = {normalize_email(e) for e in a_emails}
+    shared = {normalize_email(s.email) for s in b_spec.users} & a_addresses
+    event(f"B shares {len(shared)} of A's emails")
     engine = context.engine
     a_user_ids = [u.id for u in a.users]
     a_provider_ids = [p.id for p in a.providers]
@@ -531,7 +533,7 @@ async def _own_writes_stay_in_b(
     email = data.draw(like_a, label="email like one of A's")
     granted = data.draw(st.sampled_from(Role), label="role granted")
     link = data.draw(st.sampled_from([None, *(p.id for p in b.providers)]), label="B provider")
-    taken = email.lower() in await emails_of(engine, b.company.id)
+    taken = normalize_email(email) in await emails_of(engine, b.company.id)
     response = await client.post(
         USERS,
         json={
@@ -579,7 +581,7 @@ async def _own_writes_stay_in_b(
     # Changing one of B's own users to an A email or to A's provider.
     target = (await factory.user(b.company, Role.READ_ONLY, email=fresh_email())).id
     email = data.draw(like_a, label="new email like one of A's")
-    taken = email.lower() in await emails_of(engine, b.company.id)
+    taken = normalize_email(email) in await emails_of(engine, b.company.id)
     response = await client.patch(f"{USERS}/{target}", json={"email": email}, headers=headers)
     if not staff:
         assert_problem(response, 403, "forbidden")

@@ -76,10 +76,14 @@ INSERT INTO audit_events
 VALUES ($11, $3, $12, $7, $4, $2, $1, $13)
 """
 _WRITE = "WITH " + _WRITE_SESSION
+# A first sign-in also links the identity, and audits the link (identity.linked).
 _WRITE_AND_LINK = (  # noqa: S608 - constant text; every value is a $n parameter
     "WITH new_link AS (INSERT INTO identity_links"
     " (id, provider_id, namespace, subject, user_id, created_at)"
     " VALUES ($15, $4, $16, $17, $2, $7)),"
+    " link_event AS (INSERT INTO audit_events"
+    " (id, company_id, type, created_at, provider_id, user_id, idp_subject)"
+    " VALUES ($18, $3, 'identity.linked', $7, $4, $2, $13)),"
 ) + _WRITE_SESSION
 _CLEAR_LAST_ERROR = "UPDATE sso_providers SET last_error = NULL WHERE id = $1"
 # The spent row, its session and user, and the next refresh token when the grant is good:
@@ -202,7 +206,7 @@ class FastPath:
         try:
             if new.link:
                 await self.pool.execute(
-                    _WRITE_AND_LINK, *args, uuid.uuid4(), new.namespace, new.subject
+                    _WRITE_AND_LINK, *args, uuid.uuid4(), new.namespace, new.subject, uuid.uuid4()
                 )
             else:
                 await self.pool.execute(_WRITE, *args)

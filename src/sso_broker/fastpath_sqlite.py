@@ -146,6 +146,11 @@ _INSERT_SESSION = (
     " id_token_encrypted)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_INSERT_LINK_EVENT = (
+    "INSERT INTO audit_events"
+    " (id, company_id, type, created_at, provider_id, user_id, idp_subject)"
+    " VALUES (?, ?, 'identity.linked', ?, ?, ?, ?)"
+)
 _INSERT_CODE = "INSERT INTO login_codes (code_hash, session_id, expires_at) VALUES (?, ?, ?)"
 _INSERT_AUDIT = (
     "INSERT INTO audit_events"
@@ -377,6 +382,10 @@ class SQLiteFastPath:
                 connection.execute(
                     _INSERT_LINK,
                     (uuid.uuid4().hex, provider_id, new.namespace, new.subject, user_id, at),
+                )
+                connection.execute(
+                    _INSERT_LINK_EVENT,
+                    (uuid.uuid4().hex, company_id, at, provider_id, user_id, new.subject[:64]),
                 )
             connection.execute(
                 _INSERT_SESSION,

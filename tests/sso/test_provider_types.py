@@ -9,11 +9,15 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import jwt
+import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sso_broker.database import session_scope
+from sso_broker.deps import AppContext
+from sso_broker.errors import SignInError
 from sso_broker.models import IdentityLink, SignInSession
+from sso_broker.sso import service
 from sso_broker.users.models import Role
 from tests.conftest import PUBLIC_URL, Factory
 from tests.fixtures.entra import CLIENT_ID, CLIENT_SECRET, EntraUser, FakeEntra
@@ -186,7 +190,7 @@ async def test_entra_keeps_no_id_token_and_signs_out_with_logout_hint(
 
 
 async def test_an_okta_server_that_does_not_exist_says_so_in_last_error(
-    client: httpx.AsyncClient, factory: Factory, entra: FakeEntra
+    client: httpx.AsyncClient, factory: Factory, entra: FakeEntra, context: AppContext
 ) -> None:
     issuer = "https://acme.okta.com/oauth2/nope"
     entra.router.get(f"{issuer}/.well-known/openid-configuration").mock(
@@ -205,11 +209,12 @@ async def test_an_okta_server_that_does_not_exist_says_so_in_last_error(
     provider = await factory.provider(
         company, type="okta", base_url=issuer, client_id="0oa1", client_secret="s", enabled=True
     )
-    response = await client.get(f"/sso/{provider.id}/initiate")
-    assert_error(response, "idp_error")
     person = EntraUser.make()
     user = await factory.user(company, email=str(person.email), provider=provider)
     s = Setup(company=company, provider=provider, person=person, user=user)
+    # What the callback does with the metadata (an initiate only logs: it writes nothing).
+    with pytest.raises(SignInError):
+        await service.provider_metadata(context, provider)
     error = await last_error(client, factory, s)
     assert error is not None
     assert error["code"] == "issuer_not_found"

@@ -11,6 +11,7 @@ from sso_broker.deps import AppContext
 from sso_broker.errors import Conflict, ErrorCode, InvalidInput
 from sso_broker.users import service
 from sso_broker.users.models import Role, User
+from sso_broker.users.repository import normalize_email
 from sso_broker.users.schemas import _fits_when_normalized
 from tests.conftest import Factory
 
@@ -20,7 +21,7 @@ def _user(company_id: uuid.UUID, email: str, provider_id: uuid.UUID | None = Non
         id=uuid.uuid4(),
         company_id=company_id,
         email=email,
-        email_normalized=email.lower(),
+        email_normalized=normalize_email(email),
         name="Racer",
         role=Role.USER,
         sso_provider_id=provider_id,

@@ -30,6 +30,8 @@ class EventType(StrEnum):
     SIGN_IN_SUCCEEDED = "sign_in.succeeded"
     SIGN_IN_FAILED = "sign_in.failed"
     SESSION_REVOKED = "session.revoked"
+    IDENTITY_LINKED = "identity.linked"
+    IDENTITY_UNLINKED = "identity.unlinked"
 
 
 def record(

@@ -17,6 +17,8 @@ from sso_broker.providers.models import SSOProvider
 from sso_broker.providers.schemas import ProviderCreate, ProviderUpdate
 from sso_broker.sessions import service as sessions_service
 from sso_broker.sessions.models import SignInSession
+from sso_broker.sso.links import remove_links
+from sso_broker.sso.models import IdentityLink
 
 # Fields whose change makes a recorded sign-in failure stale.
 _CREDENTIAL_FIELDS = frozenset({"base_url", "client_id", "client_secret"})
@@ -90,12 +92,17 @@ async def update(
 
     if "name" in changed and data.name is not None:
         provider.name = data.name
+    repointed = []
     if "base_url" in changed and data.base_url is not None:
-        provider.base_url = kind.normalize_base_url(data.base_url)
+        base_url = kind.normalize_base_url(data.base_url)
+        if base_url != provider.base_url:
+            repointed.append("base_url")
+        provider.base_url = base_url
     if "client_id" in changed:
-        provider.client_id = (
-            kind.normalize_client_id(data.client_id) if data.client_id is not None else None
-        )
+        client_id = kind.normalize_client_id(data.client_id) if data.client_id is not None else None
+        if client_id != provider.client_id:
+            repointed.append("client_id")
+        provider.client_id = client_id
     if "client_secret" in changed:
         provider.client_secret_encrypted = (
             box.encrypt(kind.normalize_client_secret(data.client_secret))
@@ -128,6 +135,16 @@ async def update(
     if changed & _CREDENTIAL_FIELDS:
         provider.last_error = None
     await session.flush()
+    if repointed:
+        # Another tenant or application may answer now: its identities must link afresh,
+        # by the first-sign-in rules (README, *Identities and first sign-in*).
+        await remove_links(
+            session,
+            IdentityLink.provider_id == provider.id,
+            company_id=company_id,
+            reason=f"provider_{'_and_'.join(repointed)}_changed",
+            actor_id=actor_id,
+        )
     if was_enabled and not provider.enabled:
         # Disabling is the kill switch: everyone it signed in is signed out at once.
         await sessions_service.revoke_where(

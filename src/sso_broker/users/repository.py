@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import string
 import uuid
 from collections.abc import Sequence
 
@@ -8,9 +9,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from sso_broker.users.models import User
 
+# Case folding in ASCII only: str.lower() maps U+212A KELVIN SIGN to "k" and U+0130 to
+# "i̇", so a look-alike address would compare equal to a real one (README, *Security model*).
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
 
 def normalize_email(email: str) -> str:
-    return email.strip().lower()
+    """The form emails are compared in: stripped, ASCII letters in lower case, nothing else
+    changed."""
+    return email.strip().translate(_ASCII_LOWER)
 
 
 async def get(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID) -> User | None:

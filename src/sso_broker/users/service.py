@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import delete as sql_delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -15,6 +14,7 @@ from sso_broker.errors import Conflict, ErrorCode, Forbidden, InvalidInput, NotF
 from sso_broker.providers import repository as providers_repository
 from sso_broker.sessions import service as sessions_service
 from sso_broker.sessions.models import SignInSession
+from sso_broker.sso.links import remove_links
 from sso_broker.sso.models import IdentityLink
 from sso_broker.users import repository
 from sso_broker.users.models import Role, User
@@ -155,7 +155,13 @@ async def update(session: AsyncSession, actor: User, user_id: uuid.UUID, data: U
             )
         # A new association starts afresh: the next sign-in links by email again. This is
         # also how an administrator re-links someone whose Entra account was recreated.
-        await session.execute(sql_delete(IdentityLink).where(IdentityLink.user_id == user.id))
+        await remove_links(
+            session,
+            IdentityLink.user_id == user.id,
+            company_id=actor.company_id,
+            reason="user_provider_changed",
+            actor_id=actor.id,
+        )
     if "name" in changed and data.name is not None:
         user.name = data.name
     if "email" in changed and data.email is not None:
@@ -164,6 +170,14 @@ async def update(session: AsyncSession, actor: User, user_id: uuid.UUID, data: U
             if await repository.get_by_email(session, actor.company_id, normalized) is not None:
                 raise _email_taken()
             user.email_normalized = normalized
+            # The link was made by the old email: the new one must earn its own.
+            await remove_links(
+                session,
+                IdentityLink.user_id == user.id,
+                company_id=actor.company_id,
+                reason="user_email_changed",
+                actor_id=actor.id,
+            )
         user.email = data.email
     await _flush_checked(session)
     audit.record(

@@ -1,0 +1,148 @@
+"""Identity links: made at a first sign-in (audited as ``identity.linked``) and removed,
+audited as ``identity.unlinked``, when what they were made under changes — the provider's
+``base_url`` or ``client_id``, the user's email or provider (README, *Identities and first
+sign-in*)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from sso_broker.database import session_scope
+from sso_broker.models import IdentityLink
+from sso_broker.users.models import Role
+from tests.conftest import Factory
+from tests.fixtures.entra import TENANT_ID, FakeEntra
+from tests.sso.helpers import Setup, make_provider, setup, sign_in, signed_in_user
+
+OTHER_TENANT = "0d2e1c3b-5a4f-4e6d-8c7b-1a2b3c4d5e6f"
+OTHER_CLIENT = "f1e2d3c4-b5a6-4978-8a6b-5c4d3e2f1a0b"
+
+
+async def links(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
+    async with session_scope(sessionmaker) as session:
+        return len((await session.scalars(select(IdentityLink))).all())
+
+
+async def events(
+    client: httpx.AsyncClient, factory: Factory, s: Setup, kind: str
+) -> list[dict[str, Any]]:
+    admin = await factory.user(s.company, Role.ADMINISTRATOR)
+    answer = await client.get(
+        "/api/v1/audit-events", params={"type": kind}, headers=await factory.headers(admin)
+    )
+    assert answer.status_code == 200, answer.text
+    items: list[dict[str, Any]] = answer.json()["items"]
+    return items
+
+
+async def linked(
+    client: httpx.AsyncClient, factory: Factory, entra: FakeEntra, s: Setup
+) -> dict[str, str]:
+    """Signs ``s.person`` in once (a first sign-in: linked); the admin's headers."""
+    assert await signed_in_user(client, await sign_in(client, entra, s.provider, s.person)) == (
+        str(s.user.id)
+    )
+    admin = await factory.user(s.company, Role.ADMINISTRATOR)
+    return await factory.headers(admin)
+
+
+async def test_a_first_sign_in_is_audited_as_identity_linked(
+    client: httpx.AsyncClient, factory: Factory, entra: FakeEntra
+) -> None:
+    s = await setup(factory)
+    await linked(client, factory, entra, s)
+    await linked(client, factory, entra, s)  # a later sign-in links nothing new
+    (event,) = await events(client, factory, s, "identity.linked")
+    assert (event["user_id"], event["provider_id"]) == (str(s.user.id), str(s.provider.id))
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"base_url": OTHER_TENANT}, "provider_base_url_changed"),
+        ({"client_id": OTHER_CLIENT}, "provider_client_id_changed"),
+        (
+            {"base_url": OTHER_TENANT, "client_id": OTHER_CLIENT},
+            "provider_base_url_and_client_id_changed",
+        ),
+    ],
+)
+async def test_re_pointing_a_provider_removes_its_links(
+    client: httpx.AsyncClient,
+    factory: Factory,
+    entra: FakeEntra,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    change: dict[str, str],
+    reason: str,
+) -> None:
+    s = await setup(factory)
+    headers = await linked(client, factory, entra, s)
+    assert await links(sessionmaker) == 1
+    answer = await client.patch(
+        f"/api/v1/sso-providers/{s.provider.id}", json=change, headers=headers
+    )
+    assert answer.status_code == 200, answer.text
+    assert await links(sessionmaker) == 0
+    (event,) = await events(client, factory, s, "identity.unlinked")
+    assert event["details"] == {"reason": reason}
+    assert event["user_id"] == str(s.user.id)
+
+
+async def test_the_same_values_again_keep_the_links(
+    client: httpx.AsyncClient,
+    factory: Factory,
+    entra: FakeEntra,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    s = await setup(factory)
+    headers = await linked(client, factory, entra, s)
+    same = {"base_url": TENANT_ID.upper(), "client_id": s.provider.client_id, "name": "Renamed"}
+    answer = await client.patch(
+        f"/api/v1/sso-providers/{s.provider.id}", json=same, headers=headers
+    )
+    assert answer.status_code == 200, answer.text
+    assert await links(sessionmaker) == 1
+    assert await events(client, factory, s, "identity.unlinked") == []
+
+
+@pytest.mark.parametrize(
+    ("field", "reason"),
+    [("email", "user_email_changed"), ("sso_provider_id", "user_provider_changed")],
+)
+async def test_changing_a_users_email_or_provider_removes_their_link(
+    client: httpx.AsyncClient,
+    factory: Factory,
+    entra: FakeEntra,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    field: str,
+    reason: str,
+) -> None:
+    s = await setup(factory)
+    headers = await linked(client, factory, entra, s)
+    other = await make_provider(factory, s.company)
+    value = "renamed@contoso.com" if field == "email" else str(other.id)
+    answer = await client.patch(f"/api/v1/users/{s.user.id}", json={field: value}, headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert await links(sessionmaker) == 0
+    (event,) = await events(client, factory, s, "identity.unlinked")
+    assert event["details"] == {"reason": reason}
+
+
+async def test_an_email_change_in_letter_case_only_keeps_the_link(
+    client: httpx.AsyncClient,
+    factory: Factory,
+    entra: FakeEntra,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    s = await setup(factory)
+    headers = await linked(client, factory, entra, s)
+    answer = await client.patch(
+        f"/api/v1/users/{s.user.id}", json={"email": s.user.email.upper()}, headers=headers
+    )
+    assert answer.status_code == 200, answer.text
+    assert await links(sessionmaker) == 1
