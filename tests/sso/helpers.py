@@ -157,7 +157,7 @@ def assert_cookie_cleared(response: httpx.Response, started: Started, provider_i
     expires = parsedate_to_datetime(morsel["expires"])
     assert expires <= datetime.now(UTC) + timedelta(seconds=1), "expired already"
     assert morsel.value in ("", '""')
-    assert morsel["path"] == f"/sso/{provider_id}/callback"
+    assert morsel["path"] == "/"
     assert morsel["secure"] is True
     assert morsel["httponly"] is True
 

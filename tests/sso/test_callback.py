@@ -286,7 +286,7 @@ class TestCallback:
             response = await browser.get(
                 f"/sso/{s.provider.id}/callback",
                 params={"state": login.state, "code": "1.Acode"},
-                headers={"Cookie": f"{cookie_name(login.state)}={sealed}"},
+                headers={"Cookie": f"{cookie_name(login.state, secure=True)}={sealed}"},
             )
         assert_error(response, "invalid_state")
         assert entra.token_calls == 0

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sso_broker.database import session_scope
 from sso_broker.main import create_app
 from sso_broker.models import Base, Company, SSOProvider
-from sso_broker.sso.redirects import safe_return_to
+from sso_broker.sso.redirects import MAX_RETURN_TO, safe_return_to
 from sso_broker.users.models import Role
 from tests.conftest import Factory, make_settings
 from tests.fixtures.entra import (
@@ -267,7 +267,7 @@ class TestInitiate:
 
 
 class TestStateCookie:
-    async def test_the_cookie_is_httponly_lax_secure_bound_to_the_callback_for_ten_minutes(
+    async def test_the_cookie_is_a_host_cookie_httponly_lax_secure_for_ten_minutes(
         self, client: httpx.AsyncClient, factory: Factory, entra: FakeEntra
     ) -> None:
         provider = await enabled_provider(factory)
@@ -276,11 +276,13 @@ class TestStateCookie:
         cookies = set_cookies(response)
         assert len(cookies) == 1
         ((name, morsel),) = cookies.items()
-        assert name.startswith("sso_login_")
+        # __Host-: the browser insists on Secure, Path=/ and no Domain, so no other host of
+        # the domain can plant or shadow a login state.
+        assert name.startswith("__Host-sso_login_")
         assert morsel["httponly"] is True
         assert morsel["secure"] is True
         assert morsel["samesite"].lower() == "lax"
-        assert morsel["path"] == f"/sso/{provider.id}/callback"
+        assert morsel["path"] == "/"
         assert morsel["max-age"] == "600"
         assert not morsel["domain"], "host-only: no Domain attribute"
         raw = raw_set_cookie(response, name).lower()
@@ -317,12 +319,56 @@ class TestStateCookie:
             ) as http:
                 response = await http.get(f"/sso/{provider.id}/initiate")
         assert response.status_code == 302, response.text
-        ((_, morsel),) = set_cookies(response).items()
+        ((name, morsel),) = set_cookies(response).items()
         assert not morsel["secure"]
+        assert name.startswith("sso_login_"), "no __Host- prefix without https"
         assert morsel["httponly"] is True
         assert query_of(response.headers["location"])["redirect_uri"] == (
             f"http://localhost:8000/sso/{provider.id}/callback"
         )
+
+
+class TestCookieBudget:
+    """A browser holds a bounded number of login states (README, *Security model*): a page
+    that keeps opening /initiate must not grow its Cookie header past what proxies take."""
+
+    async def test_twelve_initiates_keep_the_cookie_header_small_and_the_latest_works(
+        self, client: httpx.AsyncClient, factory: Factory, entra: FakeEntra
+    ) -> None:
+        provider = await enabled_provider(factory)
+        person = await provisioned(factory, provider)
+        long_path = "/reports/" + "a" * (MAX_RETURN_TO - len("/reports/"))
+        for _ in range(12):
+            response = await client.get(
+                f"/sso/{provider.id}/initiate", params={"return_to": long_path}
+            )
+            assert response.status_code == 302, response.text
+        header = "; ".join(f"{name}={value}" for name, value in client.cookies.items())
+        assert len(header) <= 4096, len(header)
+        assert 1 <= len(client.cookies) <= 4
+        # The latest attempt is among those kept, and completes.
+        location = await finish(client, entra, response.headers["location"], person)
+        assert location.startswith(COMPLETE_URL), location
+
+    async def test_the_oldest_attempts_are_expired_first(
+        self, client: httpx.AsyncClient, factory: Factory, entra: FakeEntra
+    ) -> None:
+        provider = await enabled_provider(factory)
+        names = []
+        for _ in range(6):
+            response = await client.get(f"/sso/{provider.id}/initiate")
+            names.append(next(iter(set_cookies(response))))
+        assert set(client.cookies.keys()) == set(names[-4:])
+
+    async def test_a_return_to_over_the_cap_is_dropped(
+        self, client: httpx.AsyncClient, factory: Factory, entra: FakeEntra
+    ) -> None:
+        provider = await enabled_provider(factory)
+        person = await provisioned(factory, provider)
+        too_long = "/" + "a" * MAX_RETURN_TO
+        response = await client.get(f"/sso/{provider.id}/initiate", params={"return_to": too_long})
+        location = await finish(client, entra, response.headers["location"], person)
+        assert "return_to" not in location
 
 
 class TestNoDatabaseWrites:

@@ -30,7 +30,7 @@ import pytest
 
 from sso_broker.errors import SignInErrorCode
 from sso_broker.models import SSOProvider
-from sso_broker.sso.redirects import safe_return_to
+from sso_broker.sso.redirects import MAX_RETURN_TO, safe_return_to
 from tests.conftest import Factory
 from tests.fixtures.entra import CLIENT_ID, CLIENT_SECRET, TENANT_ID, EntraUser, FakeEntra
 
@@ -271,7 +271,7 @@ KEPT = [
     "/a.b/c..d/...e",
     "/?next=//evil.com",
     "/#//evil.com",
-    "/" + "a" * 2047,
+    "/" + "a" * (MAX_RETURN_TO - 1),
 ]
 
 
@@ -296,7 +296,8 @@ NAMED = [
     "/%EF%BC%8F%EF%BC%8Fevil.com",
     "/reports?tab=summary&range=7d",
     "/?next=//evil.com",
-    "/" + "a" * 2047,
+    "/" + "a" * (MAX_RETURN_TO - 1),
+    "/" + "a" * MAX_RETURN_TO,
     "/" + "a" * 3000,
 ]
 

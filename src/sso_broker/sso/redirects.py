@@ -6,7 +6,9 @@ import re
 import unicodedata
 from urllib.parse import unquote, urlsplit
 
-MAX_RETURN_TO = 2048
+# Kept in the login-state cookie: short enough that a few attempts fit one browser's budget
+# (state.py), long enough for any dashboard path.
+MAX_RETURN_TO = 512
 # RFC 3986 path, query and fragment characters, with % only as a complete escape.
 _PATH_CHARS = re.compile(r"^/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?#]|%[0-9A-Fa-f]{2})*$")
 _MAX_DECODE_ROUNDS = 4

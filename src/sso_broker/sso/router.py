@@ -12,7 +12,7 @@ from starlette.responses import Response
 from sso_broker.browser import BrowserRoute, direct, sign_in_failure
 from sso_broker.deps import AppContext, ContextDep, SessionDep
 from sso_broker.sso import service, signout
-from sso_broker.sso.state import STATE_TTL, cookie_name
+from sso_broker.sso.state import STATE_TTL, cookie_name, stale_attempts
 
 _REDIRECT: dict[int | str, dict[str, Any]] = {
     302: {"description": "To Entra, or to the frontend's completion or error page"}
@@ -26,11 +26,6 @@ def _no_store(response: Response) -> Response:
 
 
 router = APIRouter(prefix="/sso/{provider_id}", tags=["Browser sign-in"], route_class=BrowserRoute)
-
-
-def _cookie_path(context: AppContext, provider_id: uuid.UUID) -> str:
-    prefix = context.settings.public_url.path or ""
-    return f"{prefix.rstrip('/')}/sso/{provider_id}/callback"
 
 
 def _optional_query(*names: str) -> dict[str, Any]:
@@ -53,13 +48,13 @@ def _optional_query(*names: str) -> dict[str, Any]:
     }
 
 
-def _login_state_cookie(context: AppContext, provider_id: uuid.UUID, name: str, value: str) -> str:
-    """The Set-Cookie value for a sealed login state (URL-safe base64: nothing to quote)."""
-    cookie = (
-        f"{name}={value}; HttpOnly; Max-Age={int(STATE_TTL.total_seconds())}; "
-        f"Path={_cookie_path(context, provider_id)}; SameSite=lax"
-    )
-    return cookie + "; Secure" if context.settings.secure_cookies else cookie
+def _login_state_cookie(context: AppContext, name: str, value: str, max_age: int) -> bytes:
+    """A Set-Cookie value for a login state (URL-safe base64: nothing to quote). Path=/, as
+    the __Host- prefix requires, so every initiate sees the browser's earlier attempts."""
+    cookie = f"{name}={value}; HttpOnly; Max-Age={max_age}; Path=/; SameSite=lax"
+    if context.settings.secure_cookies:
+        cookie += "; Secure"
+    return cookie.encode("latin-1")
 
 
 @router.get(
@@ -83,14 +78,16 @@ async def initiate(request: Request, provider_id: uuid.UUID) -> Response:
         prompt=query.get("prompt"),
     )
     response = RedirectResponse(result.authorization_url, status_code=302)
-    response.raw_headers.append(
-        (
-            b"set-cookie",
-            _login_state_cookie(
-                context, provider_id, result.login.cookie_name, result.login.seal(context.box)
-            ).encode("latin-1"),
-        )
-    )
+    secure = context.settings.secure_cookies
+    name = cookie_name(result.login.state, secure=secure)
+    sealed = result.login.seal(context.box)
+    ttl = int(STATE_TTL.total_seconds())
+    response.raw_headers.append((b"set-cookie", _login_state_cookie(context, name, sealed, ttl)))
+    if request.headers.get("cookie"):
+        # The oldest attempts make room (state.py): the browser's Cookie header stays bounded.
+        size = len(name) + len(sealed) + 3
+        for stale in stale_attempts(context.box, request.cookies, secure=secure, new_size=size):
+            response.raw_headers.append((b"set-cookie", _login_state_cookie(context, stale, "", 0)))
     return _no_store(response)
 
 
@@ -100,7 +97,9 @@ async def _finish(
     provider_id: uuid.UUID,
     params: service.CallbackParams,
 ) -> Response:
-    sealed = request.cookies.get(cookie_name(params.state)) if params.state else None
+    secure = context.settings.secure_cookies
+    name = cookie_name(params.state, secure=secure) if params.state else None
+    sealed = request.cookies.get(name) if name else None
     response: Response
     try:
         target = await service.complete(context, provider_id, params, sealed)
@@ -108,14 +107,8 @@ async def _finish(
     except Exception as e:
         # Answered here rather than by BrowserRoute, so the spent cookie is cleared too.
         response = sign_in_failure(request, e)
-    if params.state:
-        response.delete_cookie(
-            cookie_name(params.state),
-            path=_cookie_path(context, provider_id),
-            secure=context.settings.secure_cookies,
-            httponly=True,
-            samesite="lax",
-        )
+    if name:
+        response.delete_cookie(name, path="/", secure=secure, httponly=True, samesite="lax")
     return _no_store(response)
 
 

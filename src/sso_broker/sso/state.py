@@ -2,9 +2,15 @@
 
 Initiate writes nothing to the database: the state, nonce, PKCE verifier and ``return_to``
 are encrypted and authenticated (Fernet, the service's encryption keys, so any replica can
-open them) into a cookie bound to the callback path. The callback opens the cookie named
-after the ``state`` it receives, checks it, and records the state's hash as consumed, so a
-replayed authorization response finds it used.
+open them) into a cookie, one per attempt. The callback opens the cookie named after the
+``state`` it receives, checks it, and records the state's hash as consumed, so a replayed
+authorization response finds it used.
+
+One browser holds at most :data:`MAX_ATTEMPTS` of them within :data:`COOKIE_BUDGET` bytes:
+each initiate expires the oldest beyond that, so a page that keeps opening ``/initiate``
+cannot grow the browser's ``Cookie`` header past what proxies accept (README, *Security
+model*). On https the cookies carry the ``__Host-`` prefix (the browser then insists on
+``Secure``, ``Path=/`` and no ``Domain``), so no sibling host can plant or shadow one.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import hmac
 import json
 import secrets
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -27,8 +34,11 @@ from sso_broker.sso.models import ConsumedState
 
 STATE_TTL = timedelta(minutes=10)
 COOKIE_PREFIX = "sso_login_"
+HOST_PREFIX = "__Host-"
 MAX_STATE_LENGTH = 128
 MAX_COOKIE_LENGTH = 4096
+MAX_ATTEMPTS = 4  # login states one browser holds; the newest win
+COOKIE_BUDGET = 3584  # bytes of login-state cookies one browser sends, all attempts together
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +61,6 @@ class LoginState:
             expires_at=utcnow() + STATE_TTL,
         )
 
-    @property
-    def cookie_name(self) -> str:
-        return cookie_name(self.state)
-
     def seal(self, box: SecretBox) -> str:
         payload = {
             "s": self.state,
@@ -63,13 +69,44 @@ class LoginState:
             "p": str(self.provider_id),
             "r": self.return_to,
             "e": int(self.expires_at.timestamp()),
+            # Milliseconds, so the oldest of attempts made within one second is known.
+            "t": int(self.expires_at.timestamp() * 1000),
         }
         return box.encrypt(json.dumps(payload, separators=(",", ":")))
 
 
-def cookie_name(state: str) -> str:
+def cookie_name(state: str, *, secure: bool) -> str:
     # One cookie per attempt, so two tabs signing in at once do not overwrite each other.
-    return COOKIE_PREFIX + token_hash(state)[:16]
+    return (HOST_PREFIX if secure else "") + COOKIE_PREFIX + token_hash(state)[:16]
+
+
+def _expiry(box: SecretBox, sealed: str) -> int:
+    """When a sealed state expires; 0 (oldest of all) for one we cannot open."""
+    try:
+        payload = json.loads(box.decrypt(sealed))
+        return int(payload.get("t") or int(payload["e"]) * 1000)
+    except (DecryptionError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def stale_attempts(
+    box: SecretBox, cookies: Mapping[str, str], *, secure: bool, new_size: int
+) -> list[str]:
+    """The login-state cookies to expire so that, with a new one of ``new_size`` bytes, the
+    browser keeps at most :data:`MAX_ATTEMPTS` within :data:`COOKIE_BUDGET`: newest first."""
+    prefix = (HOST_PREFIX if secure else "") + COOKIE_PREFIX
+    held = [(name, value) for name, value in cookies.items() if name.startswith(prefix)]
+    if not held:
+        return []
+    held.sort(key=lambda item: _expiry(box, item[1]), reverse=True)
+    kept, used, stale = 1, new_size, []
+    for name, value in held:
+        size = len(name) + len(value) + 3  # "; " and "="
+        if kept < MAX_ATTEMPTS and used + size <= COOKIE_BUDGET:
+            kept, used = kept + 1, used + size
+        else:
+            stale.append(name)
+    return stale
 
 
 def open_state(
