@@ -1,7 +1,11 @@
 """Rate limits on the public routes, counted where every replica sees the same numbers.
 
-Fixed one-minute windows, per client IP on ``/sso/*`` and ``/api/v1/auth/token``, and per
-provider on ``/sso/{id}/*``. Counters live in Redis when ``SSO_BROKER_REDIS_URL`` names one
+Fixed one-minute windows, per client address on ``/sso/*`` and ``/api/v1/auth/token`` (an
+IPv6 client per /64, the block one subscriber gets), and per provider on callbacks that
+carry no login state of ours. No bucket that anonymous requests can fill stops a real
+sign-in: initiates count per address only, and a callback whose login-state cookie opens
+with our key is not counted at all, it was counted at its initiate (README, *Rate limits*).
+Counters live in Redis when ``SSO_BROKER_REDIS_URL`` names one
 (one pipelined round trip), otherwise in the database (one upsert for all of a request's
 counters). A limited request gets ``429`` with ``Retry-After``: problem+json on the API, a
 small HTML page on browser routes.
@@ -16,6 +20,7 @@ only make others stop a little early (README, *Rate limits*).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import random
@@ -26,17 +31,19 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import String
 from sqlalchemy.orm import Mapped, mapped_column
+from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.types import Scope
 
 from sso_broker.config import Settings
 from sso_broker.database import Base, utcnow
-from sso_broker.errors import ErrorCode
+from sso_broker.errors import ErrorCode, SignInError
 from sso_broker.problems import is_database_unavailable, problem_response
+from sso_broker.sso.state import cookie_name, open_state
 
 if TYPE_CHECKING:  # imported when a Redis URL is set: 7 MB the embedded default need not load
     from redis.asyncio import Redis
@@ -170,19 +177,63 @@ def is_rate_limited(path: str) -> bool:
     return path == TOKEN_PATH or _SSO_PATH.match(path) is not None
 
 
-def _limits(settings: Settings, path: str, client_ip: str, window: int) -> list[Limit]:
+@lru_cache(maxsize=65_536)
+def client_key(host: str) -> str:
+    """The bucket of a client address: an IPv4 address itself, an IPv6 address's /64 (one
+    subscriber's block: counting each of its 2^64 addresses apart would be no limit), an
+    IPv4-mapped IPv6 address as the IPv4 it is; anything that is not an address shares one
+    bucket (a misconfigured proxy header must not mint counters at will)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return "invalid"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+def _limits(
+    settings: Settings, path: str, client: str, window: int, *, has_state: bool
+) -> list[Limit]:
     if path == TOKEN_PATH:
-        return [Limit(f"token:ip:{client_ip}:{window}", settings.rate_limit_token_per_ip)]
+        return [Limit(f"token:ip:{client}:{window}", settings.rate_limit_token_per_ip)]
     match = _SSO_PATH.match(path)
     if match is None:
         return []
-    return [
-        Limit(f"sso:ip:{client_ip}:{window}", settings.rate_limit_sign_in_per_ip),
-        Limit(
-            f"sso:provider:{_provider_key(match.group(1))}:{window}",
-            settings.rate_limit_sign_in_per_provider,
-        ),
-    ]
+    if has_state:
+        return []  # the browser's own attempt: counted at its initiate
+    limits = [Limit(f"sso:ip:{client}:{window}", settings.rate_limit_sign_in_per_ip)]
+    if path.endswith("/callback"):
+        # Callbacks without a login state of ours are anonymous noise: they may fill a
+        # shared bucket, which only ever stops other callbacks without one.
+        limits.append(
+            Limit(
+                f"sso:provider:{_provider_key(match.group(1))}:{window}",
+                settings.rate_limit_sign_in_per_provider,
+            )
+        )
+    return limits
+
+
+def _carries_login_state(scope: Scope, context: Any) -> bool:
+    """Whether a GET callback carries the login-state cookie its ``state`` names, sealed by
+    us for this provider and unexpired (``sso/state.py``)."""
+    if scope["method"] != "GET" or not scope["path"].endswith("/callback"):
+        return False
+    request = Request(scope)
+    state = request.query_params.get("state")
+    match = _SSO_PATH.match(scope["path"])
+    if not state or match is None:
+        return False
+    try:
+        provider_id = uuid.UUID(match.group(1))
+        name = cookie_name(state, secure=context.settings.secure_cookies)
+        open_state(context.box, request.cookies.get(name), state=state, provider_id=provider_id)
+    except (ValueError, SignInError):
+        return False
+    return True
 
 
 @lru_cache(maxsize=4096)  # the same few providers over and over: parse each once
@@ -230,7 +281,13 @@ async def over_limit(scope: Scope) -> Response | None:
     client = scope.get("client")
     now = time.time()
     window = int(now // WINDOW_SECONDS)
-    limits = _limits(settings, scope["path"], client[0] if client else "unknown", window)
+    limits = _limits(
+        settings,
+        scope["path"],
+        client_key(client[0]) if client else "invalid",
+        window,
+        has_state=_carries_login_state(scope, context),
+    )
     if not limits:
         return None
     window_end = (window + 1) * WINDOW_SECONDS
