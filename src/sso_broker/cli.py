@@ -143,19 +143,25 @@ async def cmd_rotate_keys(settings: Settings, _args: argparse.Namespace) -> None
     async def work(sessionmaker: Any, box: SecretBox) -> None:
         counts = {"client_secrets": 0, "signing_keys": 0, "id_tokens": 0}
         async with session_scope(sessionmaker) as session:
+            # Row locks (PostgreSQL): a PATCH that sets a new secret meanwhile waits, instead
+            # of having its secret overwritten by the old one re-encrypted.
             providers = await session.scalars(
-                select(SSOProvider).where(SSOProvider.client_secret_encrypted.is_not(None))
+                select(SSOProvider)
+                .where(SSOProvider.client_secret_encrypted.is_not(None))
+                .with_for_update()
             )
             for provider in providers:
                 assert provider.client_secret_encrypted is not None  # noqa: S101
                 provider.client_secret_encrypted = box.rotate(provider.client_secret_encrypted)
                 counts["client_secrets"] += 1
-            for key in await session.scalars(select(SigningKey)):
+            for key in await session.scalars(select(SigningKey).with_for_update()):
                 key.private_key_encrypted = box.rotate(key.private_key_encrypted)
                 counts["signing_keys"] += 1
             # The ID tokens live sessions keep for sign-out (README, *Identity providers*).
             for sign_in in await session.scalars(
-                select(SignInSession).where(SignInSession.id_token_encrypted.is_not(None))
+                select(SignInSession)
+                .where(SignInSession.id_token_encrypted.is_not(None))
+                .with_for_update()
             ):
                 assert sign_in.id_token_encrypted is not None  # noqa: S101
                 sign_in.id_token_encrypted = box.rotate(sign_in.id_token_encrypted)

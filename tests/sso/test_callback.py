@@ -848,3 +848,20 @@ class TestServerError:
         assert any(r.levelno >= logging.ERROR and r.exc_info is not None for r in caplog.records), (
             "the failure is logged with its trace, for the operator"
         )
+
+
+class TestMixUpOnErrorResponses:
+    async def test_an_error_response_naming_another_issuer_is_idp_error(
+        self, client: httpx.AsyncClient, factory: Factory, entra: FakeEntra
+    ) -> None:
+        """RFC 9207 holds for error responses too: an access_denied that names another
+        issuer is a mix-up, not the user's choice."""
+        s = await setup(factory)
+        started = await start(client, s.provider)
+        back = entra.authorize_error(
+            started.location, response_params={"iss": "https://login.evil.test/x/v2.0"}
+        )
+        assert_error(await client.get(back), "idp_error")
+        started = await start(client, s.provider)
+        back = entra.authorize_error(started.location, response_params={"iss": entra.issuer})
+        assert_error(await client.get(back), "access_denied")

@@ -808,3 +808,15 @@ def test_check_at_hash() -> None:
         id_token.check_at_hash(claim_set(at_hash=full.decode().rstrip("=")), ACCESS_TOKEN)
     with refused("at_hash does not match"):
         id_token.check_at_hash(claim_set(at_hash=at_hash(ACCESS_TOKEN)), "accès non-ASCII")
+
+
+async def test_a_key_the_provider_withdrew_stops_verifying_within_an_hour(
+    v: Validator, entra: FakeEntra, clock: FakeClock
+) -> None:
+    """A withdrawn key (say, a compromised one) is dropped at the next refresh of the key set,
+    an hour at most after the last: tokens it signs are refused from then on."""
+    old = entra.signing_key
+    await v.accept(v.mint())
+    entra.rotate_keys(keep_old=False)
+    clock.advance(3600)
+    await v.reject(v.mint(key=old), "not in the provider's key set")

@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 METADATA_TTL = 3600.0
 METADATA_RETRY_AFTER_FAILURE = 30.0
-JWKS_TTL = 24 * 3600.0
+# A key the provider withdrew (a compromised key, say) stops verifying within this time.
+JWKS_TTL = 3600.0
 JWKS_REFETCH_INTERVAL = 300.0
 MAX_DOCUMENT_BYTES = 256 * 1024
 _ENDPOINTS = ("authorization_endpoint", "token_endpoint", "jwks_uri", "end_session_endpoint")

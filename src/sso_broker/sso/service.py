@@ -406,9 +406,11 @@ async def _complete(
 ) -> str:
     provider_id = provider.id
     adapter = adapter_of(context, provider)
-    _check_idp_error(adapter, params)
     metadata = await provider_metadata(context, provider)
+    # RFC 9207 before anything else, error responses included: an answer that names another
+    # issuer is a mix-up, whatever it says.
     _check_iss(params, metadata)
+    _check_idp_error(adapter, params)
     if not params.code or len(params.code) > 8192:
         raise SignInError(SignInErrorCode.IDP_ERROR, "the authorization response has no code")
     tokens = await _exchange_code(context, provider, metadata, params.code, login)
