@@ -119,9 +119,14 @@ class Adapter(ABC):
         whose message says what to paste."""
 
     @abstractmethod
-    def issuer(self, base_url: str) -> str | None:
-        """The issuer a stored ``base_url`` names, or None when only the provider's
-        metadata can tell (an Entra domain)."""
+    def issuer(self, base_url: str, pinned: str | None = None) -> str | None:
+        """The issuer a stored ``base_url`` names (with the tenant ``pinned`` to it, for an
+        Entra domain), or None when only the provider's metadata can tell."""
+
+    def pin_of(self, base_url: str, tenant_id: str | None) -> str | None:
+        """The tenant to pin ``base_url`` to once its metadata named ``tenant_id``; None when
+        the base URL names its issuer itself (every type but an Entra domain)."""
+        return None
 
     def discovery_url(self, base_url: str) -> str:
         issuer = self.issuer(base_url)

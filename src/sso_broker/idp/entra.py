@@ -170,8 +170,14 @@ class EntraAdapter(Adapter):
 
     # -- Metadata ---------------------------------------------------------------------------
 
-    def issuer(self, base_url: str) -> str | None:
-        return f"{self.authority}/{base_url.lower()}/v2.0" if is_guid(base_url) else None
+    def issuer(self, base_url: str, pinned: str | None = None) -> str | None:
+        tenant = base_url if is_guid(base_url) else pinned
+        return f"{self.authority}/{tenant.lower()}/v2.0" if tenant else None
+
+    def pin_of(self, base_url: str, tenant_id: str | None) -> str | None:
+        # A domain can be moved to another tenant by whoever controls its DNS or the tenant:
+        # the first tenant it named is the one this provider trusts.
+        return None if is_guid(base_url) else tenant_id
 
     def discovery_url(self, base_url: str) -> str:
         # Entra's tenants are case-insensitive: one URL (and one cache entry) per tenant.

@@ -26,7 +26,7 @@ class OidcAdapter(Adapter):
     def normalize_base_url(self, value: str) -> str:
         return parse_issuer_url(value, self.config, what=_PASTE).url
 
-    def issuer(self, base_url: str) -> str | None:
+    def issuer(self, base_url: str, pinned: str | None = None) -> str | None:
         return base_url
 
     def endpoint_allowed(self, issuer: str, url: str) -> bool:

@@ -42,7 +42,7 @@ class OktaAdapter(Adapter):
             origin = origin.replace(f"//{first}.", f"//{first[: -len('-admin')]}.", 1)
         return origin + url.path
 
-    def issuer(self, base_url: str) -> str | None:
+    def issuer(self, base_url: str, pinned: str | None = None) -> str | None:
         return base_url
 
     def error_code(self, *texts: object) -> str | None:

@@ -57,5 +57,5 @@ class PingOneAdapter(Adapter):
             )
         return client_id.lower()
 
-    def issuer(self, base_url: str) -> str | None:
+    def issuer(self, base_url: str, pinned: str | None = None) -> str | None:
         return f"{self.authority}/{base_url}/as" if is_guid(base_url) else base_url

@@ -29,3 +29,7 @@ class SSOProvider(IdMixin, TimestampMixin, Base):
     client_secret_expires_at: Mapped[datetime | None]
     enabled: Mapped[bool] = mapped_column(default=False)
     last_error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # An Entra domain's tenant GUID, as its metadata named it at the first successful
+    # sign-in; metadata naming another tenant fails from then on (README, *Identities and
+    # first sign-in*). Cleared when base_url changes.
+    pinned_tenant: Mapped[str | None] = mapped_column(String(64))

@@ -93,8 +93,8 @@ class ProviderRead(BaseModel):
     name: str
     base_url: str
     issuer: str | None = Field(
-        description="Read-only: the issuer base_url names; null for an Entra domain, whose "
-        "tenant only its metadata names."
+        description="Read-only: the issuer base_url names; for an Entra domain the tenant it "
+        "was pinned to at its first sign-in, null until then."
     )
     client_id: str | None
     client_secret_set: bool
@@ -113,7 +113,9 @@ class ProviderRead(BaseModel):
             type=provider.type,
             name=provider.name,
             base_url=provider.base_url,
-            issuer=adapters_for(settings.adapter_config)[provider.type].issuer(provider.base_url),
+            issuer=adapters_for(settings.adapter_config)[provider.type].issuer(
+                provider.base_url, provider.pinned_tenant
+            ),
             client_id=provider.client_id,
             client_secret_set=provider.client_secret_encrypted is not None,
             client_secret_expires_at=provider.client_secret_expires_at,

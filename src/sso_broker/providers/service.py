@@ -97,6 +97,7 @@ async def update(
         base_url = kind.normalize_base_url(data.base_url)
         if base_url != provider.base_url:
             repointed.append("base_url")
+            provider.pinned_tenant = None  # a new domain pins itself at its first sign-in
         provider.base_url = base_url
     if "client_id" in changed:
         client_id = kind.normalize_client_id(data.client_id) if data.client_id is not None else None

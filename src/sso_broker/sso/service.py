@@ -23,6 +23,8 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote_plus, urlencode
 
+from sqlalchemy import update
+
 from sso_broker.audit import service as audit
 from sso_broker.audit.service import EventType
 from sso_broker.crypto import token_hash
@@ -52,6 +54,12 @@ PURGE_PROBABILITY = 0.02
 # Client authentication with a secret, in our order of preference when the metadata lists
 # none (RFC 8414: no list means client_secret_basic).
 SECRET_AUTH_METHODS = frozenset({"client_secret_basic", "client_secret_post"})
+TENANT_MOVED = Actionable(
+    "tenant_changed",
+    "The domain in base_url now belongs to another Entra tenant than the one this provider "
+    "signed users in from: if that is intended, paste the new Directory (tenant) ID as "
+    "base_url; otherwise someone has taken the domain over.",
+)
 UNSUPPORTED_AUTH = Actionable(
     "unsupported_client_authentication",
     "The identity provider accepts neither client_secret_basic nor client_secret_post at its "
@@ -134,12 +142,20 @@ async def provider_metadata(
     unless ``record`` is off (an initiate writes nothing)."""
     adapter = adapter_of(context, provider)
     try:
-        return await context.directory.metadata(adapter, provider.base_url)
+        metadata = await context.directory.metadata(adapter, provider.base_url)
     except DiscoveryError as e:
         actionable = adapter.discovery_failed(e.status, e.provider_code)
         if record and actionable is not None and not e.cached:
             await record_error(context, provider.id, actionable, e.provider_code)
         raise SignInError(SignInErrorCode.IDP_ERROR, f"discovery failed: {e.reason}") from e
+    pin = adapter.pin_of(provider.base_url, metadata.tenant_id)
+    if pin is not None and provider.pinned_tenant is not None and pin != provider.pinned_tenant:
+        if record:
+            await record_error(context, provider.id, TENANT_MOVED, None)
+        raise SignInError(
+            SignInErrorCode.IDP_ERROR, "the domain's metadata names another tenant than its pin"
+        )
+    return metadata
 
 
 @lru_cache(maxsize=4096)
@@ -429,6 +445,9 @@ async def _complete(
     code = sessions_service.new_secret_token()
     kept = context.box.encrypt(tokens["id_token"]) if adapter.logout_needs_id_token else None
     new = await _write_sign_in(context, provider, claims, code, kept)
+    pin = adapter.pin_of(provider.base_url, metadata.tenant_id)
+    if pin is not None and provider.pinned_tenant is None:
+        await _pin(context, provider, pin)
     logger.info(
         "sign-in succeeded",
         extra={
@@ -443,6 +462,21 @@ async def _complete(
         query["return_to"] = login.return_to
     target = context.settings.sign_in_complete
     return f"{target}{'&' if '?' in target else '?'}{urlencode(query)}"
+
+
+async def _pin(context: AppContext, provider: SSOProvider, tenant: str) -> None:
+    """Pins a domain provider to the tenant of its first successful sign-in (once: a
+    concurrent first sign-in that pinned first wins, and a changed base_url is not pinned)."""
+    async with session_scope(context.sessionmaker) as session:
+        await session.execute(
+            update(SSOProvider)
+            .where(
+                SSOProvider.id == provider.id,
+                SSOProvider.base_url == provider.base_url,
+                SSOProvider.pinned_tenant.is_(None),
+            )
+            .values(pinned_tenant=tenant)
+        )
 
 
 async def _write_sign_in(
