@@ -349,3 +349,31 @@ async def test_a_flood_from_thirty_addresses_does_not_stop_a_real_sign_in(
             back = await browser.get(entra.authorize(started.headers["location"], user=person))
     assert back.status_code == 302, back.text
     assert "/sso/complete?code=" in back.headers["location"], back.headers["location"]
+
+
+async def test_a_copied_login_state_cookie_is_counted_against_its_own_state(
+    database: Database, entra: FakeEntra, factory: Factory
+) -> None:
+    """A callback with a valid sealed state skips the per-address and provider buckets, but
+    a copied cookie replayed from many addresses stops after a few tries of that state."""
+    company = await factory.company()
+    provider = await factory.provider(
+        company, base_url=TENANT_ID, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, enabled=True
+    )
+    async with limited_app(database) as app:
+        async with client_from(app, unique_ip()) as browser:
+            started = await browser.get(f"/sso/{provider.id}/initiate")
+            ((name, value),) = browser.cookies.items()
+        state = dict(
+            pair.split("=", 1) for pair in started.headers["location"].split("?", 1)[1].split("&")
+        )["state"]
+        statuses = []
+        for _ in range(5):
+            async with client_from(app, unique_ip()) as replay:
+                answer = await replay.get(
+                    f"/sso/{provider.id}/callback",
+                    params={"state": state, "code": "stolen"},
+                    headers={"Cookie": f"{name}={value}"},
+                )
+                statuses.append(answer.status_code)
+    assert statuses == [302, 302, 302, 429, 429]

@@ -219,3 +219,22 @@ async def test_an_okta_server_that_does_not_exist_says_so_in_last_error(
     assert error is not None
     assert error["code"] == "issuer_not_found"
     assert "E0000007" in error["message"]
+
+
+async def test_an_oidc_provider_at_an_entra_url_does_not_spoil_the_entra_providers_metadata(
+    client: httpx.AsyncClient, factory: Factory, entra: FakeEntra
+) -> None:
+    """Metadata is cached per type: what a document is accepted as is its type's judgement,
+    so another company's oidc provider pasted with an Entra tenant's issuer cannot make the
+    Entra provider's sign-ins fail (or pass) on the oidc type's checks."""
+    intruder = await oidc_setup(factory, entra)
+    started = await start(client, intruder.provider)  # the oidc type reads the document first
+    assert started.location
+    s = await setup(factory)
+    response = await sign_in_entra(client, entra, s)
+    assert await signed_in_user(client, response) == str(s.user.id)
+
+
+async def sign_in_entra(client: httpx.AsyncClient, entra: FakeEntra, s: Setup) -> httpx.Response:
+    started = await start(client, s.provider)
+    return await client.get(entra.authorize(started.location, user=s.person))

@@ -121,15 +121,18 @@ class ProviderDirectory:
 
     def __init__(self, http: IdentityProviderClient) -> None:
         self._http = http
-        self._metadata: dict[str, _Cached] = {}
+        self._metadata: dict[tuple[str, str], _Cached] = {}
         self._keys: dict[str, _KeySet] = {}
 
     async def metadata(self, adapter: Adapter, base_url: str) -> ProviderMetadata:
         """The provider's metadata, fetched at most once per TTL; stale copies serve on
         failure."""
         url = adapter.discovery_url(base_url)
-        # Exact: two issuers differing only in their path's letter case are two providers.
-        cached = self._metadata.setdefault(url, _Cached())
+        # Per type and exact URL: what a document is accepted as (its tenant, the endpoints
+        # trusted) is its type's judgement, so an oidc provider pointed at an Entra tenant's
+        # URL must not stand in for the Entra provider's checks; and two issuers differing
+        # only in their path's letter case are two providers.
+        cached = self._metadata.setdefault((adapter.name, url), _Cached())
         now = time.monotonic()
         if cached.metadata is not None and now - cached.fetched_at < METADATA_TTL:
             return cached.metadata
