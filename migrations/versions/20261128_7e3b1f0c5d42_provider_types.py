@@ -48,6 +48,16 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    others = op.get_bind().scalar(
+        sa.text("SELECT count(*) FROM sso_providers WHERE type <> 'entra'")
+    )
+    if others:
+        # The old code knows Entra only, and its columns cannot hold an issuer: delete those
+        # providers first (DELETE /api/v1/sso-providers/{id}) rather than lose them silently.
+        raise RuntimeError(
+            f"{others} provider(s) of a type other than entra exist; delete them before "
+            "downgrading below provider types"
+        )
     with op.batch_alter_table("identity_links", schema=None) as batch_op:
         batch_op.drop_constraint(
             batch_op.f("uq_identity_links_provider_id_namespace_subject"), type_="unique"

@@ -45,10 +45,9 @@ class TestOktaBaseUrl:
             ),
             # The Admin Console's own address names the org too.
             ("https://acme-admin.okta.com/", "https://acme.okta.com"),
-            (
-                "https://acme.okta.com:443/oauth2/default",
-                "https://acme.okta.com:443/oauth2/default",
-            ),
+            ("https://acme.okta.com:443/oauth2/default", "https://acme.okta.com/oauth2/default"),
+            ("https://acme.okta.com./", "https://acme.okta.com"),
+            ("https://acme.okta.com:8443", "https://acme.okta.com:8443"),
         ],
     )
     def test_accepts_an_org_or_authorization_server_url(self, value: str, stored: str) -> None:
@@ -274,3 +273,35 @@ def test_oktas_error_document_names_its_code() -> None:
     assert found is not None
     assert found.code == "issuer_not_found"
     assert "E0000007" in found.message
+
+
+class TestNoInternalAddresses:
+    """A provider is named by its DNS name: a bare IP or localhost would let an administrator
+    make the service call (with a client secret) an internal address."""
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            "https://10.0.0.5",
+            "https://169.254.169.254/latest",
+            "https://[::1]",
+            "https://127.0.0.1:8443",
+            "https://localhost",
+            "https://intranet.localhost",
+            "https://2130706433",
+        ],
+    )
+    def test_ip_literals_and_localhost_are_refused(self, value: str) -> None:
+        for adapter in (OKTA, OIDC):
+            refused(adapter.normalize_base_url, value, ErrorCode.INVALID_BASE_URL)
+
+    def test_oidc_endpoints_must_not_name_internal_addresses(self) -> None:
+        issuer = "https://id.example.com"
+        for url in (
+            "https://10.0.0.5/token",
+            "https://169.254.169.254/token",
+            "https://[fd00::1]/token",
+            "https://localhost/token",
+        ):
+            assert not OIDC.endpoint_allowed(issuer, url), url
+        assert OIDC.endpoint_allowed(issuer, "https://oauth2.example-apis.com/token")

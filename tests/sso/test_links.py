@@ -5,6 +5,7 @@ sign-in*)."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import httpx
@@ -143,6 +144,53 @@ async def test_an_email_change_in_letter_case_only_keeps_the_link(
     headers = await linked(client, factory, entra, s)
     answer = await client.patch(
         f"/api/v1/users/{s.user.id}", json={"email": s.user.email.upper()}, headers=headers
+    )
+    assert answer.status_code == 200, answer.text
+    assert await links(sessionmaker) == 1
+
+
+async def test_re_pointing_a_provider_signs_out_who_it_signed_in(
+    client: httpx.AsyncClient, factory: Factory, entra: FakeEntra
+) -> None:
+    s = await setup(factory)
+    response = await sign_in(client, entra, s.provider, s.person)
+    code = response.headers["location"].split("code=", 1)[1]
+    tokens = (
+        await client.post("/api/v1/auth/token", json={"grant_type": "login_code", "code": code})
+    ).json()
+    bearer = {"Authorization": f"Bearer {tokens['access_token']}"}
+    assert (await client.get("/api/v1/auth/me", headers=bearer)).status_code == 200
+    admin = await factory.user(s.company, Role.ADMINISTRATOR)
+    answer = await client.patch(
+        f"/api/v1/sso-providers/{s.provider.id}",
+        json={"client_id": OTHER_CLIENT},
+        headers=await factory.headers(admin),
+    )
+    assert answer.status_code == 200, answer.text
+    assert (await client.get("/api/v1/auth/me", headers=bearer)).status_code == 401
+
+
+async def test_the_same_pingone_environment_pasted_another_way_is_no_re_pointing(
+    client: httpx.AsyncClient,
+    factory: Factory,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    env = "5c6e7f80-91a2-4b3c-8d4e-5f60718293a4"
+    company = await factory.company()
+    provider = await factory.provider(company, type="pingone", base_url=env)
+    user = await factory.user(company, provider=provider)
+    async with session_scope(sessionmaker) as session:
+        session.add(
+            IdentityLink(
+                id=uuid.uuid4(), provider_id=provider.id, namespace="x", subject="y",
+                user_id=user.id,
+            )
+        )  # fmt: skip
+    admin = await factory.user(company, Role.ADMINISTRATOR)
+    answer = await client.patch(
+        f"/api/v1/sso-providers/{provider.id}",
+        json={"base_url": f"https://auth.pingone.com/{env}/as"},
+        headers=await factory.headers(admin),
     )
     assert answer.status_code == 200, answer.text
     assert await links(sessionmaker) == 1

@@ -60,6 +60,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def is_public_host(host: str, config: AdapterConfig) -> bool:
+    """Whether a provider may live at ``host``: a DNS name, never a bare IP address or
+    ``localhost`` (the service would otherwise call, with a client secret, whatever internal
+    address an administrator names) except loopback when ``SSO_BROKER_ALLOW_HTTP_ISSUERS``
+    allows it, for development and tests."""
+    if is_loopback(host):
+        return config.allow_http_issuers
+    # A DNS name with an alphabetic top-level domain: no IP literal in any of its spellings
+    # (``2130706433`` and ``0x7f.1`` resolve to 127.0.0.1 too), no ``*.localhost``.
+    return is_domain_name(host) and not host.endswith(".localhost")
+
+
 def bad_base_url(message: str) -> InvalidInput:
     return InvalidInput(message, code=ErrorCode.INVALID_BASE_URL)
 
@@ -270,6 +282,11 @@ def parse_issuer_url(value: str, config: AdapterConfig, *, what: str) -> IssuerU
         raise bad_base_url(
             f"base_url must not carry credentials, a query or a fragment. Paste {what}."
         )
+    host = host.rstrip(".")  # the root's dot: the same name, and never in an issuer
+    if not is_public_host(host, config):
+        raise bad_base_url(f"base_url must name the provider by its DNS name. Paste {what}.")
+    if (scheme, port) in (("https", 443), ("http", 80)):
+        port = None  # the default port is no part of an issuer
     path = parts.path
     if path.lower().endswith(WELL_KNOWN):
         path = path[: -len(WELL_KNOWN)]

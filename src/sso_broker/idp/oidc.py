@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from sso_broker.idp.base import Adapter, is_loopback, parse_issuer_url
+from sso_broker.idp.base import Adapter, is_loopback, is_public_host, parse_issuer_url
 
 _PASTE = (
     "the provider's issuer URL, such as https://id.example.com (its metadata lives at "
@@ -31,10 +31,9 @@ class OidcAdapter(Adapter):
 
     def endpoint_allowed(self, issuer: str, url: str) -> bool:
         parts = urlsplit(url)
-        if parts.scheme == "https" and parts.hostname:
+        host = (parts.hostname or "").lower()
+        if not is_public_host(host, self.config):
+            return False  # no internal address, whatever the metadata says
+        if parts.scheme == "https":
             return True
-        return (
-            parts.scheme == "http"
-            and self.config.allow_http_issuers
-            and is_loopback((parts.hostname or "").lower())
-        )
+        return parts.scheme == "http" and self.config.allow_http_issuers and is_loopback(host)

@@ -95,7 +95,10 @@ async def update(
     repointed = []
     if "base_url" in changed and data.base_url is not None:
         base_url = kind.normalize_base_url(data.base_url)
-        if base_url != provider.base_url:
+        # The same issuer pasted another way (a PingOne environment ID or its URL) is no
+        # re-pointing; a domain names no issuer of its own, so there the text decides.
+        before, after = kind.issuer(provider.base_url), kind.issuer(base_url)
+        if (before != after) if before and after else base_url != provider.base_url:
             repointed.append("base_url")
             provider.pinned_tenant = None  # a new domain pins itself at its first sign-in
         provider.base_url = base_url
@@ -139,12 +142,17 @@ async def update(
     if repointed:
         # Another tenant or application may answer now: its identities must link afresh,
         # by the first-sign-in rules (README, *Identities and first sign-in*).
+        reason = f"provider_{'_and_'.join(repointed)}_changed"
         await remove_links(
             session,
             IdentityLink.provider_id == provider.id,
             company_id=company_id,
-            reason=f"provider_{'_and_'.join(repointed)}_changed",
+            reason=reason,
             actor_id=actor_id,
+        )
+        # ... and who signed in through the old one is signed out.
+        await sessions_service.revoke_where(
+            session, SignInSession.provider_id == provider.id, reason=reason, actor_id=actor_id
         )
     if was_enabled and not provider.enabled:
         # Disabling is the kill switch: everyone it signed in is signed out at once.

@@ -316,16 +316,8 @@ async def revoke(
     actor_id: uuid.UUID | None = None,
 ) -> None:
     """Ends a sign-in session: its JWTs stop working at once and its refresh tokens die."""
-    rows = (
-        await session.execute(
-            update(SignInSession)
-            .where(SignInSession.id == session_id, SignInSession.revoked_at.is_(None))
-            .values(revoked_at=utcnow(), id_token_encrypted=None)
-            .returning(*_REVOKED)
-        )
-    ).all()
+    await revoke_where(session, SignInSession.id == session_id, reason=reason, actor_id=actor_id)
     await session.execute(delete(LoginCode).where(LoginCode.session_id == session_id))
-    _audit_revocations(session, rows, reason, actor_id)
 
 
 async def revoke_where(
@@ -362,20 +354,13 @@ async def live_sessions(session: AsyncSession, user_id: uuid.UUID) -> Sequence[S
 
 async def revoke_by_idp_session(session: AsyncSession, provider_id: uuid.UUID, idp_sid: str) -> int:
     """Front-channel logout: ends every live session of the provider with that IdP session."""
-    rows = (
-        await session.execute(
-            update(SignInSession)
-            .where(
-                SignInSession.provider_id == provider_id,
-                SignInSession.idp_sid == idp_sid,
-                SignInSession.revoked_at.is_(None),
-            )
-            .values(revoked_at=utcnow(), id_token_encrypted=None)
-            .returning(*_REVOKED)
-        )
-    ).all()
-    _audit_revocations(session, rows, "front_channel_logout", None)
-    return len(rows)
+    return await revoke_where(
+        session,
+        SignInSession.provider_id == provider_id,
+        SignInSession.idp_sid == idp_sid,
+        reason="front_channel_logout",
+        actor_id=None,
+    )
 
 
 async def _grant(
