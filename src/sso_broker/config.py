@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     rate_limit_sign_in_per_ip: int = Field(default=60, ge=1)
     rate_limit_sign_in_per_provider: int = Field(default=1200, ge=1)
     rate_limit_token_per_ip: int = Field(default=120, ge=1)
+    # Seconds after a refresh token was rotated in which presenting it again answers the
+    # same successor instead of ending the session (two tabs, a retried request); 0: off.
+    refresh_reuse_grace: int = Field(default=10, ge=0, le=300)
 
     @field_validator("encryption_keys", mode="before")
     @classmethod

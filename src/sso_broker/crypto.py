@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from jwt.algorithms import ECAlgorithm
 
 from sso_broker.config import Settings
@@ -101,6 +102,14 @@ class SecretBox:
         if not keys:
             raise EncryptionKeyError("at least one encryption key is required")
         self._fernet = MultiFernet([Fernet(key) for key in keys])
+        self._first = base64.urlsafe_b64decode(keys[0])
+
+    def derive(self, purpose: bytes) -> bytes:
+        """A 256-bit key of its own for ``purpose`` (HKDF over the first key): what is not
+        encryption at rest never shares the encryption key."""
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(
+            self._first
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SecretBox:

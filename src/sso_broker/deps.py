@@ -46,6 +46,8 @@ class AppContext:
     # their own on SQLite (fastpath_sqlite.py).
     fast: HotPath
     box: SecretBox
+    # Keys refresh-token successors (sessions/service.py), derived from the encryption key.
+    successor_key: bytes
     keyring: KeyRing
     http: IdentityProviderClient
     directory: ProviderDirectory

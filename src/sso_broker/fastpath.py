@@ -112,6 +112,15 @@ _USE_REFRESH = (
     " WHERE token_hash = $1 AND used_at IS NULL RETURNING session_id, expires_at)," + _GRANT
 )
 _REUSED = "SELECT session_id FROM refresh_tokens WHERE token_hash = $1"
+_ROTATED_WITHIN = """
+SELECT p.expires_at, u.id, u.company_id, u.email, u.name, u.role,
+       s.id, s.provider_id, s.expires_at, s.revoked_at
+FROM refresh_tokens p
+JOIN refresh_tokens n ON n.token_hash = $2 AND n.session_id = p.session_id AND n.used_at IS NULL
+JOIN sign_in_sessions s ON s.id = p.session_id
+JOIN users u ON u.id = s.user_id
+WHERE p.token_hash = $1 AND p.used_at >= $3
+"""
 # In key order, so two processes adding to the same counters never wait on each other in a
 # cycle (a deadlock).
 _COUNT_HITS = """
@@ -232,6 +241,12 @@ class FastPath:
     async def reused_session(self, token_hash: str) -> uuid.UUID | None:
         found = await self.pool.fetchval(_REUSED, token_hash)
         return found if isinstance(found, uuid.UUID) else None
+
+    async def rotated_within(
+        self, token_hash: str, successor_hash: str, *, since: datetime
+    ) -> tuple[datetime, SessionUser | None] | None:
+        row = await self.pool.fetchrow(_ROTATED_WITHIN, token_hash, successor_hash, since)
+        return None if row is None else _session_user(row)
 
     async def count_hits(
         self, increments: dict[str, int], expires_at: datetime, *, purge_before: datetime | None

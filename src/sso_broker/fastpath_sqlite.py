@@ -170,6 +170,12 @@ FROM sign_in_sessions s JOIN users u ON u.id = s.user_id
 WHERE s.id = ?
 """
 _REUSED = "SELECT session_id FROM refresh_tokens WHERE token_hash = ?"
+_ROTATED_WITHIN = (
+    "SELECT p.expires_at, p.session_id FROM refresh_tokens p"
+    " JOIN refresh_tokens n"
+    " ON n.token_hash = ? AND n.session_id = p.session_id AND n.used_at IS NULL"
+    " WHERE p.token_hash = ? AND p.used_at >= ?"
+)
 _COUNT_HIT = (
     "INSERT INTO rate_limit_counters (key, count, expires_at) VALUES (?, ?, ?)"
     " ON CONFLICT (key) DO UPDATE SET count = count + excluded.count RETURNING key, count"
@@ -424,6 +430,19 @@ class SQLiteFastPath:
     async def reused_session(self, token_hash: str) -> uuid.UUID | None:
         row = await self._read(lambda c: _one(c, _REUSED, (token_hash,)))
         return None if row is None else _uuid(row[0])
+
+    async def rotated_within(
+        self, token_hash: str, successor_hash: str, *, since: datetime
+    ) -> tuple[datetime, SessionUser | None] | None:
+        args = (successor_hash, token_hash, _db_time(since))
+
+        def work(connection: sqlite3.Connection) -> tuple[datetime, SessionUser | None] | None:
+            row = _one(connection, _ROTATED_WITHIN, args)
+            if row is None:
+                return None
+            return _at(row[0]), _session_user(connection, row[1])
+
+        return await self._read(work)
 
     async def count_hits(
         self, increments: dict[str, int], expires_at: datetime, *, purge_before: datetime | None

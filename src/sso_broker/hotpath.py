@@ -59,6 +59,13 @@ class HotPath(Protocol):
 
     async def reused_session(self, token_hash: str) -> uuid.UUID | None: ...
 
+    async def rotated_within(
+        self, token_hash: str, successor_hash: str, *, since: datetime
+    ) -> tuple[datetime, SessionUser | None] | None:
+        """The refresh grace: the token's expiry and session when it was rotated at or after
+        ``since`` into ``successor_hash`` and that successor is still unused; else None."""
+        ...
+
     async def count_hits(
         self, increments: dict[str, int], expires_at: datetime, *, purge_before: datetime | None
     ) -> dict[str, int]:

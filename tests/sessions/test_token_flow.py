@@ -410,6 +410,7 @@ class TestLoginCodeGrant:
                 context.sessionmaker,
                 context.settings,
                 context.keyring,
+                context.successor_key,
                 login_code=code,
             )
             tokens.append(pair.refresh_token)
@@ -564,9 +565,11 @@ class TestRefreshGrant:
         signed_in = await sign_in(client, entra, factory)
         first = await exchange(client, signed_in.code)
         second = (await refresh(client, first["refresh_token"])).json()
+        third = (await refresh(client, second["refresh_token"])).json()
+        # Its successor was used: no grace, the copy ends the session.
         assert_invalid_grant(await refresh(client, first["refresh_token"]))
-        assert_invalid_grant(await refresh(client, second["refresh_token"]))
-        assert await me_status(client, second["access_token"]) == 401
+        assert_invalid_grant(await refresh(client, third["refresh_token"]))
+        assert await me_status(client, third["access_token"]) == 401
 
     async def test_reuse_ends_only_that_session(
         self, client: httpx.AsyncClient, factory: Factory, entra: FakeEntra
@@ -577,7 +580,8 @@ class TestRefreshGrant:
         )
         mine = await exchange(client, signed_in.code)
         other = await exchange(client, again.code)
-        await refresh(client, mine["refresh_token"])
+        next_one = (await refresh(client, mine["refresh_token"])).json()
+        await refresh(client, next_one["refresh_token"])
         assert_invalid_grant(await refresh(client, mine["refresh_token"]))
         assert await me_status(client, other["access_token"]) == 200
         assert (await refresh(client, other["refresh_token"])).status_code == 200

@@ -51,6 +51,7 @@ async def token(
         context.sessionmaker,
         context.settings,
         context.keyring,
+        context.successor_key,
         login_code=request.code if isinstance(request, LoginCodeGrant) else None,
         refresh_token=request.refresh_token if isinstance(request, RefreshTokenGrant) else None,
     )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import logging
 import secrets
 import uuid
@@ -265,17 +268,36 @@ async def exchange_login_code(
     return _token_pair(settings, keyring, _live(subject, now), refresh_token)
 
 
-async def refresh(store: HotPath, settings: Settings, keyring: KeyRing, token: str) -> TokenPair:
+def successor(key: bytes, token: str) -> str:
+    """The refresh token that follows ``token``: a keyed hash of it, so a replica can answer
+    the same successor again within the grace without storing any token in clear."""
+    digest = hmac.new(key, token.encode("utf-8"), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+async def refresh(
+    store: HotPath, settings: Settings, keyring: KeyRing, successor_key: bytes, token: str
+) -> TokenPair:
     """Rotates a refresh token: each works once.
 
     Presenting one that was already used means it was copied: the whole session is revoked
     (RFC 9700 §4.14), so whoever holds the newer token is signed out too and must sign in.
+    Within ``SSO_BROKER_REFRESH_REUSE_GRACE`` seconds of its rotation, while its successor is
+    unused, it answers that same successor instead (two tabs, a retried request).
     """
     now = utcnow()
     hashed = token_hash(token)
-    next_token = new_secret_token()
-    used = await store.use_refresh_token(hashed, refresh_hash=token_hash(next_token), now=now)
+    next_token = successor(successor_key, token)
+    next_hash = token_hash(next_token)
+    used = await store.use_refresh_token(hashed, refresh_hash=next_hash, now=now)
     if used is None:
+        grace = settings.refresh_reuse_grace
+        if grace:
+            again = await store.rotated_within(
+                hashed, next_hash, since=now - timedelta(seconds=grace)
+            )
+            if again is not None:
+                return _token_pair(settings, keyring, _live(again[1], now), next_token)
         reused = await store.reused_session(hashed)
         if reused is not None:
             raise RefreshTokenReused(reused)
@@ -367,13 +389,14 @@ async def _grant(
     store: HotPath,
     settings: Settings,
     keyring: KeyRing,
+    successor_key: bytes,
     login_code: str | None,
     refresh_token: str | None,
 ) -> TokenPair:
     if login_code is not None:
         return await exchange_login_code(store, settings, keyring, login_code)
     if refresh_token is not None:
-        return await refresh(store, settings, keyring, refresh_token)
+        return await refresh(store, settings, keyring, successor_key, refresh_token)
     raise InvalidGrant("Send a login code or a refresh token.")
 
 
@@ -382,6 +405,7 @@ async def grant(
     sessionmaker: async_sessionmaker[AsyncSession],
     settings: Settings,
     keyring: KeyRing,
+    successor_key: bytes,
     *,
     login_code: str | None = None,
     refresh_token: str | None = None,
@@ -393,7 +417,7 @@ async def grant(
     sticks although the request itself fails.
     """
     try:
-        return await _grant(fast, settings, keyring, login_code, refresh_token)
+        return await _grant(fast, settings, keyring, successor_key, login_code, refresh_token)
     except RefreshTokenReused as reused:
         async with session_scope(sessionmaker) as session:
             await revoke(session, reused.session_id, reason="refresh_token_reuse")
