@@ -117,3 +117,26 @@ class TestEncryptionAtRest:
                 assert context.box.decrypt(private).startswith("-----BEGIN PRIVATE KEY-----")
         assert secret not in stored
         assert context.box.decrypt(stored) == secret
+
+
+def test_a_purpose_has_keys_of_its_own() -> None:
+    """Login-state cookies are sealed with keys derived (HKDF) for that purpose: a secret
+    encrypted at rest never opens as a cookie, nor the other way round."""
+    from cryptography.fernet import Fernet
+
+    from sso_broker.crypto import DecryptionError, SecretBox
+
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    box = SecretBox([old])
+    cookies = box.for_purpose(b"login-state")
+    sealed = cookies.encrypt("state")
+    assert cookies.decrypt(sealed) == "state"
+    with pytest.raises(DecryptionError):
+        box.decrypt(sealed)
+    with pytest.raises(DecryptionError):
+        cookies.decrypt(box.encrypt("client secret"))
+    with pytest.raises(DecryptionError):
+        box.for_purpose(b"another").decrypt(sealed)
+    # Rotating the keys rotates the purpose's too: the old key's seals still open.
+    rotated = SecretBox([new, old]).for_purpose(b"login-state")
+    assert rotated.decrypt(sealed) == "state"

@@ -101,14 +101,21 @@ class SecretBox:
     def __init__(self, keys: list[str]) -> None:
         if not keys:
             raise EncryptionKeyError("at least one encryption key is required")
+        self._keys = keys
         self._fernet = MultiFernet([Fernet(key) for key in keys])
-        self._first = base64.urlsafe_b64decode(keys[0])
 
-    def derive(self, purpose: bytes) -> bytes:
-        """A 256-bit key of its own for ``purpose`` (HKDF over the first key): what is not
-        encryption at rest never shares the encryption key."""
-        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(
-            self._first
+    def derive(self, purpose: bytes, key: str | None = None) -> bytes:
+        """A 256-bit key of its own for ``purpose`` (HKDF over the first key, or ``key``):
+        what is not encryption at rest never shares the encryption key."""
+        material = base64.urlsafe_b64decode(key or self._keys[0])
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(material)
+
+    def for_purpose(self, purpose: bytes) -> SecretBox:
+        """A box of its own for ``purpose``, its keys derived from each of these keys (the
+        first encrypts, all decrypt, as here): a token sealed for one purpose never opens as
+        another, and rotating the keys rotates both."""
+        return SecretBox(
+            [base64.urlsafe_b64encode(self.derive(purpose, key)).decode() for key in self._keys]
         )
 
     @classmethod

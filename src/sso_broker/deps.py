@@ -46,6 +46,8 @@ class AppContext:
     # their own on SQLite (fastpath_sqlite.py).
     fast: HotPath
     box: SecretBox
+    # Seals login-state cookies: keys of its own, derived from the encryption keys.
+    sealer: SecretBox
     # Keys refresh-token successors (sessions/service.py), derived from the encryption key.
     successor_key: bytes
     keyring: KeyRing

@@ -121,6 +121,7 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
             caches=caches,
             fast=fast,
             box=box,
+            sealer=box.for_purpose(b"sso-broker login-state cookie"),
             successor_key=box.derive(b"sso-broker refresh-token successor"),
             keyring=KeyRing(settings, box),
             http=http,

@@ -236,7 +236,7 @@ def _login_state_key(scope: Scope, context: Any) -> str | None:
     try:
         provider_id = uuid.UUID(match.group(1))
         name = cookie_name(state, secure=context.settings.secure_cookies)
-        open_state(context.box, request.cookies.get(name), state=state, provider_id=provider_id)
+        open_state(context.sealer, request.cookies.get(name), state=state, provider_id=provider_id)
     except (ValueError, SignInError):
         return None
     return token_hash(state)[:32]

@@ -281,7 +281,7 @@ class TestCallback:
             return_to=None,
             expires_at=utcnow() - timedelta(seconds=1),
         )
-        sealed = login.seal(context.box)
+        sealed = login.seal(context.sealer)
         async with fresh_client(app) as browser:
             response = await browser.get(
                 f"/sso/{s.provider.id}/callback",

@@ -80,13 +80,13 @@ async def initiate(request: Request, provider_id: uuid.UUID) -> Response:
     response = RedirectResponse(result.authorization_url, status_code=302)
     secure = context.settings.secure_cookies
     name = cookie_name(result.login.state, secure=secure)
-    sealed = result.login.seal(context.box)
+    sealed = result.login.seal(context.sealer)
     ttl = int(STATE_TTL.total_seconds())
     response.raw_headers.append((b"set-cookie", _login_state_cookie(context, name, sealed, ttl)))
     if request.headers.get("cookie"):
         # The oldest attempts make room (state.py): the browser's Cookie header stays bounded.
         size = len(name) + len(sealed) + 3
-        for stale in stale_attempts(context.box, request.cookies, secure=secure, new_size=size):
+        for stale in stale_attempts(context.sealer, request.cookies, secure=secure, new_size=size):
             response.raw_headers.append((b"set-cookie", _login_state_cookie(context, stale, "", 0)))
     return _no_store(response)
 

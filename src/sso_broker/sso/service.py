@@ -399,7 +399,7 @@ async def complete(
             raise SignInError(SignInErrorCode.PROVIDER_NOT_FOUND, f"no provider {provider_id}")
         credentials(provider)
         login = state.open_state(
-            context.box, sealed_state, state=params.state, provider_id=provider_id
+            context.sealer, sealed_state, state=params.state, provider_id=provider_id
         )
         # One statement, committed on its own before anything else can fail.
         await state.consume(context.fast, login)
