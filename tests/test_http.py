@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from sso_broker import http as broker_http
-from sso_broker.http import IdentityProviderClient, ResponseTooLarge
+from sso_broker.http import ConnectError, IdentityProviderClient, ResponseTooLarge, _is_public
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 LIMIT = 64 * 1024
@@ -344,3 +344,45 @@ async def test_a_closed_client_sends_nothing() -> None:
     await client.aclose()
     with pytest.raises(RuntimeError):
         await client.fetch("GET", "http://127.0.0.1:9/keys", limit=LIMIT)
+
+
+async def test_public_only_never_connects_to_an_internal_address(
+    json_server: tuple[str, list[tuple[bytes, bytes]], list[int]],
+) -> None:
+    """However an issuer's DNS answers, the service does not call its own network (README,
+    *Security model*): a loopback or private address is refused before connecting."""
+    url, seen, _ = json_server
+    by_name = url.replace("127.0.0.1", "localhost")
+    async with IdentityProviderClient(timeout=5, public_only=True) as client:
+        for target in (url, by_name):  # an address, and a name resolving to it
+            with pytest.raises(ConnectError):
+                await client.fetch("GET", f"{target}/keys", limit=LIMIT)
+    assert seen == [], "nothing reached the server"
+    # A host the operator configured (an authority stand-in) is trusted as it resolves.
+    host = url.split("//", 1)[1].split(":", 1)[0]
+    async with IdentityProviderClient(
+        timeout=5, public_only=True, trusted_hosts=frozenset({host})
+    ) as client:
+        status, _ = await client.fetch("POST", f"{url}/token", limit=1024, content=b"a=1")
+    assert status == 400
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("8.8.8.8", True),
+        ("2606:4700::1111", True),
+        ("127.0.0.1", False),
+        ("10.1.2.3", False),
+        ("172.16.0.1", False),
+        ("192.168.1.1", False),
+        ("169.254.169.254", False),
+        ("100.64.0.1", False),
+        ("::1", False),
+        ("fd00::1", False),
+        ("fe80::1%eth0", False),
+        ("::ffff:10.0.0.1", False),
+    ],
+)
+def test_what_counts_as_public(address: str, public: bool) -> None:
+    assert _is_public(address) is public

@@ -169,6 +169,15 @@ class Settings(BaseSettings):
             allow_http_issuers=self.allow_http_issuers,
         )
 
+    @cached_property
+    def trusted_idp_hosts(self) -> frozenset[str]:
+        """The identity-provider hosts the operator named, trusted whatever they resolve to."""
+        return frozenset(
+            host.lower()
+            for host in (self.entra_authority.host, self.pingone_authority.host)
+            if host
+        )
+
     @property
     def secure_cookies(self) -> bool:
         return self.public_base.startswith("https://")

@@ -21,7 +21,9 @@ httpx only for them cost each worker 5.2 MB, as it loads its command line's ``ri
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 import ssl
 import urllib.parse
 import urllib.request
@@ -70,6 +72,38 @@ class ReadTimeout(TimeoutException):
     """The identity provider went silent while answering."""
 
 
+class PublicAddressesOnly(aiohttp.abc.AbstractResolver):
+    """Resolves as aiohttp does, then keeps only public addresses: an issuer or endpoint an
+    administrator names cannot make the service call (with a client secret) an address of
+    its own network, whatever its DNS says. Hosts the operator configured (the Entra and
+    PingOne authorities, which may be test stand-ins) are trusted as they resolve."""
+
+    def __init__(self, trusted_hosts: frozenset[str]) -> None:
+        self._inner = aiohttp.DefaultResolver()
+        self._trusted = trusted_hosts
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[aiohttp.abc.ResolveResult]:
+        found = await self._inner.resolve(host, port, family)
+        if host.lower() in self._trusted:
+            return found
+        public = [entry for entry in found if _is_public(entry["host"])]
+        if not public:
+            raise OSError(f"{host} resolves to no public address")
+        return public
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def _is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global
+
+
 class IdentityProviderClient:
     """Sends requests to identity providers over one shared aiohttp session.
 
@@ -97,12 +131,18 @@ class IdentityProviderClient:
         user_agent: str | None = None,
         max_connections: int = 100,
         keepalive: float = 5.0,
+        public_only: bool = False,
+        trusted_hosts: frozenset[str] = frozenset(),
     ) -> None:
+        """``public_only``: connect to public addresses only, but for ``trusted_hosts``
+        (:class:`PublicAddressesOnly`); the service turns it on (``main.py``)."""
         self.timeout = timeout
         self.connect_timeout = timeout if connect_timeout is None else connect_timeout
         self.user_agent = user_agent
         self.max_connections = max_connections
         self.keepalive = keepalive
+        self.public_only = public_only
+        self.trusted_hosts = trusted_hosts
         self._session: aiohttp.ClientSession | None = None
         self._proxies: dict[str, str] = {}
         self._closed = False
@@ -150,6 +190,8 @@ class IdentityProviderClient:
         The one place the client touches the network, so the one the tests' respx mock
         replaces (``tests/fixtures/entra.py``)."""
         session = self._session or self._open()
+        if self.public_only:
+            self._refuse_internal_literal(url)
         return await session.request(
             method,
             url,
@@ -158,6 +200,18 @@ class IdentityProviderClient:
             allow_redirects=False,
             proxy=self._proxy_for(url) if self._proxies else None,
         )
+
+    def _refuse_internal_literal(self, url: str) -> None:
+        """An IP address in the URL never reaches the resolver: it is checked here."""
+        host = (urllib.parse.urlsplit(url).hostname or "").lower()
+        if host in self.trusted_hosts:
+            return
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return  # a name: PublicAddressesOnly checks what it resolves to
+        if not _is_public(host):
+            raise ConnectError(f"{host} is not a public address")
 
     def _proxy_for(self, url: str) -> str | None:
         """The proxy the environment names for ``url`` (``HTTP(S)_PROXY``, ``ALL_PROXY``,
@@ -173,10 +227,18 @@ class IdentityProviderClient:
             raise RuntimeError("the identity-provider client is closed")
         # Read once, when the session opens (README, *Performance*): see _proxy_for.
         self._proxies = urllib.request.getproxies()
+        # Through a proxy the proxy resolves the provider (and its own address is a private
+        # one, usually): its egress policy is the one that applies then.
+        resolver = (
+            PublicAddressesOnly(self.trusted_hosts)
+            if self.public_only and not self._proxies
+            else None
+        )
         connector = aiohttp.TCPConnector(
             ssl=_ssl_context(),
             limit=self.max_connections,
             keepalive_timeout=self.keepalive,
+            resolver=resolver,
         )
         self._session = aiohttp.ClientSession(
             connector=connector,

@@ -107,6 +107,10 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
             timeout=settings.http_timeout,
             connect_timeout=min(settings.http_timeout, 5.0),
             user_agent=f"sso-broker/{__version__}",
+            # No internal address, however an issuer's DNS answers, but for the authorities
+            # the operator configured, and loopback in development (README, *Security model*).
+            public_only=not settings.allow_http_issuers,
+            trusted_hosts=settings.trusted_idp_hosts,
         )
         caches = Caches()
         sessionmaker = create_sessionmaker(engine, info={SESSION_INFO_KEY: caches})
