@@ -166,7 +166,15 @@ class TestOidcBaseUrl:
 
     @pytest.mark.parametrize(
         "value",
-        ["id.example.com", "http://id.example.com", "https://id.example.com?tenant=1", "ftp://x"],
+        [
+            "id.example.com",
+            "http://id.example.com",
+            "https://id.example.com?tenant=1",
+            "ftp://x",
+            "https://id.example.com/realms/my realm",
+            'https://id.example.com/"quoted"',
+            "https://id.example.com/<script>",
+        ],
     )
     def test_refuses_anything_else(self, value: str) -> None:
         refused(OIDC.normalize_base_url, value, ErrorCode.INVALID_BASE_URL)

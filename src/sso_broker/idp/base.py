@@ -29,6 +29,8 @@ _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _TLD = re.compile(r"^(?:[a-z]{2,63}|xn--[a-z0-9-]{1,59})$")
 WELL_KNOWN = "/.well-known/openid-configuration"
 # An email address as an identity provider sends one: ASCII, one @, a dotted domain.
+# RFC 3986's path characters (percent-encodings included): no spaces, quotes or brackets.
+_PATH = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@%/]*")
 _EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9.-]{1,253}$")
 
 
@@ -260,10 +262,12 @@ class Adapter(ABC):
 
 
 def parse_issuer_url(value: str, config: AdapterConfig, *, what: str) -> IssuerUrl:
-    """A pasted issuer URL, forgiven a trailing slash and the discovery suffix.
+    """A pasted issuer URL, forgiven a trailing slash, the discovery suffix, a default port
+    and the root's dot.
 
     It must be ``https://`` (``http://`` on a loopback host only with
-    ``SSO_BROKER_ALLOW_HTTP_ISSUERS``), with a host, and no credentials, query or fragment.
+    ``SSO_BROKER_ALLOW_HTTP_ISSUERS``), name its host by a DNS name (:func:`is_public_host`),
+    and carry no credentials, query or fragment, and only RFC 3986 path characters.
     ``what`` names what to paste, for the message.
     """
     text = value.strip()
@@ -291,7 +295,11 @@ def parse_issuer_url(value: str, config: AdapterConfig, *, what: str) -> IssuerU
     if path.lower().endswith(WELL_KNOWN):
         path = path[: -len(WELL_KNOWN)]
     path = path.rstrip("/")
-    if "//" in path or any(segment in (".", "..") for segment in path.split("/")):
+    if (
+        "//" in path
+        or any(segment in (".", "..") for segment in path.split("/"))
+        or not _PATH.fullmatch(path)
+    ):
         raise bad_base_url(f"base_url has a malformed path. Paste {what}.")
     netloc = f"[{host}]" if ":" in host else host
     if port is not None:
