@@ -282,6 +282,7 @@ async def _new_grant(context: AppContext, user: User, sentinel: str) -> str:
         context.sessionmaker,
         context.settings,
         context.keyring,
+        context.successor_key,
         login_code=code,
     )
     return pair.refresh_token
