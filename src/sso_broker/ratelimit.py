@@ -4,7 +4,7 @@ Fixed one-minute windows, per client address on ``/sso/*`` and ``/api/v1/auth/to
 IPv6 client per /64, the block one subscriber gets), and per provider on callbacks that
 carry no login state of ours. No bucket that anonymous requests can fill stops a real
 sign-in: initiates count per address only, and a callback whose login-state cookie opens
-with our key is not counted at all, it was counted at its initiate (README, *Rate limits*).
+with our key counts per address only too (README, *Rate limits*).
 Counters live in Redis when ``SSO_BROKER_REDIS_URL`` names one
 (one pipelined round trip), otherwise in the database (one upsert for all of a request's
 counters). A limited request gets ``429`` with ``Retry-After``: problem+json on the API, a
@@ -40,7 +40,6 @@ from starlette.responses import HTMLResponse, Response
 from starlette.types import Scope
 
 from sso_broker.config import Settings
-from sso_broker.crypto import token_hash
 from sso_broker.database import Base, utcnow
 from sso_broker.errors import ErrorCode, SignInError
 from sso_broker.problems import is_database_unavailable, problem_response
@@ -54,8 +53,6 @@ if TYPE_CHECKING:  # imported when a Redis URL is set: 7 MB the embedded default
 logger = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 60
-# Callbacks a minute one login state may make (a reload, a double click): it works once.
-STATE_RETRIES = 3
 PURGE_PROBABILITY = 0.01
 _SSO_PATH = re.compile(r"^/sso/([^/]{1,64})/")
 TOKEN_PATH = "/api/v1/auth/token"  # noqa: S105 - a route, not a secret
@@ -198,20 +195,15 @@ def client_key(host: str) -> str:
 
 
 def _limits(
-    settings: Settings, path: str, client: str, window: int, *, state_key: str | None
+    settings: Settings, path: str, client: str, window: int, *, has_state: bool
 ) -> list[Limit]:
     if path == TOKEN_PATH:
         return [Limit(f"token:ip:{client}:{window}", settings.rate_limit_token_per_ip)]
     match = _SSO_PATH.match(path)
     if match is None:
         return []
-    if state_key is not None:
-        # The browser's own attempt, counted at its initiate: only a few tries of this one
-        # state, a bucket that nobody but the holder of its cookie can fill (replays of a
-        # copied cookie stop here, wherever they come from).
-        return [Limit(f"sso:state:{state_key}:{window}", STATE_RETRIES)]
     limits = [Limit(f"sso:ip:{client}:{window}", settings.rate_limit_sign_in_per_ip)]
-    if path.endswith("/callback"):
+    if not has_state and path.endswith("/callback"):
         # Callbacks without a login state of ours are anonymous noise: they may fill a
         # shared bucket, which only ever stops other callbacks without one.
         limits.append(
@@ -223,23 +215,23 @@ def _limits(
     return limits
 
 
-def _login_state_key(scope: Scope, context: Any) -> str | None:
-    """For a GET callback that carries the login-state cookie its ``state`` names, sealed by
-    us for this provider and unexpired (``sso/state.py``): a key of that state; else None."""
+def _carries_login_state(scope: Scope, context: Any) -> bool:
+    """Whether a GET callback carries the login-state cookie its ``state`` names, sealed by
+    us for this provider and unexpired (``sso/state.py``)."""
     if scope["method"] != "GET" or not scope["path"].endswith("/callback"):
-        return None
+        return False
     request = Request(scope)
     state = request.query_params.get("state")
     match = _SSO_PATH.match(scope["path"])
     if not state or match is None:
-        return None
+        return False
     try:
         provider_id = uuid.UUID(match.group(1))
         name = cookie_name(state, secure=context.settings.secure_cookies)
         open_state(context.sealer, request.cookies.get(name), state=state, provider_id=provider_id)
     except (ValueError, SignInError):
-        return None
-    return token_hash(state)[:32]
+        return False
+    return True
 
 
 @lru_cache(maxsize=4096)  # the same few providers over and over: parse each once
@@ -292,7 +284,7 @@ async def over_limit(scope: Scope) -> Response | None:
         scope["path"],
         client_key(client[0]) if client else "invalid",
         window,
-        state_key=_login_state_key(scope, context),
+        has_state=_carries_login_state(scope, context),
     )
     if not limits:
         return None

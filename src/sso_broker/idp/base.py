@@ -142,6 +142,11 @@ class Adapter(ABC):
         the base URL names its issuer itself (every type but an Entra domain)."""
         return None
 
+    def same_base_url(self, base_url: str) -> str:
+        """``base_url`` as compared for caching: itself, unless the type ignores letter case
+        (Entra's tenants)."""
+        return base_url
+
     def discovery_url(self, base_url: str) -> str:
         issuer = self.issuer(base_url)
         if issuer is None:  # pragma: no cover - only Entra has such base URLs; it overrides

@@ -179,6 +179,9 @@ class EntraAdapter(Adapter):
         # the first tenant it named is the one this provider trusts.
         return None if is_guid(base_url) else tenant_id
 
+    def same_base_url(self, base_url: str) -> str:
+        return base_url.lower()
+
     def discovery_url(self, base_url: str) -> str:
         # Entra's tenants are case-insensitive: one URL (and one cache entry) per tenant.
         return f"{self.authority}/{quote(base_url.lower(), safe='')}/v2.0{WELL_KNOWN}"

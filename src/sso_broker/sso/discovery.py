@@ -127,12 +127,15 @@ class ProviderDirectory:
     async def metadata(self, adapter: Adapter, base_url: str) -> ProviderMetadata:
         """The provider's metadata, fetched at most once per TTL; stale copies serve on
         failure."""
-        url = adapter.discovery_url(base_url)
-        # Per type and exact URL: what a document is accepted as (its tenant, the endpoints
-        # trusted) is its type's judgement, so an oidc provider pointed at an Entra tenant's
-        # URL must not stand in for the Entra provider's checks; and two issuers differing
-        # only in their path's letter case are two providers.
-        cached = self._metadata.setdefault((adapter.name, url), _Cached())
+        # Per type and exact (stored, normalised) base URL: what a document is accepted as
+        # (its tenant, the endpoints trusted) is its type's judgement, so an oidc provider
+        # pointed at an Entra tenant's URL must not stand in for the Entra provider's checks;
+        # and two issuers differing only in their path's letter case are two providers. The
+        # discovery URL is built on a miss only (README, *Performance*).
+        key = (adapter.name, adapter.same_base_url(base_url))
+        cached = self._metadata.get(key)
+        if cached is None:
+            cached = self._metadata.setdefault(key, _Cached())
         now = time.monotonic()
         if cached.metadata is not None and now - cached.fetched_at < METADATA_TTL:
             return cached.metadata
@@ -154,7 +157,9 @@ class ProviderDirectory:
                         cached=True,
                     )
             try:
-                metadata = await self._fetch_metadata(adapter, base_url, url)
+                metadata = await self._fetch_metadata(
+                    adapter, base_url, adapter.discovery_url(base_url)
+                )
             except DiscoveryError as e:
                 cached.failed_at, cached.failure = time.monotonic(), e
                 if cached.metadata is not None:
