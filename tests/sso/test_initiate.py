@@ -781,3 +781,27 @@ class TestReturnTo:
         assert without_query(target) == COMPLETE_URL
         assert set(query_of(target)) == {"code"}
         assert "evil" not in target
+
+
+async def test_a_hostile_cookie_flood_is_expired_without_opening_it(
+    client: httpx.AsyncClient, factory: Factory, entra: FakeEntra, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cookies named like login states are the browser's to invent: an initiate opens at
+    most a few of them, and expires every one that does not open."""
+    from sso_broker.crypto import SecretBox
+
+    provider = await enabled_provider(factory)
+    opened: list[str] = []
+    decrypt = SecretBox.decrypt
+
+    def counting(self: SecretBox, token: str) -> str:
+        opened.append(token)
+        return decrypt(self, token)
+
+    monkeypatch.setattr(SecretBox, "decrypt", counting)
+    forged = "; ".join(f"__Host-sso_login_{i:016x}=garbage{i}" for i in range(200))
+    response = await client.get(f"/sso/{provider.id}/initiate", headers={"Cookie": forged})
+    assert response.status_code == 302, response.text
+    assert len(opened) <= 8
+    expired = [c for c in response.headers.get_list("set-cookie") if "Max-Age=0" in c]
+    assert len(expired) == 200

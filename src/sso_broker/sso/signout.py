@@ -62,7 +62,8 @@ async def front_channel_logout(
         if provider is None:
             return 0
         adapter = adapter_of(context, provider)
-        expected = adapter.issuer(provider.base_url)
+        # A pinned Entra domain names its issuer itself: no metadata needed for it.
+        expected = adapter.issuer(provider.base_url, provider.pinned_tenant)
         if expected is None:
             try:
                 expected = (await context.directory.metadata(adapter, provider.base_url)).issuer

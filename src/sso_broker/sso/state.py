@@ -68,9 +68,8 @@ class LoginState:
             "v": self.code_verifier,
             "p": str(self.provider_id),
             "r": self.return_to,
-            "e": int(self.expires_at.timestamp()),
-            # Milliseconds, so the oldest of attempts made within one second is known.
-            "t": int(self.expires_at.timestamp() * 1000),
+            # To the millisecond, so the oldest of attempts made within one second is known.
+            "e": round(self.expires_at.timestamp(), 3),
         }
         return box.encrypt(json.dumps(payload, separators=(",", ":")))
 
@@ -80,13 +79,12 @@ def cookie_name(state: str, *, secure: bool) -> str:
     return (HOST_PREFIX if secure else "") + COOKIE_PREFIX + token_hash(state)[:16]
 
 
-def _expiry(box: SecretBox, sealed: str) -> int:
+def _expiry(box: SecretBox, sealed: str) -> float:
     """When a sealed state expires; 0 (oldest of all) for one we cannot open."""
     try:
-        payload = json.loads(box.decrypt(sealed))
-        return int(payload.get("t") or int(payload["e"]) * 1000)
+        return float(json.loads(box.decrypt(sealed))["e"])
     except (DecryptionError, ValueError, KeyError, TypeError):
-        return 0
+        return 0.0
 
 
 def stale_attempts(
@@ -96,13 +94,16 @@ def stale_attempts(
     browser keeps at most :data:`MAX_ATTEMPTS` within :data:`COOKIE_BUDGET`: newest first."""
     prefix = (HOST_PREFIX if secure else "") + COOKIE_PREFIX
     held = [(name, value) for name, value in cookies.items() if name.startswith(prefix)]
-    if not held:
-        return []
-    held.sort(key=lambda item: _expiry(box, item[1]), reverse=True)
-    kept, used, stale = 1, new_size, []
-    for name, value in held:
+    # The browser names the cookies: beyond what we could ever have set, they are expired
+    # unopened, so a hostile one cannot make an initiate decrypt hundreds of them; one that
+    # does not open is expired too.
+    stale = [name for name, _ in held[2 * MAX_ATTEMPTS :]]
+    dated = [(_expiry(box, value), name, value) for name, value in held[: 2 * MAX_ATTEMPTS]]
+    dated.sort(reverse=True)
+    kept, used = 1, new_size
+    for expiry, name, value in dated:
         size = len(name) + len(value) + 3  # "; " and "="
-        if kept < MAX_ATTEMPTS and used + size <= COOKIE_BUDGET:
+        if expiry and kept < MAX_ATTEMPTS and used + size <= COOKIE_BUDGET:
             kept, used = kept + 1, used + size
         else:
             stale.append(name)
@@ -132,7 +133,7 @@ def open_state(
             code_verifier=str(payload["v"]),
             provider_id=uuid.UUID(str(payload["p"])),
             return_to=payload["r"] if isinstance(payload["r"], str) else None,
-            expires_at=datetime.fromtimestamp(int(payload["e"]), tz=utcnow().tzinfo),
+            expires_at=datetime.fromtimestamp(float(payload["e"]), tz=utcnow().tzinfo),
         )
     except (DecryptionError, ValueError, KeyError, TypeError) as e:
         raise SignInError(
