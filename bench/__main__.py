@@ -25,7 +25,7 @@ import uvloop
 from cryptography.fernet import Fernet
 
 from bench import common, procs, report, wrk
-from bench.browser import Result, RouteRequest, run_browsers, run_route
+from bench.browser import Result, RouteRequest, pkce_pair, run_browsers, run_route
 from bench.common import SCALES, HotUser, Scale
 from bench.seed import DEFAULT_POSTGRES_URL, Database, create_database, drop_database, seed
 
@@ -456,13 +456,20 @@ def run_config(
         for name in config.rows:
             profiler = profile_row(run, server.pid, f"{label}-{name}")
             if name == "initiate":
+                challenge = pkce_pair()[1]  # the dashboard's PKCE challenge
                 row = measure_route(
                     run,
                     base,
                     [
                         RouteRequest(
                             f"/sso/{user.provider_id}/initiate?"
-                            + urlencode({"login_hint": user.email})
+                            + urlencode(
+                                {
+                                    "login_hint": user.email,
+                                    "code_challenge": challenge,
+                                    "code_challenge_method": "S256",
+                                }
+                            )
                         )
                         for user in hot
                     ],

@@ -140,6 +140,13 @@ def _session() -> aiohttp.ClientSession:
     )
 
 
+def pkce_pair() -> tuple[str, str]:
+    """A fresh PKCE verifier and its S256 challenge (RFC 7636)."""
+    verifier = secrets.token_urlsafe(64)
+    digest = hashlib.sha256(verifier.encode()).digest()
+    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
 def _location(response: aiohttp.ClientResponse, step: str, prefix: str) -> str:
     if response.status != 302:
         raise FlowError(step, f"status {response.status}")
@@ -189,8 +196,11 @@ class Browser:
         started = time.perf_counter()
 
         mark = time.perf_counter()
+        # As the dashboard does: a fresh PKCE pair per sign-in, the challenge at initiate and
+        # the verifier with the login code (README, *Signing in*).
+        verifier, challenge = pkce_pair()
         url = f"{self.service}/sso/{user.provider_id}/initiate?" + urlencode(
-            {"login_hint": user.email}
+            {"login_hint": user.email, "code_challenge": challenge, "code_challenge_method": "S256"}
         )
         async with http.get(URL(url, encoded=True), allow_redirects=False) as response:
             await response.read()
@@ -223,7 +233,7 @@ class Browser:
         mark = time.perf_counter()
         async with http.post(
             f"{self.service}/api/v1/auth/token",
-            json={"grant_type": "login_code", "code": code},
+            json={"grant_type": "login_code", "code": code, "code_verifier": verifier},
         ) as response:
             body = await response.read()
             if response.status != 200:
@@ -272,12 +282,7 @@ class Browser:
         """The IdP alone: what the service asks of it per sign-in (authorize, then token)."""
         assert self.session is not None  # noqa: S101
         user = self._next_user()
-        verifier = secrets.token_urlsafe(64)
-        challenge = (
-            base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
-            .rstrip(b"=")
-            .decode()
-        )
+        verifier, challenge = pkce_pair()
         redirect_uri = f"http://127.0.0.1:9/sso/{user.provider_id}/callback"
         state = secrets.token_urlsafe(32)
         base = f"{self.idp}/{user.tenant}/oauth2/v2.0"

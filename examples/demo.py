@@ -62,7 +62,9 @@ def main() -> int:
 sso-broker demo is running.
 
   Open {frontend_url}/ and click "Sign in with SSO"
-  (or open {seeded.provider["urls"]["initiate_sign_in_url"]} directly).
+  (or open {seeded.provider["urls"]["initiate_sign_in_url"]} directly, as Entra's
+  My Apps tile does: the broker sends the browser through {frontend_url}/sso/start,
+  which makes the PKCE challenge the login code is bound to).
 
   At the identity provider sign in as one of: {accounts}; any password.
   Administrator token (for curl against {broker_url}/api/v1/...):

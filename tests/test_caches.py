@@ -17,6 +17,7 @@ from sso_broker.sessions.tokens import PACKED_IDS, SessionClaims
 from sso_broker.users.models import Role
 from tests.conftest import Factory, make_settings
 from tests.fixtures.entra import CLIENT_ID, CLIENT_SECRET, TENANT_ID, FakeEntra
+from tests.pkce import PKCE
 
 ME = "/api/v1/auth/me"
 
@@ -195,13 +196,13 @@ class TestLocalChangesAreSeenAtOnce:
             company, base_url=TENANT_ID, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
             enabled=True,
         )  # fmt: skip
-        before = await client.get(f"/sso/{provider.id}/initiate")
+        before = await client.get(f"/sso/{provider.id}/initiate", params=PKCE)
         assert before.headers["location"].startswith(entra.authorization_endpoint)
         disabled = await client.patch(
             f"/api/v1/sso-providers/{provider.id}", headers=admin, json={"enabled": False}
         )
         assert disabled.status_code == 200
-        after = await client.get(f"/sso/{provider.id}/initiate")
+        after = await client.get(f"/sso/{provider.id}/initiate", params=PKCE)
         assert after.headers["location"].endswith("error=provider_disabled")
 
     async def test_a_new_provider_replaces_a_cached_absence(
@@ -213,7 +214,7 @@ class TestLocalChangesAreSeenAtOnce:
             "/api/v1/sso-providers", headers=admin, json={"type": "entra", "base_url": TENANT_ID}
         )
         provider_id = created.json()["id"]
-        first = await client.get(f"/sso/{provider_id}/initiate")
+        first = await client.get(f"/sso/{provider_id}/initiate", params=PKCE)
         assert first.headers["location"].endswith("error=provider_disabled")
         enabled = await client.patch(
             f"/api/v1/sso-providers/{provider_id}",
@@ -221,7 +222,7 @@ class TestLocalChangesAreSeenAtOnce:
             json={"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "enabled": True},
         )
         assert enabled.status_code == 200
-        after = await client.get(f"/sso/{provider_id}/initiate")
+        after = await client.get(f"/sso/{provider_id}/initiate", params=PKCE)
         assert after.headers["location"].startswith(entra.authorization_endpoint)
 
 

@@ -26,6 +26,7 @@ from sso_broker.sso import service as sso_service
 from sso_broker.users.models import Role
 from tests.conftest import PUBLIC_URL, Database, Factory, make_settings
 from tests.fixtures.entra import CLIENT_ID, CLIENT_SECRET, TENANT_ID, EntraUser, FakeEntra
+from tests.pkce import PKCE, code_grant
 
 DEAD = "postgresql+asyncpg://postgres@127.0.0.1:1/gone"
 
@@ -56,9 +57,7 @@ async def test_requests_fail_fast_with_503_while_the_database_is_down(
             answers = [
                 await client.get("/api/v1/users", headers=headers),
                 await client.get("/api/v1/auth/me", headers=headers),
-                await client.post(
-                    "/api/v1/auth/token", json={"grant_type": "login_code", "code": "x"}
-                ),
+                await client.post("/api/v1/auth/token", json=code_grant("x")),
                 await client.get("/readyz"),
             ]
             took = time.perf_counter() - began
@@ -125,7 +124,7 @@ async def test_a_database_failure_mid_sign_in_leaves_nothing_half_written(
     # The login code's row is refused by the database (NOT NULL) after the identity link and
     # the session were written (SQLite, one by one), or in the same statement (PostgreSQL).
     monkeypatch.setattr(sso_service, "token_hash", lambda _code: None)
-    started = await client.get(f"/sso/{provider.id}/initiate")
+    started = await client.get(f"/sso/{provider.id}/initiate", params=PKCE)
     finished = await client.get(entra.authorize(started.headers["location"], user=person))
     assert finished.status_code == 302
     assert finished.headers["location"].endswith("error=server_error")
@@ -175,11 +174,11 @@ async def test_the_embedded_database_unreadable_is_a_503_on_the_hot_paths(
                 ),
                 await client.post(
                     "/api/v1/auth/token",
-                    json={"grant_type": "login_code", "code": "x"},
+                    json=code_grant("x"),
                     headers={"X-Request-ID": "outage-1"},
                 ),
             ]
-            sign_in = await client.get(f"/sso/{uuid.uuid4()}/initiate")
+            sign_in = await client.get(f"/sso/{uuid.uuid4()}/initiate", params=PKCE)
     finally:
         await context.fast.close()
         context.fast = working

@@ -64,6 +64,7 @@ from sso_broker.sessions import service as sessions_service
 from sso_broker.users.models import Role
 from tests.conftest import Database, Factory, make_settings
 from tests.fixtures.entra import AUTHORITY, CLIENT_ID, CLIENT_SECRET, TENANT_ID, FakeEntra
+from tests.pkce import CHALLENGE, VERIFIER
 
 SPEC = Path(__file__).resolve().parents[1] / "openapi" / "openapi.json"
 SEED = 20261127
@@ -274,7 +275,7 @@ async def _new_grant(context: AppContext, user: User, sentinel: str) -> str:
         sign_in = await sessions_service.start(
             session, user, provider_id=None, lifetime=timedelta(hours=1)
         )
-        code = await sessions_service.create_login_code(session, sign_in)
+        code = await sessions_service.create_login_code(session, sign_in, code_challenge=CHALLENGE)
     if sentinel == FRESH_LOGIN_CODE:
         return code
     pair = await sessions_service.grant(
@@ -284,6 +285,7 @@ async def _new_grant(context: AppContext, user: User, sentinel: str) -> str:
         context.keyring,
         context.successor_key,
         login_code=code,
+        code_verifier=VERIFIER,
     )
     return pair.refresh_token
 

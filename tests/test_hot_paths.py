@@ -19,6 +19,7 @@ from sso_broker.sso import service as sso_service
 from sso_broker.users.models import Role
 from tests.conftest import Factory
 from tests.fixtures.entra import CLIENT_ID, CLIENT_SECRET, TENANT_ID, EntraUser, FakeEntra
+from tests.pkce import PKCE, code_grant
 
 
 class CountingPool:
@@ -92,9 +93,9 @@ async def test_initiate_reads_one_row_then_nothing_and_never_writes(
         enabled=True,
     )
     with statements(context) as cold:
-        first = await client.get(f"/sso/{provider.id}/initiate")
+        first = await client.get(f"/sso/{provider.id}/initiate", params=PKCE)
     with statements(context) as warm:
-        second = await client.get(f"/sso/{provider.id}/initiate")
+        second = await client.get(f"/sso/{provider.id}/initiate", params=PKCE)
     assert first.status_code == second.status_code == 302
     assert second.headers["location"].startswith(entra.authorization_endpoint)
     assert cold == ["SELECT"], cold
@@ -141,16 +142,14 @@ async def test_callback_and_token_statements(
     provider, person = await _provider_with_user(factory)
     seen: dict[str, list[str]] = {}
     for attempt in ("first", "again"):
-        started = await client.get(f"/sso/{provider.id}/initiate")
+        started = await client.get(f"/sso/{provider.id}/initiate", params=PKCE)
         back = entra.authorize(started.headers["location"], user=person)
         with statements(context) as seen[f"callback {attempt}"]:
             finished = await client.get(back)
         assert finished.status_code == 302
         code = parse_qs(urlsplit(finished.headers["location"]).query)["code"][0]
         with statements(context) as seen[f"token {attempt}"]:
-            tokens = await client.post(
-                "/api/v1/auth/token", json={"grant_type": "login_code", "code": code}
-            )
+            tokens = await client.post("/api/v1/auth/token", json=code_grant(code))
         assert tokens.status_code == 200, tokens.text
     if context.engine.dialect.name == "postgresql":
         # One statement each for the state, the resolution and all the writes (CTEs).
@@ -185,12 +184,10 @@ async def test_refresh_is_one_statement(
     """A refresh marks the token used, reads its session and stores the next token at once."""
     monkeypatch.setattr(sso_service, "PURGE_PROBABILITY", 0.0)
     provider, person = await _provider_with_user(factory)
-    started = await client.get(f"/sso/{provider.id}/initiate")
+    started = await client.get(f"/sso/{provider.id}/initiate", params=PKCE)
     finished = await client.get(entra.authorize(started.headers["location"], user=person))
     code = parse_qs(urlsplit(finished.headers["location"]).query)["code"][0]
-    tokens = await client.post(
-        "/api/v1/auth/token", json={"grant_type": "login_code", "code": code}
-    )
+    tokens = await client.post("/api/v1/auth/token", json=code_grant(code))
     with statements(context) as seen:
         refreshed = await client.post(
             "/api/v1/auth/token",

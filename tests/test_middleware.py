@@ -9,6 +9,7 @@ from starlette.datastructures import MutableHeaders
 from sso_broker.middleware import _set_headers
 from sso_broker.users.models import Role
 from tests.conftest import Factory
+from tests.pkce import PKCE
 
 
 async def _admin_headers(factory: Factory) -> dict[str, str]:
@@ -79,7 +80,7 @@ class TestSecurityHeaders:
     ) -> None:
         import uuid
 
-        response = await client.get(f"/sso/{uuid.uuid4()}/initiate")
+        response = await client.get(f"/sso/{uuid.uuid4()}/initiate", params=PKCE)
         assert response.status_code == 302
         assert response.headers["referrer-policy"] == "no-referrer"
         assert response.headers["cache-control"] == "no-store"

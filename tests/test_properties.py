@@ -34,6 +34,7 @@ from sso_broker.sessions import service as sessions_service
 from sso_broker.users.models import Role
 from sso_broker.users.repository import normalize_email
 from tests.conftest import Factory
+from tests.pkce import CHALLENGE
 from tests.problems import assert_problem
 
 USERS = "/api/v1/users"
@@ -345,7 +346,7 @@ async def build(context: AppContext, factory: Factory, spec: CompanySpec) -> Bui
             sign_in = await sessions_service.start(
                 session, user, provider_id=user.sso_provider_id, lifetime=timedelta(hours=1)
             )
-            await sessions_service.create_login_code(session, sign_in)
+            await sessions_service.create_login_code(session, sign_in, code_challenge=CHALLENGE)
             session.add(
                 RefreshToken(
                     token_hash=sessions_service.token_hash(uuid.uuid4().hex),

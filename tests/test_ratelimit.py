@@ -31,6 +31,7 @@ from sso_broker.ratelimit import (
 )
 from tests.conftest import PUBLIC_URL, Database, Factory, _empty_tables, make_settings
 from tests.fixtures.entra import CLIENT_ID, CLIENT_SECRET, TENANT_ID, EntraUser, FakeEntra
+from tests.pkce import PKCE, code_grant
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 
@@ -72,7 +73,9 @@ class TestSignInRoutes:
     async def test_per_ip_limit_answers_429_with_retry_after(self, database: Database) -> None:
         async with limited_app(database) as app, client_from(app, unique_ip()) as client:
             provider = uuid.uuid4()
-            answers = [(await client.get(f"/sso/{provider}/initiate")) for _ in range(4)]
+            answers = [
+                (await client.get(f"/sso/{provider}/initiate", params=PKCE)) for _ in range(4)
+            ]
         assert [a.status_code for a in answers[:3]] == [302, 302, 302]
         limited = answers[3]
         assert limited.status_code == 429
@@ -88,7 +91,9 @@ class TestSignInRoutes:
             statuses = []
             for _ in range(12):
                 async with client_from(app, unique_ip()) as client:
-                    statuses.append((await client.get(f"/sso/{provider}/initiate")).status_code)
+                    statuses.append(
+                        (await client.get(f"/sso/{provider}/initiate", params=PKCE)).status_code
+                    )
         assert statuses == [302] * 12
 
     async def test_callbacks_without_a_login_state_fill_the_provider_bucket(
@@ -117,7 +122,7 @@ class TestSignInRoutes:
                 client_from(second, ip) as b,
             ):
                 statuses = [
-                    (await client.get(f"/sso/{provider}/initiate")).status_code
+                    (await client.get(f"/sso/{provider}/initiate", params=PKCE)).status_code
                     for client in (a, b, a, b)
                 ]
         assert statuses == [302, 302, 302, 429]
@@ -125,7 +130,7 @@ class TestSignInRoutes:
 
 class TestTokenRoute:
     async def test_per_ip_limit_is_a_problem_document(self, database: Database) -> None:
-        body = {"grant_type": "login_code", "code": "not-a-code"}
+        body = code_grant("not-a-code")
         async with limited_app(database) as app, client_from(app, unique_ip()) as client:
             answers = [await client.post("/api/v1/auth/token", json=body) for _ in range(3)]
         assert [a.status_code for a in answers] == [400, 400, 429]
@@ -179,7 +184,7 @@ class TestFailures:
         async with limited_app(database) as app, client_from(app, unique_ip()) as client:
             context: AppContext = app.state.context
             context.counters.store = Broken()
-            statuses = {(await client.get(f"/sso/{uuid.uuid4()}/initiate")).status_code
+            statuses = {(await client.get(f"/sso/{uuid.uuid4()}/initiate", params=PKCE)).status_code
                         for _ in range(5)}  # fmt: skip
         assert statuses == {302}
         assert any("rate limiter unavailable" in r.getMessage() for r in caplog.records)
@@ -215,7 +220,8 @@ class TestRedisCounters:
             client_from(app, ip) as client,
         ):
             statuses = [
-                (await client.get(f"/sso/{provider}/initiate")).status_code for _ in range(4)
+                (await client.get(f"/sso/{provider}/initiate", params=PKCE)).status_code
+                for _ in range(4)
             ]
         assert statuses == [302, 302, 302, 429]
         # Near the limit every hit is a round trip to Redis; the fourth is refused from the
@@ -325,9 +331,11 @@ class TestClientAddresses:
             statuses = []
             for host in range(1, 5):
                 async with client_from(app, f"2001:db8:7:7::{host:x}") as client:
-                    statuses.append((await client.get(f"/sso/{provider}/initiate")).status_code)
+                    statuses.append(
+                        (await client.get(f"/sso/{provider}/initiate", params=PKCE)).status_code
+                    )
             async with client_from(app, "2001:db8:7:8::1") as client:
-                neighbour = await client.get(f"/sso/{provider}/initiate")
+                neighbour = await client.get(f"/sso/{provider}/initiate", params=PKCE)
         assert statuses == [302, 302, 302, 429]
         assert neighbour.status_code == 302
 
@@ -346,10 +354,10 @@ async def test_a_flood_from_thirty_addresses_does_not_stop_a_real_sign_in(
     async with limited_app(database) as app:
         for _ in range(30):
             async with client_from(app, unique_ip()) as flood:
-                await flood.get(f"/sso/{provider.id}/initiate")
+                await flood.get(f"/sso/{provider.id}/initiate", params=PKCE)
                 await flood.get(f"/sso/{provider.id}/callback", params={"state": "x", "code": "y"})
         async with client_from(app, unique_ip()) as browser:
-            started = await browser.get(f"/sso/{provider.id}/initiate")
+            started = await browser.get(f"/sso/{provider.id}/initiate", params=PKCE)
             assert started.status_code == 302, started.text
             back = await browser.get(entra.authorize(started.headers["location"], user=person))
     assert back.status_code == 302, back.text
@@ -367,7 +375,7 @@ async def test_a_callback_with_a_login_state_counts_per_address_only(
     )
     async with limited_app(database) as app:
         async with client_from(app, unique_ip()) as browser:
-            started = await browser.get(f"/sso/{provider.id}/initiate")
+            started = await browser.get(f"/sso/{provider.id}/initiate", params=PKCE)
             ((name, value),) = browser.cookies.items()
         state = dict(
             pair.split("=", 1) for pair in started.headers["location"].split("?", 1)[1].split("&")

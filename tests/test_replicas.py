@@ -16,6 +16,7 @@ import pytest
 from sso_broker.caches import MAX_STALENESS
 from tests.conftest import TEST_KEY, Database, _empty_tables
 from tests.e2e.stack import Broker, free_port, in_thread, stop, wait_for
+from tests.pkce import PKCE
 
 REPO = Path(__file__).resolve().parents[1]
 TENANT = "3f2b9c1e-8d47-4a6b-9e21-5c0d7f4a1b28"
@@ -117,7 +118,7 @@ def test_a_change_through_one_replica_reaches_the_other_within_a_second(
         # The second replica caches the caller and the provider.
         for _ in range(3):
             assert b.get("/api/v1/auth/me", headers=user_token).status_code == 200
-            started = b.get(f"/sso/{provider}/initiate")
+            started = b.get(f"/sso/{provider}/initiate", params=PKCE)
             assert "/oauth2/v2.0/authorize" in started.headers["location"]
 
         assert a.post("/api/v1/auth/logout", headers=user_token).status_code == 200
@@ -134,7 +135,7 @@ def test_a_change_through_one_replica_reaches_the_other_within_a_second(
             == 200
         )
         _poll(
-            lambda: b.get(f"/sso/{provider}/initiate"),
+            lambda: b.get(f"/sso/{provider}/initiate", params=PKCE),
             lambda answer: answer.headers["location"].endswith("error=provider_disabled"),
             limit=MAX_STALENESS,
         )

@@ -1,7 +1,13 @@
 // A stand-in for the Patchworks dashboard: the browser side of signing in with sso-broker.
 //
 // Routes (every path serves the same page):
-//   /sso/complete?code=…[&return_to=/path]  trade the one-time login code for tokens
+//   /sso/start?provider_id=ID[&return_to=/path][&login_hint=…]
+//                                           make a PKCE verifier, keep it in this tab, and go
+//                                           to the broker's initiate with its challenge (the
+//                                           broker sends a bare initiate, e.g. the My Apps tile,
+//                                           here first)
+//   /sso/complete?code=…[&return_to=/path]  trade the one-time login code (and the verifier)
+//                                           for tokens
 //   /sso/error?error=CODE                   the broker could not sign the user in
 //   /sso/logged-out                         where the browser lands after signing out
 //   anything else                           the "dashboard": who is signed in, if anyone
@@ -19,6 +25,9 @@ const PROVIDER_ID =
 // sessionStorage: per tab, gone when the tab closes, never sent to a server by itself.
 const ACCESS_KEY = "sso-broker.access_token";
 const REFRESH_KEY = "sso-broker.refresh_token";
+// The PKCE verifier of the sign-in this tab started: the login code works only with it, so a
+// code from anyone else's sign-in (a link an attacker sent) cannot sign this browser in.
+const VERIFIER_KEY = "sso-broker.code_verifier";
 
 // The codes the broker puts in SIGN_IN_ERROR_URL?error=<code> (README, *Signing in*).
 const SIGN_IN_ERRORS = {
@@ -45,13 +54,16 @@ const SIGN_IN_ERRORS = {
     "You signed in, but there is no Patchworks account for you with this sign-in method. " +
     "Ask your administrator to add you.",
   server_error: "Something went wrong on our side. Please try again in a moment.",
+  invalid_request: "The sign-in could not be started. Please start signing in again.",
 };
 const GENERIC_SIGN_IN_ERROR =
   "Signing in did not work. Please try again or contact your administrator.";
 
 // Problem codes of the token exchange and of /me (README, *Signing in* and *The admin API in short*).
 const API_ERRORS = {
-  invalid_grant: "The sign-in code expired or was already used. Please sign in again.",
+  invalid_grant:
+    "The sign-in code expired, was already used, or belongs to a sign-in that was not " +
+    "started in this browser tab. Please sign in again.",
   not_authenticated: "You are not signed in.",
   invalid_token: "Your session is not valid. Please sign in again.",
   token_expired: "Your access token expired and could not be renewed. Please sign in again.",
@@ -133,13 +145,39 @@ function clearTokens() {
   }
 }
 
-/** Trades the one-time login code from /sso/complete for an access + refresh token. */
+/** Takes the verifier this tab kept at /sso/start (once: a code is traded once). */
+function takeVerifier() {
+  try {
+    const verifier = sessionStorage.getItem(VERIFIER_KEY);
+    sessionStorage.removeItem(VERIFIER_KEY);
+    return verifier;
+  } catch {
+    return null; // storage disabled: the broker answers invalid_grant
+  }
+}
+
+/** Trades the one-time login code from /sso/complete, with this tab's PKCE verifier, for an
+ * access + refresh token. Without the verifier the broker refuses the code (and spends it). */
 async function exchangeLoginCode(code) {
-  const answer = await api("/api/v1/auth/token", {
-    method: "POST",
-    body: { grant_type: "login_code", code },
-  });
+  const body = { grant_type: "login_code", code };
+  const verifier = takeVerifier();
+  if (verifier) body.code_verifier = verifier;
+  const answer = await api("/api/v1/auth/token", { method: "POST", body });
   storeTokens(answer);
+}
+
+/** base64url without padding (RFC 7636, appendix A). */
+function base64url(bytes) {
+  let text = "";
+  for (const byte of bytes) text += String.fromCharCode(byte);
+  return btoa(text).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+/** A fresh PKCE pair: 32 random bytes as the verifier (43 characters), its S256 challenge. */
+async function pkcePair() {
+  const verifier = base64url(crypto.getRandomValues(new Uint8Array(32)));
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(verifier));
+  return { verifier, challenge: base64url(new Uint8Array(digest)) };
 }
 
 // Refresh tokens rotate and each works once; presenting one twice ends the whole session.
@@ -213,7 +251,8 @@ function showSignIn() {
   $("sign-out").hidden = true;
   if (!PROVIDER_ID) return; // no provider configured: the user starts at Entra / My Apps
   const link = $("sign-in");
-  link.href = `${BROKER_URL}/sso/${encodeURIComponent(PROVIDER_ID)}/initiate`;
+  // Through our own start page, which makes the PKCE pair before going to the broker.
+  link.href = `/sso/start?provider_id=${encodeURIComponent(PROVIDER_ID)}`;
   link.hidden = false;
 }
 
@@ -254,6 +293,35 @@ async function showSignedIn(returnTo) {
 function showSignedOut(status) {
   setStatus(status);
   showSignIn();
+}
+
+// /sso/start?provider_id=ID[&return_to=/path][&login_hint=…]
+async function start(params) {
+  const providerId = params.get("provider_id");
+  if (!providerId || !/^[0-9a-fA-F-]{36}$/.test(providerId)) {
+    setStatus("Sign-in failed");
+    showError("provider_not_found", SIGN_IN_ERRORS.provider_not_found);
+    return;
+  }
+  setStatus("Signing in…");
+  let pair;
+  try {
+    pair = await pkcePair();
+    sessionStorage.setItem(VERIFIER_KEY, pair.verifier);
+  } catch (error) {
+    // crypto.subtle needs a secure context (https, or http on localhost / 127.0.0.1).
+    setStatus("Sign-in failed");
+    showError("client_error", "This browser cannot start a secure sign-in here.");
+    console.error(error);
+    return;
+  }
+  const query = new URLSearchParams({ code_challenge: pair.challenge, code_challenge_method: "S256" });
+  const returnTo = safeReturnTo(params.get("return_to"));
+  if (returnTo) query.set("return_to", returnTo);
+  const hint = params.get("login_hint");
+  if (hint) query.set("login_hint", hint);
+  // replace: the start page stays out of history, so Back does not start another sign-in.
+  window.location.replace(`${BROKER_URL}/sso/${encodeURIComponent(providerId)}/initiate?${query}`);
 }
 
 // /sso/complete?code=…[&return_to=/path]
@@ -348,6 +416,8 @@ function main() {
   const { pathname, searchParams } = new URL(window.location.href);
   const route = pathname.length > 1 ? pathname.replace(/\/+$/, "") : pathname;
   switch (route) {
+    case "/sso/start":
+      return start(searchParams);
     case "/sso/complete":
       return complete(searchParams);
     case "/sso/error":

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     database_url: str = DEFAULT_DATABASE_URL
     public_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8000")
     frontend_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:3000")
+    sign_in_start_url: AnyHttpUrl | None = None
     sign_in_complete_url: AnyHttpUrl | None = None
     sign_in_error_url: AnyHttpUrl | None = None
     logged_out_url: AnyHttpUrl | None = None
@@ -138,6 +139,14 @@ class Settings(BaseSettings):
     @cached_property
     def frontend_origin(self) -> str:
         return _origin(self.frontend_base)
+
+    @cached_property
+    def sign_in_start(self) -> str:
+        """Where an initiate without the frontend's PKCE challenge (the My Apps tile, a
+        bookmark) sends the browser, so the frontend can make one and come back."""
+        if self.sign_in_start_url is not None:
+            return str(self.sign_in_start_url)
+        return f"{self.frontend_base}/sso/start"
 
     @cached_property
     def sign_in_complete(self) -> str:

@@ -75,6 +75,8 @@ class SignInErrorCode(StrEnum):
     INVALID_ID_TOKEN = "invalid_id_token"
     USER_NOT_PROVISIONED = "user_not_provisioned"
     SERVER_ERROR = "server_error"
+    # The initiate carried a PKCE challenge we cannot use (malformed, or not S256).
+    INVALID_REQUEST = "invalid_request"
 
 
 class SignInError(Exception):

@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 
 from sso_broker.config import Settings
 from sso_broker.hotpath import HotPath as HotPath  # its home was here: still named here
-from sso_broker.hotpath import LinkConflict
+from sso_broker.hotpath import LinkConflict, SpentCode
 from sso_broker.pgpool import LeanPool
 from sso_broker.providers.models import SSOProvider
 from sso_broker.sessions.repository import SessionUser
@@ -70,7 +70,8 @@ new_session AS (
      id_token_encrypted)
   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $14)),
 new_code AS (
-  INSERT INTO login_codes (code_hash, session_id, expires_at) VALUES ($9, $1, $10))
+  INSERT INTO login_codes (code_hash, session_id, expires_at, code_challenge)
+  VALUES ($9, $1, $10, $15))
 INSERT INTO audit_events
   (id, company_id, type, created_at, provider_id, user_id, session_id, idp_subject)
 VALUES ($11, $3, $12, $7, $4, $2, $1, $13)
@@ -80,36 +81,39 @@ _WRITE = "WITH " + _WRITE_SESSION
 _WRITE_AND_LINK = (  # noqa: S608 - constant text; every value is a $n parameter
     "WITH new_link AS (INSERT INTO identity_links"
     " (id, provider_id, namespace, subject, user_id, created_at)"
-    " VALUES ($15, $4, $16, $17, $2, $7)),"
+    " VALUES ($16, $4, $17, $18, $2, $7)),"
     " link_event AS (INSERT INTO audit_events"
     " (id, company_id, type, created_at, provider_id, user_id, idp_subject)"
-    " VALUES ($18, $3, 'identity.linked', $7, $4, $2, $13)),"
+    " VALUES ($19, $3, 'identity.linked', $7, $4, $2, $13)),"
 ) + _WRITE_SESSION
 _CLEAR_LAST_ERROR = "UPDATE sso_providers SET last_error = NULL WHERE id = $1"
 # The spent row, its session and user, and the next refresh token when the grant is good:
-# one statement (see HotPath). $1 the spent hash, $2 the new refresh token's, $3 now.
+# one statement (see HotPath). $1 the spent hash, $2 the new refresh token's, $3 now; a login
+# code's ``bound`` says whether $4 is its challenge (the S256 of the verifier sent).
 _GRANT = """
 found AS (
-  SELECT spent.expires_at AS spent_expires, u.id AS user_id, u.company_id, u.email, u.name,
-         u.role, s.id AS session_id, s.provider_id, s.expires_at, s.revoked_at
+  SELECT spent.expires_at AS spent_expires, spent.bound, u.id AS user_id, u.company_id,
+         u.email, u.name, u.role, s.id AS session_id, s.provider_id, s.expires_at,
+         s.revoked_at
   FROM spent
   JOIN sign_in_sessions s ON s.id = spent.session_id
   JOIN users u ON u.id = s.user_id),
 added AS (
   INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at)
   SELECT $2, session_id, $3, expires_at FROM found
-  WHERE spent_expires > $3 AND revoked_at IS NULL AND expires_at > $3)
+  WHERE bound AND spent_expires > $3 AND revoked_at IS NULL AND expires_at > $3)
 SELECT spent.expires_at, f.user_id, f.company_id, f.email, f.name, f.role,
-       f.session_id, f.provider_id, f.expires_at, f.revoked_at
+       f.session_id, f.provider_id, f.expires_at, f.revoked_at, spent.bound
 FROM spent LEFT JOIN found f ON true
 """
 _SPEND_CODE = (
     "WITH spent AS (DELETE FROM login_codes WHERE code_hash = $1"  # noqa: S608 - constant text
-    " RETURNING session_id, expires_at)," + _GRANT
+    " RETURNING session_id, expires_at, coalesce(code_challenge = $4, false) AS bound)," + _GRANT
 )
 _USE_REFRESH = (
     "WITH spent AS (UPDATE refresh_tokens SET used_at = $3"  # noqa: S608 - constant text
-    " WHERE token_hash = $1 AND used_at IS NULL RETURNING session_id, expires_at)," + _GRANT
+    " WHERE token_hash = $1 AND used_at IS NULL"
+    " RETURNING session_id, expires_at, true AS bound)," + _GRANT
 )
 _REUSED = "SELECT session_id FROM refresh_tokens WHERE token_hash = $1"
 _ROTATED_WITHIN = """
@@ -137,7 +141,7 @@ def _json(value: Any) -> Any:
 
 
 def _session_user(row: Sequence[Any]) -> tuple[datetime, SessionUser | None]:
-    spent_expires, user_id, company_id, email, name, role, sid, pid, expires, revoked = row
+    spent_expires, user_id, company_id, email, name, role, sid, pid, expires, revoked = row[:10]
     if user_id is None:
         return spent_expires, None
     subject = SessionUser(user_id, company_id, email, name, Role(role), sid, pid, expires, revoked)
@@ -210,7 +214,7 @@ class FastPath:
             new.session_id, new.account.id, new.account.company_id, new.provider_id,
             new.idp_sid, new.login_hint, new.now, new.expires_at, new.code_hash,
             new.code_expires_at, uuid.uuid4(), new.event_type, new.subject[:64],
-            new.id_token_encrypted,
+            new.id_token_encrypted, new.code_challenge,
         ]  # fmt: skip
         try:
             if new.link:
@@ -227,10 +231,10 @@ class FastPath:
             await self.pool.execute(_CLEAR_LAST_ERROR, new.provider_id)
 
     async def spend_login_code(
-        self, code_hash: str, *, refresh_hash: str, now: datetime
-    ) -> tuple[datetime, SessionUser | None] | None:
-        row = await self.pool.fetchrow(_SPEND_CODE, code_hash, refresh_hash, now)
-        return None if row is None else _session_user(row)
+        self, code_hash: str, *, code_challenge: str, refresh_hash: str, now: datetime
+    ) -> SpentCode | None:
+        row = await self.pool.fetchrow(_SPEND_CODE, code_hash, refresh_hash, now, code_challenge)
+        return None if row is None else SpentCode(*_session_user(row), bound=row[10])
 
     async def use_refresh_token(
         self, token_hash: str, *, refresh_hash: str, now: datetime

@@ -32,7 +32,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sso_broker.database import UTCDateTime, sqlite_on_connect, table_of, write_gate
-from sso_broker.hotpath import LinkConflict
+from sso_broker.hotpath import LinkConflict, SpentCode
 from sso_broker.providers.models import SSOProvider
 from sso_broker.sessions.repository import SessionUser
 from sso_broker.sso.repository import NewSignIn, Resolution
@@ -151,17 +151,23 @@ _INSERT_LINK_EVENT = (
     " (id, company_id, type, created_at, provider_id, user_id, idp_subject)"
     " VALUES (?, ?, 'identity.linked', ?, ?, ?, ?)"
 )
-_INSERT_CODE = "INSERT INTO login_codes (code_hash, session_id, expires_at) VALUES (?, ?, ?)"
+_INSERT_CODE = (
+    "INSERT INTO login_codes (code_hash, session_id, expires_at, code_challenge)"
+    " VALUES (?, ?, ?, ?)"
+)
 _INSERT_AUDIT = (
     "INSERT INTO audit_events"
     " (id, company_id, type, created_at, provider_id, user_id, session_id, idp_subject)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _CLEAR_LAST_ERROR = "UPDATE sso_providers SET last_error = NULL WHERE id = ?"
-_SPEND_CODE = "DELETE FROM login_codes WHERE code_hash = ? RETURNING session_id, expires_at"
+_SPEND_CODE = (
+    "DELETE FROM login_codes WHERE code_hash = ?"
+    " RETURNING session_id, expires_at, coalesce(code_challenge = ?, 0)"
+)
 _USE_REFRESH = (
     "UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL"
-    " RETURNING session_id, expires_at"
+    " RETURNING session_id, expires_at, 1"
 )
 _SESSION_USER = """
 SELECT u.id, u.company_id, u.email, u.name, u.role,
@@ -211,17 +217,18 @@ def _grant(
     args: Sequence[Any],
     refresh_hash: str,
     now: datetime,
-) -> tuple[datetime, SessionUser | None] | None:
+) -> SpentCode | None:
     """Spends a code or refresh token and, when the grant is good at ``now``, stores the next
     refresh token (``fastpath.HotPath``): on the hot paths' thread, in one transaction."""
     spent = _one(connection, spend, args)
     if spent is None:
         return None
-    session_id, expires_at = spent
+    session_id, expires_at, bound = spent
     subject = _session_user(connection, session_id)
     spent_expires = _at(expires_at)
     if (
-        subject is not None
+        bound
+        and subject is not None
         and spent_expires > now
         and subject.revoked_at is None
         and subject.expires_at > now
@@ -229,7 +236,7 @@ def _grant(
         connection.execute(
             _ADD_REFRESH, (refresh_hash, session_id, _db_time(now), _db_time(subject.expires_at))
         )
-    return spent_expires, subject
+    return SpentCode(spent_expires, subject, bool(bound))
 
 
 def _in_transaction(connection: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -399,7 +406,8 @@ class SQLiteFastPath:
                  at, _db_time(new.expires_at), new.id_token_encrypted),
             )  # fmt: skip
             connection.execute(
-                _INSERT_CODE, (new.code_hash, session_id, _db_time(new.code_expires_at))
+                _INSERT_CODE,
+                (new.code_hash, session_id, _db_time(new.code_expires_at), new.code_challenge),
             )
             connection.execute(
                 _INSERT_AUDIT,
@@ -417,15 +425,17 @@ class SQLiteFastPath:
             raise
 
     async def spend_login_code(
-        self, code_hash: str, *, refresh_hash: str, now: datetime
-    ) -> tuple[datetime, SessionUser | None] | None:
-        return await self._write(lambda c: _grant(c, _SPEND_CODE, (code_hash,), refresh_hash, now))
+        self, code_hash: str, *, code_challenge: str, refresh_hash: str, now: datetime
+    ) -> SpentCode | None:
+        args = (code_hash, code_challenge)
+        return await self._write(lambda c: _grant(c, _SPEND_CODE, args, refresh_hash, now))
 
     async def use_refresh_token(
         self, token_hash: str, *, refresh_hash: str, now: datetime
     ) -> tuple[datetime, SessionUser | None] | None:
         args = (_db_time(now), token_hash)
-        return await self._write(lambda c: _grant(c, _USE_REFRESH, args, refresh_hash, now))
+        spent = await self._write(lambda c: _grant(c, _USE_REFRESH, args, refresh_hash, now))
+        return None if spent is None else (spent.expires_at, spent.subject)
 
     async def reused_session(self, token_hash: str) -> uuid.UUID | None:
         row = await self._read(lambda c: _one(c, _REUSED, (token_hash,)))

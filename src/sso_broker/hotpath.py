@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from sso_broker.providers.models import SSOProvider
@@ -22,6 +22,15 @@ if TYPE_CHECKING:
 
 class LinkConflict(Exception):
     """A first sign-in's identity link met an identity or account already linked."""
+
+
+class SpentCode(NamedTuple):
+    """A spent login code: its expiry, its session and user, and whether the verifier sent
+    matched the challenge it is bound to (the next refresh token is stored only then)."""
+
+    expires_at: datetime
+    subject: SessionUser | None
+    bound: bool
 
 
 class HotPath(Protocol):
@@ -46,12 +55,14 @@ class HotPath(Protocol):
     # session it belongs to, or None when there was no such code or unused token (of two
     # concurrent spends exactly one finds the row, so each works once). The same statement
     # or transaction stores the next refresh token (``refresh_hash``) when, at ``now``, the
-    # grant is good: not expired, its session neither revoked nor ended — the checks the
-    # token endpoint then makes itself, with a message for each (``sessions/service.py``).
+    # grant is good: not expired, its session neither revoked nor ended, and for a login
+    # code ``code_challenge`` (the S256 of the verifier sent) the one it is bound to — the
+    # checks the token endpoint then makes itself, with a message for each
+    # (``sessions/service.py``). A code is spent whatever the verifier.
 
     async def spend_login_code(
-        self, code_hash: str, *, refresh_hash: str, now: datetime
-    ) -> tuple[datetime, SessionUser | None] | None: ...
+        self, code_hash: str, *, code_challenge: str, refresh_hash: str, now: datetime
+    ) -> SpentCode | None: ...
 
     async def use_refresh_token(
         self, token_hash: str, *, refresh_hash: str, now: datetime

@@ -12,6 +12,7 @@ import pytest
 from sso_broker.users.models import Role
 from tests.conftest import Factory, Tenant
 from tests.fixtures.entra import CLIENT_ID, CLIENT_SECRET, TENANT_ID, EntraUser, FakeEntra
+from tests.pkce import PKCE
 
 EVENTS = "/api/v1/audit-events"
 
@@ -28,7 +29,7 @@ async def events(
 async def sign_in(
     client: httpx.AsyncClient, entra: FakeEntra, provider_id: str, person: EntraUser
 ) -> httpx.Response:
-    started = await client.get(f"/sso/{provider_id}/initiate")
+    started = await client.get(f"/sso/{provider_id}/initiate", params=PKCE)
     assert started.status_code == 302
     return await client.get(entra.authorize(started.headers["location"], user=person))
 

@@ -16,7 +16,21 @@ SIGNED_IN = re.compile(r"^Signed in as (.+) \((.+)\)$")
 
 
 def initiate_url(world: World, broker_url: str | None = None) -> str:
+    """The provider's initiate sign-in URL as the My Apps tile opens it: bare, so the broker
+    sends the browser through the frontend's /sso/start for a PKCE challenge first."""
     return f"{broker_url or world.broker.url}/sso/{world.provider['id']}/initiate"
+
+
+def navigations(page: Any) -> list[str]:
+    """Every URL the page's main frame requests from now on, redirects included."""
+    seen: list[str] = []
+
+    def record(request: Any) -> None:
+        if request.is_navigation_request() and request.frame == page.main_frame:
+            seen.append(request.url)
+
+    page.on("request", record)
+    return seen
 
 
 def sign_in_at_op(page: Any, login: str) -> None:
@@ -104,6 +118,57 @@ class TestSignIn:
             assert wait_for_status(again, world).startswith("Signed in as")
         finally:
             second.close()
+
+
+class TestLoginCodeBinding:
+    """The login code works only in the browser tab that started the sign-in (README,
+    *Security model*): the frontend's PKCE challenge at initiate, its verifier with the code."""
+
+    def test_the_my_apps_tile_path_goes_through_the_frontends_start_page(
+        self, page: Any, world: World
+    ) -> None:
+        seen = navigations(page)
+        page.goto(initiate_url(world) + "?return_to=/projects/42")
+        sign_in_at_op(page, "adele")
+        assert wait_for_status(page, world).startswith("Signed in as Adele")
+        start = f"{world.frontend_url}/sso/start?provider_id={world.provider['id']}"
+        assert any(url.startswith(start) for url in seen), seen
+        assert page.text_content("#return-to") == "/projects/42"
+        assert page.evaluate("() => sessionStorage.getItem('sso-broker.code_verifier')") is None
+
+    def test_the_frontends_own_start_page_signs_in(self, page: Any, world: World) -> None:
+        seen = navigations(page)
+        page.goto(f"{world.frontend_url}/sso/start?provider_id={world.provider['id']}")
+        sign_in_at_op(page, "adele")
+        assert wait_for_status(page, world).startswith("Signed in as Adele")
+        initiate = f"{world.broker.url}/sso/{world.provider['id']}/initiate?code_challenge="
+        assert any(url.startswith(initiate) for url in seen), seen
+
+    def test_a_login_code_sent_to_another_browser_signs_nobody_in(
+        self, page: Any, world: World
+    ) -> None:
+        """Login CSRF (RFC 6749, 10.12): the attacker signs in as themselves, stops at the
+        last redirect and sends the victim the link. The victim's tab has no verifier."""
+        # The attacker's own tab never trades the code (its token request is dropped), so
+        # the link still holds an unspent code when the victim opens it.
+        page.route(f"{world.broker.url}/api/v1/auth/token", lambda route: route.abort())
+        seen = navigations(page)
+        page.goto(initiate_url(world))
+        sign_in_at_op(page, "adele")
+        page.wait_for_url(re.compile(re.escape(world.frontend_url) + r"/.*"))
+        page.wait_for_selector("#error-code:not(:empty)")
+        links = [url for url in seen if url.startswith(f"{world.frontend_url}/sso/complete?")]
+        assert links, seen
+        victim = page.context.browser.new_context()
+        try:
+            tab = victim.new_page()
+            tab.goto(links[0])
+            tab.wait_for_selector("#error-code:not(:empty)")
+            assert str(tab.text_content("#error-code")).strip() == "invalid_grant"
+            assert str(tab.text_content("#status")).strip() == "Sign-in failed"
+            assert tab.evaluate("() => sessionStorage.getItem('sso-broker.access_token')") is None
+        finally:
+            victim.close()
 
 
 class TestRefusals:

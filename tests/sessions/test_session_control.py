@@ -12,6 +12,7 @@ import pytest
 from sso_broker.users.models import Role
 from tests.conftest import Factory
 from tests.fixtures.entra import FakeEntra
+from tests.pkce import code_grant
 from tests.problems import assert_problem
 from tests.sso.helpers import Setup, login_code, make_provider, setup, start
 
@@ -23,9 +24,7 @@ async def signed_in(client: httpx.AsyncClient, entra: FakeEntra, s: Setup) -> di
     """A finished browser sign-in of ``s.person``: its tokens."""
     started = await start(client, s.provider)
     response = await client.get(entra.authorize(started.location, user=s.person))
-    tokens = await client.post(
-        TOKEN, json={"grant_type": "login_code", "code": login_code(response)}
-    )
+    tokens = await client.post(TOKEN, json=code_grant(login_code(response)))
     assert tokens.status_code == 200, tokens.text
     result: dict[str, Any] = tokens.json()
     return result

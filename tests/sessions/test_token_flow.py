@@ -37,6 +37,7 @@ from tests.fixtures.entra import (
     EntraUser,
     FakeEntra,
 )
+from tests.pkce import CHALLENGE, PKCE, VERIFIER, code_grant
 from tests.problems import assert_problem
 
 TOKEN = "/api/v1/auth/token"
@@ -102,7 +103,7 @@ async def sign_in(
         assert company is not None
         await factory.user(company, email=person.email, provider=provider)
 
-    started = await client.get(f"/sso/{provider.id}/initiate")
+    started = await client.get(f"/sso/{provider.id}/initiate", params=PKCE)
     assert started.status_code == 302, started.text
     back = entra.authorize(started.headers["location"], user=person)
     finished = await client.get(back)
@@ -143,7 +144,9 @@ async def direct_session(
         sign_in_session = await sessions_service.start(
             session, user, provider_id=provider_id, lifetime=lifetime, idp_sid=idp_sid
         )
-        code = await sessions_service.create_login_code(session, sign_in_session)
+        code = await sessions_service.create_login_code(
+            session, sign_in_session, code_challenge=CHALLENGE
+        )
     return sign_in_session.id, code
 
 
@@ -156,7 +159,7 @@ def bearer(access_token: str) -> dict[str, str]:
 
 
 async def exchange(client: httpx.AsyncClient, code: str) -> dict[str, Any]:
-    response = await client.post(TOKEN, json={"grant_type": "login_code", "code": code})
+    response = await client.post(TOKEN, json=code_grant(code))
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
@@ -252,9 +255,7 @@ class TestLoginCodeGrant:
         self, client: httpx.AsyncClient, factory: Factory, entra: FakeEntra, settings: Settings
     ) -> None:
         signed_in = await sign_in(client, entra, factory)
-        response = await client.post(
-            TOKEN, json={"grant_type": "login_code", "code": signed_in.code}
-        )
+        response = await client.post(TOKEN, json=code_grant(signed_in.code))
         assert response.status_code == 200, response.text
         assert response.headers["cache-control"] == "no-store"
         body = response.json()
@@ -302,13 +303,11 @@ class TestLoginCodeGrant:
     ) -> None:
         signed_in = await sign_in(client, entra, factory)
         await exchange(client, signed_in.code)
-        again = await client.post(TOKEN, json={"grant_type": "login_code", "code": signed_in.code})
+        again = await client.post(TOKEN, json=code_grant(signed_in.code))
         assert_invalid_grant(again)
 
     async def test_an_unknown_code_is_an_invalid_grant(self, client: httpx.AsyncClient) -> None:
-        response = await client.post(
-            TOKEN, json={"grant_type": "login_code", "code": sessions_service.new_secret_token()}
-        )
+        response = await client.post(TOKEN, json=code_grant(sessions_service.new_secret_token()))
         assert_invalid_grant(response)
 
     async def test_a_code_lives_at_most_60_seconds(
@@ -330,9 +329,7 @@ class TestLoginCodeGrant:
                 .where(LoginCode.session_id == signed_in.session_id)
                 .values(expires_at=utcnow() - timedelta(seconds=1))
             )
-        response = await client.post(
-            TOKEN, json={"grant_type": "login_code", "code": signed_in.code}
-        )
+        response = await client.post(TOKEN, json=code_grant(signed_in.code))
         assert_invalid_grant(response)
         assert await refresh_tokens_of(context, signed_in.session_id) == 0
 
@@ -340,7 +337,7 @@ class TestLoginCodeGrant:
         self, client: httpx.AsyncClient, factory: Factory, entra: FakeEntra
     ) -> None:
         signed_in = await sign_in(client, entra, factory)
-        body = {"grant_type": "login_code", "code": signed_in.code}
+        body = code_grant(signed_in.code)
         responses = await asyncio.gather(
             client.post(TOKEN, json=body), client.post(TOKEN, json=body)
         )
@@ -353,7 +350,7 @@ class TestLoginCodeGrant:
     ) -> None:
         user = await factory.user(await factory.company())
         _, code = await direct_session(context, user)
-        body = {"grant_type": "login_code", "code": code}
+        body = code_grant(code)
         responses = await asyncio.gather(*(client.post(TOKEN, json=body) for _ in range(8)))
         statuses = [r.status_code for r in responses]
         assert statuses.count(200) == 1, [r.text for r in responses]
@@ -393,7 +390,9 @@ class TestLoginCodeGrant:
                 session, user, provider_id=None, lifetime=timedelta(hours=1)
             )
             codes = [
-                await sessions_service.create_login_code(session, sign_in_session)
+                await sessions_service.create_login_code(
+                    session, sign_in_session, code_challenge=CHALLENGE
+                )
                 for _ in range(200)
             ]
         assert_high_entropy(codes)
@@ -412,6 +411,7 @@ class TestLoginCodeGrant:
                 context.keyring,
                 context.successor_key,
                 login_code=code,
+                code_verifier=VERIFIER,
             )
             tokens.append(pair.refresh_token)
         assert_high_entropy(tokens)
@@ -427,10 +427,12 @@ class TestLoginCodeGrant:
             {"grant_type": "login_code", "refresh_token": "abc"},
             {"grant_type": "refresh_token"},
             {"grant_type": "refresh_token", "code": "abc"},
-            {"grant_type": "login_code", "code": ""},
-            {"grant_type": "login_code", "code": "x" * 257},
-            {"grant_type": "login_code", "code": 12345},
-            {"grant_type": "login_code", "code": "abc", "client_id": "dashboard"},
+            code_grant(""),
+            code_grant("x" * 257),
+            code_grant(12345),  # type: ignore[arg-type]
+            code_grant("abc", client_id="dashboard"),
+            code_grant("abc", code_verifier="v" * 1025),
+            code_grant("abc", code_verifier=12345),
             {"grant_type": "refresh_token", "refresh_token": "abc", "scope": "admin"},
             {},
             [],
@@ -445,16 +447,14 @@ class TestLoginCodeGrant:
     async def test_a_form_encoded_body_is_a_validation_error(
         self, client: httpx.AsyncClient
     ) -> None:
-        response = await client.post(TOKEN, data={"grant_type": "login_code", "code": "abc"})
+        response = await client.post(TOKEN, data=code_grant("abc"))
         assert_problem(response, 422, "validation_error")
 
     async def test_validation_errors_do_not_echo_the_secret(
         self, client: httpx.AsyncClient
     ) -> None:
         secret = sessions_service.new_secret_token()
-        response = await client.post(
-            TOKEN, json={"grant_type": "login_code", "code": secret, "extra": secret}
-        )
+        response = await client.post(TOKEN, json=code_grant(secret, extra=secret))
         assert_problem(response, 422, "validation_error")
         assert secret not in response.text
 
@@ -464,9 +464,7 @@ class TestLoginCodeGrant:
         signed_in = await sign_in(client, entra, factory)
         async with session_scope(context.sessionmaker) as session:
             await sessions_service.revoke(session, signed_in.session_id, reason="test")
-        response = await client.post(
-            TOKEN, json={"grant_type": "login_code", "code": signed_in.code}
-        )
+        response = await client.post(TOKEN, json=code_grant(signed_in.code))
         assert_invalid_grant(response)
         assert await refresh_tokens_of(context, signed_in.session_id) == 0
 
@@ -478,9 +476,7 @@ class TestLoginCodeGrant:
             f"/sso/{signed_in.provider.id}/logout", params={"sid": signed_in.person.sid}
         )
         assert ended.status_code == 200
-        response = await client.post(
-            TOKEN, json={"grant_type": "login_code", "code": signed_in.code}
-        )
+        response = await client.post(TOKEN, json=code_grant(signed_in.code))
         assert_invalid_grant(response)
 
     async def test_the_code_of_an_expired_session_is_refused(
@@ -488,9 +484,7 @@ class TestLoginCodeGrant:
     ) -> None:
         signed_in = await sign_in(client, entra, factory)
         await set_session_expiry(context, signed_in.session_id, utcnow() - timedelta(seconds=1))
-        response = await client.post(
-            TOKEN, json={"grant_type": "login_code", "code": signed_in.code}
-        )
+        response = await client.post(TOKEN, json=code_grant(signed_in.code))
         assert_invalid_grant(response)
         assert await refresh_tokens_of(context, signed_in.session_id) == 0
 
@@ -499,9 +493,7 @@ class TestLoginCodeGrant:
     ) -> None:
         signed_in = await sign_in(client, entra, factory)
         tokens = await exchange(client, signed_in.code)
-        response = await client.post(
-            TOKEN, json={"grant_type": "login_code", "code": tokens["refresh_token"]}
-        )
+        response = await client.post(TOKEN, json=code_grant(tokens["refresh_token"]))
         assert_invalid_grant(response)
         assert (await refresh(client, tokens["refresh_token"])).status_code == 200
 
@@ -510,7 +502,7 @@ class TestLoginCodeGrant:
     ) -> None:
         user = await factory.user(await factory.company())
         session_id, code = await direct_session(context, user, lifetime=timedelta(seconds=120))
-        response = await client.post(TOKEN, json={"grant_type": "login_code", "code": code})
+        response = await client.post(TOKEN, json=code_grant(code))
         assert response.status_code == 200, response.text
         body = response.json()
         claims = await verified_claims(client, context.settings, body["access_token"])
@@ -1007,8 +999,8 @@ class TestHousekeeping:
             sign_in = await service.start(
                 session, user, provider_id=None, lifetime=timedelta(hours=1)
             )
-            live_code = await service.create_login_code(session, sign_in)
-            await service.create_login_code(session, sign_in)
+            live_code = await service.create_login_code(session, sign_in, code_challenge=CHALLENGE)
+            await service.create_login_code(session, sign_in, code_challenge=CHALLENGE)
             for _ in range(2):
                 session.add(
                     RefreshToken(

@@ -37,6 +37,7 @@ from tests.fixtures.entra import (
     EntraUser,
     FakeEntra,
 )
+from tests.pkce import PKCE, code_grant
 
 FRONTEND = "https://app.example.com"
 ERROR_URL = f"{FRONTEND}/sso/error"
@@ -91,7 +92,7 @@ async def setup(factory: Factory, **provider_overrides: Any) -> Setup:
 
 
 async def start(client: httpx.AsyncClient, provider: SSOProvider, **params: str) -> Started:
-    response = await client.get(f"/sso/{provider.id}/initiate", params=params)
+    response = await client.get(f"/sso/{provider.id}/initiate", params={**PKCE, **params})
     assert response.status_code == 302, response.text
     jar: SimpleCookie = SimpleCookie()
     for header in response.headers.get_list("set-cookie"):
@@ -119,9 +120,7 @@ def login_code(response: httpx.Response) -> str:
 
 async def signed_in_user(client: httpx.AsyncClient, response: httpx.Response) -> str:
     """Trades the callback's login code for tokens; the id of the user it signed in."""
-    tokens = await client.post(
-        "/api/v1/auth/token", json={"grant_type": "login_code", "code": login_code(response)}
-    )
+    tokens = await client.post("/api/v1/auth/token", json=code_grant(login_code(response)))
     assert tokens.status_code == 200, tokens.text
     me = await client.get(
         "/api/v1/auth/me", headers={"Authorization": f"Bearer {tokens.json()['access_token']}"}

@@ -40,6 +40,7 @@ from tests.fixtures.entra import (
     EntraUser,
     FakeEntra,
 )
+from tests.pkce import CHALLENGE
 from tests.sso.helpers import (
     OTHER_TENANT,
     WRONG_SECRET,
@@ -277,6 +278,7 @@ class TestCallback:
             state="s" * 43,
             nonce="n" * 43,
             code_verifier="v" * 86,
+            client_challenge=CHALLENGE,
             provider_id=s.provider.id,
             return_to=None,
             expires_at=utcnow() - timedelta(seconds=1),

@@ -23,6 +23,7 @@ from tests.conftest import Factory
 from tests.fixtures.entra import (
     FakeEntra,
 )
+from tests.pkce import code_grant
 from tests.sso.helpers import (
     COMPLETE_URL,
     ERROR_URL,
@@ -186,9 +187,7 @@ class TestReplicas:
         # And a replay on the first instance finds the state spent too.
         assert_error(await client.get(back, headers=started.cookie_header), "invalid_state")
         # The login code minted by the second instance works on the first.
-        tokens = await client.post(
-            "/api/v1/auth/token", json={"grant_type": "login_code", "code": query["code"][0]}
-        )
+        tokens = await client.post("/api/v1/auth/token", json=code_grant(query["code"][0]))
         assert tokens.status_code == 200, tokens.text
         me = await client.get(
             "/api/v1/auth/me", headers={"Authorization": f"Bearer {tokens.json()['access_token']}"}

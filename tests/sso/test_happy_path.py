@@ -6,6 +6,7 @@ import httpx
 
 from tests.conftest import Factory
 from tests.fixtures.entra import CLIENT_ID, CLIENT_SECRET, TENANT_ID, EntraUser, FakeEntra
+from tests.pkce import PKCE, code_grant
 
 
 async def test_a_provisioned_user_signs_in_end_to_end(
@@ -19,7 +20,9 @@ async def test_a_provisioned_user_signs_in_end_to_end(
     assert person.email is not None
     user = await factory.user(company, email=person.email, provider=provider)
 
-    started = await client.get(f"/sso/{provider.id}/initiate", params={"return_to": "/reports"})
+    started = await client.get(
+        f"/sso/{provider.id}/initiate", params={**PKCE, "return_to": "/reports"}
+    )
     assert started.status_code == 302, started.text
     back = entra.authorize(started.headers["location"], user=person)
     finished = await client.get(back)
@@ -31,9 +34,7 @@ async def test_a_provisioned_user_signs_in_end_to_end(
     query = parse_qs(location.query)
     assert query["return_to"] == ["/reports"]
 
-    tokens = await client.post(
-        "/api/v1/auth/token", json={"grant_type": "login_code", "code": query["code"][0]}
-    )
+    tokens = await client.post("/api/v1/auth/token", json=code_grant(query["code"][0]))
     assert tokens.status_code == 200, tokens.text
     body = tokens.json()
     me = await client.get(

@@ -16,6 +16,7 @@ from sso_broker.main import create_app
 from sso_broker.models import IdentityLink, LoginCode, SignInSession
 from tests.conftest import PUBLIC_URL, Database, Factory, _empty_tables, make_settings
 from tests.fixtures.entra import CLIENT_ID, CLIENT_SECRET, TENANT_ID, EntraUser, FakeEntra
+from tests.pkce import PKCE
 
 TIMEOUT = 0.5
 
@@ -51,7 +52,7 @@ async def test_a_hanging_token_endpoint_fails_in_time_and_the_worker_stays_respo
 
     transport = httpx.ASGITransport(app=impatient_app)
     async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as client:
-        started = await client.get(f"/sso/{provider.id}/initiate")
+        started = await client.get(f"/sso/{provider.id}/initiate", params=PKCE)
         callback = entra.authorize(started.headers["location"], user=person)
         began = time.perf_counter()
         sign_in = asyncio.create_task(client.get(callback))
@@ -85,7 +86,7 @@ async def test_a_hanging_discovery_fails_initiate_in_time(
     transport = httpx.ASGITransport(app=impatient_app)
     async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as client:
         began = time.perf_counter()
-        response = await client.get(f"/sso/{provider.id}/initiate")
+        response = await client.get(f"/sso/{provider.id}/initiate", params=PKCE)
         took = time.perf_counter() - began
     assert response.status_code == 302
     assert response.headers["location"].endswith("error=idp_error")

@@ -33,6 +33,7 @@ from tests.fixtures.entra import (
     FakeEntra,
     s256,
 )
+from tests.pkce import PKCE
 
 PUBLIC = "https://sso.example.com"
 FRONTEND = "https://app.example.com"
@@ -139,7 +140,7 @@ class TestInitiate:
         self, client: httpx.AsyncClient, factory: Factory, entra: FakeEntra
     ) -> None:
         provider = await enabled_provider(factory)
-        response = await client.get(f"/sso/{provider.id}/initiate")
+        response = await client.get(f"/sso/{provider.id}/initiate", params=PKCE)
 
         assert response.status_code == 302, response.text
         location = response.headers["location"]
@@ -163,7 +164,7 @@ class TestInitiate:
     ) -> None:
         provider = await enabled_provider(factory)
         person = await provisioned(factory, provider)
-        response = await client.get(f"/sso/{provider.id}/initiate")
+        response = await client.get(f"/sso/{provider.id}/initiate", params=PKCE)
         challenge = query_of(response.headers["location"])["code_challenge"]
 
         target = await finish(client, entra, response.headers["location"], person)
@@ -186,8 +187,8 @@ class TestInitiate:
         """Two attempts (two tabs) share nothing, and both can finish."""
         provider = await enabled_provider(factory)
         person = await provisioned(factory, provider)
-        first = await client.get(f"/sso/{provider.id}/initiate")
-        second = await client.get(f"/sso/{provider.id}/initiate")
+        first = await client.get(f"/sso/{provider.id}/initiate", params=PKCE)
+        second = await client.get(f"/sso/{provider.id}/initiate", params=PKCE)
         one, two = query_of(first.headers["location"]), query_of(second.headers["location"])
         for name in ("state", "nonce", "code_challenge"):
             assert one[name] != two[name], name
@@ -212,6 +213,7 @@ class TestInitiate:
         response = await client.get(
             f"/sso/{provider.id}/initiate",
             params={
+                **PKCE,
                 "login_hint": "adele@contoso.com",
                 "domain_hint": "contoso.com",
                 "prompt": "select_account",
@@ -228,7 +230,9 @@ class TestInitiate:
         self, client: httpx.AsyncClient, factory: Factory, entra: FakeEntra, prompt: str
     ) -> None:
         provider = await enabled_provider(factory)
-        response = await client.get(f"/sso/{provider.id}/initiate", params={"prompt": prompt})
+        response = await client.get(
+            f"/sso/{provider.id}/initiate", params={**PKCE, "prompt": prompt}
+        )
         assert query_of(response.headers["location"])["prompt"] == prompt
 
     @pytest.mark.parametrize(
@@ -238,7 +242,9 @@ class TestInitiate:
         self, client: httpx.AsyncClient, factory: Factory, entra: FakeEntra, prompt: str
     ) -> None:
         provider = await enabled_provider(factory)
-        response = await client.get(f"/sso/{provider.id}/initiate", params={"prompt": prompt})
+        response = await client.get(
+            f"/sso/{provider.id}/initiate", params={**PKCE, "prompt": prompt}
+        )
         assert response.status_code == 302
         assert without_query(response.headers["location"]) == entra.authorization_endpoint
         assert "prompt" not in query_of(response.headers["location"])
@@ -249,7 +255,11 @@ class TestInitiate:
         provider = await enabled_provider(factory)
         response = await client.get(
             f"/sso/{provider.id}/initiate",
-            params={"login_hint": "adele@contoso.com\r\nX-Injected: 1", "domain_hint": "ok.com"},
+            params={
+                **PKCE,
+                "login_hint": "adele@contoso.com\r\nX-Injected: 1",
+                "domain_hint": "ok.com",
+            },
         )
         assert response.status_code == 302
         params = query_of(response.headers["location"])
@@ -261,7 +271,7 @@ class TestInitiate:
     ) -> None:
         """The endpoints come from discovery, which names the tenant's GUID."""
         provider = await enabled_provider(factory, base_url="contoso.onmicrosoft.com")
-        response = await client.get(f"/sso/{provider.id}/initiate")
+        response = await client.get(f"/sso/{provider.id}/initiate", params=PKCE)
         assert response.status_code == 302
         assert without_query(response.headers["location"]) == entra.authorization_endpoint
 
@@ -271,7 +281,7 @@ class TestStateCookie:
         self, client: httpx.AsyncClient, factory: Factory, entra: FakeEntra
     ) -> None:
         provider = await enabled_provider(factory)
-        response = await client.get(f"/sso/{provider.id}/initiate")
+        response = await client.get(f"/sso/{provider.id}/initiate", params=PKCE)
 
         cookies = set_cookies(response)
         assert len(cookies) == 1
@@ -295,7 +305,7 @@ class TestStateCookie:
         """The verifier and nonce are sealed: neither appears in the cookie in clear."""
         provider = await enabled_provider(factory)
         person = await provisioned(factory, provider)
-        response = await client.get(f"/sso/{provider.id}/initiate")
+        response = await client.get(f"/sso/{provider.id}/initiate", params=PKCE)
         params = query_of(response.headers["location"])
         ((_, morsel),) = set_cookies(response).items()
         await finish(client, entra, response.headers["location"], person)
@@ -317,7 +327,7 @@ class TestStateCookie:
             async with httpx.AsyncClient(
                 transport=transport, base_url="http://localhost:8000"
             ) as http:
-                response = await http.get(f"/sso/{provider.id}/initiate")
+                response = await http.get(f"/sso/{provider.id}/initiate", params=PKCE)
         assert response.status_code == 302, response.text
         ((name, morsel),) = set_cookies(response).items()
         assert not morsel["secure"]
@@ -340,7 +350,7 @@ class TestCookieBudget:
         long_path = "/reports/" + "a" * (MAX_RETURN_TO - len("/reports/"))
         for _ in range(12):
             response = await client.get(
-                f"/sso/{provider.id}/initiate", params={"return_to": long_path}
+                f"/sso/{provider.id}/initiate", params={**PKCE, "return_to": long_path}
             )
             assert response.status_code == 302, response.text
         header = "; ".join(f"{name}={value}" for name, value in client.cookies.items())
@@ -356,7 +366,7 @@ class TestCookieBudget:
         provider = await enabled_provider(factory)
         names = []
         for _ in range(6):
-            response = await client.get(f"/sso/{provider.id}/initiate")
+            response = await client.get(f"/sso/{provider.id}/initiate", params=PKCE)
             names.append(next(iter(set_cookies(response))))
         assert set(client.cookies.keys()) == set(names[-4:])
 
@@ -366,7 +376,9 @@ class TestCookieBudget:
         provider = await enabled_provider(factory)
         person = await provisioned(factory, provider)
         too_long = "/" + "a" * MAX_RETURN_TO
-        response = await client.get(f"/sso/{provider.id}/initiate", params={"return_to": too_long})
+        response = await client.get(
+            f"/sso/{provider.id}/initiate", params={**PKCE, "return_to": too_long}
+        )
         location = await finish(client, entra, response.headers["location"], person)
         assert "return_to" not in location
 
@@ -386,10 +398,10 @@ class TestNoDatabaseWrites:
             {"return_to": "/reports", "login_hint": "a@b.c", "prompt": "login"},
             {"return_to": "//evil.example"},
         ):
-            response = await client.get(f"/sso/{provider.id}/initiate", params=params)
+            response = await client.get(f"/sso/{provider.id}/initiate", params={**PKCE, **params})
             assert response.status_code == 302
             assert without_query(response.headers["location"]) == entra.authorization_endpoint
-        await client.get(f"/sso/{uuid.uuid4()}/initiate")
+        await client.get(f"/sso/{uuid.uuid4()}/initiate", params=PKCE)
         after = await row_counts(sessionmaker)
         assert after == before
         async with session_scope(sessionmaker) as session:
@@ -406,7 +418,7 @@ class TestInitiateFailures:
     async def test_unknown_provider_is_provider_not_found(
         self, client: httpx.AsyncClient, entra: FakeEntra
     ) -> None:
-        response = await client.get(f"/sso/{uuid.uuid4()}/initiate")
+        response = await client.get(f"/sso/{uuid.uuid4()}/initiate", params=PKCE)
         assert_error_redirect(response, "provider_not_found")
         assert entra.discovery_calls == 0
 
@@ -416,7 +428,7 @@ class TestInitiateFailures:
     async def test_malformed_provider_id_is_provider_not_found(
         self, client: httpx.AsyncClient, entra: FakeEntra, provider_id: str
     ) -> None:
-        response = await client.get(f"/sso/{provider_id}/initiate")
+        response = await client.get(f"/sso/{provider_id}/initiate", params=PKCE)
         assert_error_redirect(response, "provider_not_found")
 
     @pytest.mark.parametrize(
@@ -432,7 +444,7 @@ class TestInitiateFailures:
         self, client: httpx.AsyncClient, factory: Factory, entra: FakeEntra, params: dict[str, str]
     ) -> None:
         provider = await enabled_provider(factory)
-        response = await client.get(f"/sso/{provider.id}/initiate", params=params)
+        response = await client.get(f"/sso/{provider.id}/initiate", params={**PKCE, **params})
         assert response.status_code == 302
         location = response.headers["location"]
         assert location.startswith(entra.authorization_endpoint), location
@@ -443,7 +455,7 @@ class TestInitiateFailures:
         self, client: httpx.AsyncClient, factory: Factory, entra: FakeEntra
     ) -> None:
         provider = await enabled_provider(factory, enabled=False)
-        response = await client.get(f"/sso/{provider.id}/initiate")
+        response = await client.get(f"/sso/{provider.id}/initiate", params=PKCE)
         assert_error_redirect(response, "provider_disabled")
         assert entra.discovery_calls == 0
 
@@ -451,7 +463,7 @@ class TestInitiateFailures:
         self, client: httpx.AsyncClient, factory: Factory, entra: FakeEntra
     ) -> None:
         provider = await enabled_provider(factory, client_secret=None)
-        response = await client.get(f"/sso/{provider.id}/initiate")
+        response = await client.get(f"/sso/{provider.id}/initiate", params=PKCE)
         assert_error_redirect(response, "provider_disabled")
 
     async def test_disabling_takes_effect_at_once(
@@ -462,19 +474,23 @@ class TestInitiateFailures:
         sessionmaker: async_sessionmaker[AsyncSession],
     ) -> None:
         provider = await enabled_provider(factory)
-        assert (await client.get(f"/sso/{provider.id}/initiate")).status_code == 302
+        assert (await client.get(f"/sso/{provider.id}/initiate", params=PKCE)).status_code == 302
         async with session_scope(sessionmaker) as session:
             await session.execute(
                 update(SSOProvider).where(SSOProvider.id == provider.id).values(enabled=False)
             )
-        assert_error_redirect(await client.get(f"/sso/{provider.id}/initiate"), "provider_disabled")
+        assert_error_redirect(
+            await client.get(f"/sso/{provider.id}/initiate", params=PKCE), "provider_disabled"
+        )
 
     async def test_discovery_unreachable_is_idp_error(
         self, client: httpx.AsyncClient, factory: Factory, entra: FakeEntra
     ) -> None:
         provider = await enabled_provider(factory)
         entra.discovery_response_override = httpx.ConnectError("connection refused")
-        assert_error_redirect(await client.get(f"/sso/{provider.id}/initiate"), "idp_error")
+        assert_error_redirect(
+            await client.get(f"/sso/{provider.id}/initiate", params=PKCE), "idp_error"
+        )
         assert entra.discovery_calls == 1
 
     async def test_discovery_timeout_is_idp_error(
@@ -482,7 +498,9 @@ class TestInitiateFailures:
     ) -> None:
         provider = await enabled_provider(factory)
         entra.discovery_response_override = httpx.ReadTimeout("timed out")
-        assert_error_redirect(await client.get(f"/sso/{provider.id}/initiate"), "idp_error")
+        assert_error_redirect(
+            await client.get(f"/sso/{provider.id}/initiate", params=PKCE), "idp_error"
+        )
 
     @pytest.mark.parametrize(
         "answer",
@@ -503,7 +521,9 @@ class TestInitiateFailures:
     ) -> None:
         provider = await enabled_provider(factory)
         entra.discovery_response_override = answer
-        assert_error_redirect(await client.get(f"/sso/{provider.id}/initiate"), "idp_error")
+        assert_error_redirect(
+            await client.get(f"/sso/{provider.id}/initiate", params=PKCE), "idp_error"
+        )
 
     @pytest.mark.parametrize("tenant", [str(uuid.uuid4()), "fabrikam.onmicrosoft.com"])
     async def test_unknown_tenant_is_idp_error_and_writes_nothing(
@@ -521,7 +541,7 @@ class TestInitiateFailures:
         caplog.set_level(logging.INFO, logger="sso_broker")
 
         for _ in range(3):
-            response = await client.get(f"/sso/{provider.id}/initiate")
+            response = await client.get(f"/sso/{provider.id}/initiate", params=PKCE)
             assert_error_redirect(response, "idp_error")
 
         read = await client.get(f"/api/v1/sso-providers/{provider.id}", headers=headers)
@@ -541,7 +561,9 @@ class TestInitiateFailures:
         provider = await enabled_provider(factory)
         headers = await admin_headers(factory, provider)
         entra.discovery_response_override = httpx.ConnectError("connection refused")
-        assert_error_redirect(await client.get(f"/sso/{provider.id}/initiate"), "idp_error")
+        assert_error_redirect(
+            await client.get(f"/sso/{provider.id}/initiate", params=PKCE), "idp_error"
+        )
         read = await client.get(f"/api/v1/sso-providers/{provider.id}", headers=headers)
         assert read.json()["last_error"] is None
 
@@ -741,7 +763,9 @@ class TestReturnTo:
     ) -> None:
         provider = await enabled_provider(factory)
         person = await provisioned(factory, provider)
-        started = await client.get(f"/sso/{provider.id}/initiate", params={"return_to": path})
+        started = await client.get(
+            f"/sso/{provider.id}/initiate", params={**PKCE, "return_to": path}
+        )
         assert started.status_code == 302
         assert path not in started.headers["location"], "return_to never goes to Entra"
         assert "return_to" not in query_of(started.headers["location"])
@@ -772,7 +796,9 @@ class TestReturnTo:
     ) -> None:
         provider = await enabled_provider(factory)
         person = await provisioned(factory, provider)
-        started = await client.get(f"/sso/{provider.id}/initiate", params={"return_to": path})
+        started = await client.get(
+            f"/sso/{provider.id}/initiate", params={**PKCE, "return_to": path}
+        )
         assert started.status_code == 302
         assert without_query(started.headers["location"]) == entra.authorization_endpoint
 
@@ -800,7 +826,9 @@ async def test_a_hostile_cookie_flood_is_expired_without_opening_it(
 
     monkeypatch.setattr(SecretBox, "decrypt", counting)
     forged = "; ".join(f"__Host-sso_login_{i:016x}=garbage{i}" for i in range(200))
-    response = await client.get(f"/sso/{provider.id}/initiate", headers={"Cookie": forged})
+    response = await client.get(
+        f"/sso/{provider.id}/initiate", params=PKCE, headers={"Cookie": forged}
+    )
     assert response.status_code == 302, response.text
     assert len(opened) <= 8
     expired = [c for c in response.headers.get_list("set-cookie") if "Max-Age=0" in c]

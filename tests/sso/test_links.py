@@ -18,6 +18,7 @@ from sso_broker.models import IdentityLink
 from sso_broker.users.models import Role
 from tests.conftest import Factory
 from tests.fixtures.entra import TENANT_ID, FakeEntra
+from tests.pkce import code_grant
 from tests.sso.helpers import Setup, make_provider, setup, sign_in, signed_in_user
 
 OTHER_TENANT = "0d2e1c3b-5a4f-4e6d-8c7b-1a2b3c4d5e6f"
@@ -155,9 +156,7 @@ async def test_re_pointing_a_provider_signs_out_who_it_signed_in(
     s = await setup(factory)
     response = await sign_in(client, entra, s.provider, s.person)
     code = response.headers["location"].split("code=", 1)[1]
-    tokens = (
-        await client.post("/api/v1/auth/token", json={"grant_type": "login_code", "code": code})
-    ).json()
+    tokens = (await client.post("/api/v1/auth/token", json=code_grant(code))).json()
     bearer = {"Authorization": f"Bearer {tokens['access_token']}"}
     assert (await client.get("/api/v1/auth/me", headers=bearer)).status_code == 200
     admin = await factory.user(s.company, Role.ADMINISTRATOR)

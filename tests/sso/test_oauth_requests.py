@@ -7,7 +7,8 @@ import pytest
 from authlib.oauth2.rfc6749.parameters import prepare_token_request
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
-from sso_broker.sso.service import s256_code_challenge, token_request_body
+from sso_broker.sso.pkce import s256_code_challenge
+from sso_broker.sso.service import token_request_body
 
 VERIFIERS = ["a" * 43, "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk", "~._-" * 20]
 

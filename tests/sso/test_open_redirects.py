@@ -33,6 +33,7 @@ from sso_broker.models import SSOProvider
 from sso_broker.sso.redirects import MAX_RETURN_TO, safe_return_to
 from tests.conftest import Factory
 from tests.fixtures.entra import CLIENT_ID, CLIENT_SECRET, TENANT_ID, EntraUser, FakeEntra
+from tests.pkce import PKCE
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 CORPUS_FILE = DATA / "open_redirects.jsonl"
@@ -342,7 +343,7 @@ async def sign_in(
     **params: str,
 ) -> str:
     """Initiate with ``params``, sign in at Entra, come back: the callback's Location."""
-    started = await client.get(f"/sso/{provider.id}/initiate", params=params)
+    started = await client.get(f"/sso/{provider.id}/initiate", params={**PKCE, **params})
     assert started.status_code == 302, started.text
     location = started.headers["location"]
     assert location.startswith(entra.authorization_endpoint + "?"), location
@@ -510,7 +511,7 @@ class TestOtherRedirects:
         async def check(hostile: str) -> None:
             for error in ("access_denied", hostile):
                 started = await client.get(
-                    f"/sso/{provider.id}/initiate", params={"return_to": hostile}
+                    f"/sso/{provider.id}/initiate", params={**PKCE, "return_to": hostile}
                 )
                 back = entra.authorize_error(
                     started.headers["location"],
@@ -531,7 +532,7 @@ class TestOtherRedirects:
 
         async def check(hostile: str) -> None:
             started = await client.get(
-                f"/sso/{provider.id}/initiate", params={"return_to": hostile}
+                f"/sso/{provider.id}/initiate", params={**PKCE, "return_to": hostile}
             )
             back = entra.authorize(
                 started.headers["location"],
@@ -550,9 +551,9 @@ class TestOtherRedirects:
         provider, _ = await signed_in_provider(factory)
 
         async def check(hostile: str) -> None:
-            first = await client.get(f"/sso/{provider.id}/initiate")
+            first = await client.get(f"/sso/{provider.id}/initiate", params=PKCE)
             client.cookies.clear()
-            await client.get(f"/sso/{provider.id}/initiate", params={"return_to": hostile})
+            await client.get(f"/sso/{provider.id}/initiate", params={**PKCE, "return_to": hostile})
             state = query_of(first.headers["location"])["state"]
             got = await client.get(
                 f"/sso/{provider.id}/callback", params=hostile_query(hostile, state=state)
@@ -569,7 +570,7 @@ class TestOtherRedirects:
 
         async def check(hostile: str) -> None:
             response = await client.get(
-                f"/sso/{enabled.id}/initiate", params=hostile_query(hostile)
+                f"/sso/{enabled.id}/initiate", params={**hostile_query(hostile), **PKCE}
             )
             assert response.status_code == 302, response.text
             location = response.headers["location"]

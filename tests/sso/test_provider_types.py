@@ -21,6 +21,7 @@ from sso_broker.sso import service
 from sso_broker.users.models import Role
 from tests.conftest import PUBLIC_URL, Factory
 from tests.fixtures.entra import CLIENT_ID, CLIENT_SECRET, EntraUser, FakeEntra
+from tests.pkce import code_grant
 from tests.sso.helpers import (
     Setup,
     assert_error,
@@ -130,9 +131,7 @@ async def test_the_provider_shows_its_issuer(
 async def logout(client: httpx.AsyncClient, response: httpx.Response) -> str | None:
     """Signs the browser's session out; answers the provider's sign-out URL."""
     code = parse_qs(urlsplit(response.headers["location"]).query)["code"][0]
-    tokens = await client.post(
-        "/api/v1/auth/token", json={"grant_type": "login_code", "code": code}
-    )
+    tokens = await client.post("/api/v1/auth/token", json=code_grant(code))
     assert tokens.status_code == 200, tokens.text
     answer = await client.post(
         "/api/v1/auth/logout",

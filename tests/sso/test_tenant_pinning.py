@@ -16,6 +16,7 @@ from sso_broker.sso import service
 from sso_broker.users.models import Role
 from tests.conftest import Factory
 from tests.fixtures.entra import AUTHORITY, TENANT_DOMAIN, TENANT_ID, FakeEntra
+from tests.pkce import PKCE
 from tests.sso.helpers import last_error, setup, sign_in, signed_in_user
 
 OTHER_TENANT = "0d2e1c3b-5a4f-4e6d-8c7b-1a2b3c4d5e6f"
@@ -75,7 +76,7 @@ async def test_metadata_naming_another_tenant_fails_and_says_why(
     assert error is not None
     assert error["code"] == "tenant_changed"
     # An initiate is refused too (and writes nothing).
-    answer = await client.get(f"/sso/{s.provider.id}/initiate")
+    answer = await client.get(f"/sso/{s.provider.id}/initiate", params=PKCE)
     assert answer.status_code == 302
     assert answer.headers["location"].endswith("error=idp_error")
 

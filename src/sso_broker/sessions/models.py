@@ -61,6 +61,9 @@ class LoginCode(Base):
     session_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("sign_in_sessions.id", ondelete="CASCADE"), index=True
     )
+    # The frontend's PKCE challenge from the initiate (S256, 43 characters): the code is
+    # traded only with its verifier. A code without one (made before it was required) never is.
+    code_challenge: Mapped[str | None] = mapped_column(String(43))
     expires_at: Mapped[datetime]
 
 

@@ -53,6 +53,7 @@ async def token(
         context.keyring,
         context.successor_key,
         login_code=request.code if isinstance(request, LoginCodeGrant) else None,
+        code_verifier=request.code_verifier if isinstance(request, LoginCodeGrant) else None,
         refresh_token=request.refresh_token if isinstance(request, RefreshTokenGrant) else None,
     )
     service.remember(context.caches, pair.access)

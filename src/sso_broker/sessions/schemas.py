@@ -15,6 +15,16 @@ GrantToken = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 class LoginCodeGrant(StrictBody):
     grant_type: Literal["login_code"]
     code: GrantToken = Field(description="The one-time code from SIGN_IN_COMPLETE_URL?code=…")
+    # Optional here, so that a missing one answers invalid_grant and spends the code, as a
+    # wrong one does (README, *Security model*).
+    code_verifier: Annotated[str, StringConstraints(max_length=1024)] | None = Field(
+        default=None,
+        description=(
+            "The PKCE verifier (RFC 7636: 43 to 128 characters) whose S256 challenge the "
+            "frontend passed to /sso/{id}/initiate. Missing or wrong: 400 invalid_grant, "
+            "and the code is spent."
+        ),
+    )
 
 
 class RefreshTokenGrant(StrictBody):

@@ -28,6 +28,7 @@ from sso_broker.hotpath import HotPath
 from sso_broker.sessions.models import LoginCode, RefreshToken, SignInSession
 from sso_broker.sessions.repository import SessionUser
 from sso_broker.sessions.tokens import PACKED_IDS, KeyRing, SessionClaims, session_claims
+from sso_broker.sso.pkce import is_verifier, s256_code_challenge
 from sso_broker.users.models import Role, User
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,18 @@ class RefreshTokenReused(InvalidGrant):
 
     def __init__(self, session_id: uuid.UUID) -> None:
         super().__init__("The refresh token was already used; the session has been ended.")
+        self.session_id = session_id
+
+
+class LoginCodeUnbound(InvalidGrant):
+    """A login code came without the verifier of the challenge it is bound to: the code is
+    spent, and :func:`grant` revokes the session it would have opened."""
+
+    def __init__(self, session_id: uuid.UUID) -> None:
+        super().__init__(
+            "The code_verifier is missing or does not match the code_challenge this sign-in "
+            "started with; the login code is spent: sign in again."
+        )
         self.session_id = session_id
 
 
@@ -217,14 +230,18 @@ def new_secret_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-async def create_login_code(session: AsyncSession, sign_in: SignInSession) -> str:
-    """A single-use code for the frontend to trade for tokens within a minute."""
+async def create_login_code(
+    session: AsyncSession, sign_in: SignInSession, *, code_challenge: str
+) -> str:
+    """A single-use code for the frontend to trade for tokens within a minute, with the
+    verifier of ``code_challenge``."""
     code = new_secret_token()
     session.add(
         LoginCode(
             code_hash=token_hash(code),
             session_id=sign_in.id,
             expires_at=utcnow() + LOGIN_CODE_TTL,
+            code_challenge=code_challenge,
         )
     )
     await session.flush()
@@ -247,25 +264,35 @@ def _token_pair(
 
 
 async def exchange_login_code(
-    store: HotPath, settings: Settings, keyring: KeyRing, code: str
+    store: HotPath, settings: Settings, keyring: KeyRing, code: str, code_verifier: str | None
 ) -> TokenPair:
-    """Trades a login code for an access token and the session's first refresh token.
+    """Trades a login code and the frontend's PKCE verifier for an access token and the
+    session's first refresh token.
 
     The code is deleted in the same statement that reads it, so of two concurrent
     exchanges exactly one finds it; that statement also stores the refresh token when the
-    checks below pass (``fastpath.HotPath``).
+    checks below pass (``fastpath.HotPath``). A missing or wrong verifier spends the code
+    too: whoever saw the code in a URL (a link an attacker sent, history, a log) cannot use
+    it without the verifier only the browser that started the sign-in holds (RFC 6749,
+    10.12; README, *Security model*).
     """
     refresh_token = new_secret_token()
     now = utcnow()
+    # "" matches no stored challenge (always 43 characters): the code is spent unused.
+    verifier = code_verifier or ""
+    challenge = s256_code_challenge(verifier) if is_verifier(verifier) else ""
     spent = await store.spend_login_code(
-        token_hash(code), refresh_hash=token_hash(refresh_token), now=now
+        token_hash(code), code_challenge=challenge, refresh_hash=token_hash(refresh_token), now=now
     )
     if spent is None:
         raise InvalidGrant("The login code is unknown or was already used; sign in again.")
-    expires_at, subject = spent
-    if expires_at <= now:
+    if not spent.bound:
+        if spent.subject is not None:
+            raise LoginCodeUnbound(spent.subject.session_id)
+        raise InvalidGrant("The sign-in session no longer exists; sign in again.")
+    if spent.expires_at <= now:
         raise InvalidGrant("The login code has expired; sign in again.")
-    return _token_pair(settings, keyring, _live(subject, now), refresh_token)
+    return _token_pair(settings, keyring, _live(spent.subject, now), refresh_token)
 
 
 def successor(key: bytes, token: str) -> str:
@@ -391,10 +418,11 @@ async def _grant(
     keyring: KeyRing,
     successor_key: bytes,
     login_code: str | None,
+    code_verifier: str | None,
     refresh_token: str | None,
 ) -> TokenPair:
     if login_code is not None:
-        return await exchange_login_code(store, settings, keyring, login_code)
+        return await exchange_login_code(store, settings, keyring, login_code, code_verifier)
     if refresh_token is not None:
         return await refresh(store, settings, keyring, successor_key, refresh_token)
     raise InvalidGrant("Send a login code or a refresh token.")
@@ -408,6 +436,7 @@ async def grant(
     successor_key: bytes,
     *,
     login_code: str | None = None,
+    code_verifier: str | None = None,
     refresh_token: str | None = None,
 ) -> TokenPair:
     """The token endpoint: one login code or one refresh token in, a fresh token pair out.
@@ -417,7 +446,18 @@ async def grant(
     sticks although the request itself fails.
     """
     try:
-        return await _grant(fast, settings, keyring, successor_key, login_code, refresh_token)
+        return await _grant(
+            fast, settings, keyring, successor_key, login_code, code_verifier, refresh_token
+        )
+    except LoginCodeUnbound as unbound:
+        # It never gave out a token; ended, so no list of live sessions shows it.
+        async with session_scope(sessionmaker) as session:
+            await revoke(session, unbound.session_id, reason="login_code_unbound")
+        logger.warning(
+            "login code presented without its verifier; session ended",
+            extra={"session_id": str(unbound.session_id)},
+        )
+        raise
     except RefreshTokenReused as reused:
         async with session_scope(sessionmaker) as session:
             await revoke(session, reused.session_id, reason="refresh_token_reuse")

@@ -78,5 +78,6 @@ class NewSignIn:
     now: datetime
     expires_at: datetime
     code_hash: str
+    code_challenge: str  # the frontend's PKCE challenge: the code answers only its verifier
     code_expires_at: datetime
     event_type: str

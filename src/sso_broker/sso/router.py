@@ -15,7 +15,7 @@ from sso_broker.sso import service, signout
 from sso_broker.sso.state import STATE_TTL, cookie_name, stale_attempts
 
 _REDIRECT: dict[int | str, dict[str, Any]] = {
-    302: {"description": "To Entra, or to the frontend's completion or error page"}
+    302: {"description": "To the provider, or to the frontend's start, completion or error page"}
 }
 
 
@@ -60,10 +60,25 @@ def _login_state_cookie(context: AppContext, name: str, value: str, max_age: int
 @router.get(
     "/initiate",
     summary="Start a sign-in: redirect the browser to the provider",
+    description=(
+        "`code_challenge` is the frontend's PKCE challenge (S256 of its verifier, 43 "
+        "characters, with `code_challenge_method=S256`): the login code the sign-in ends with "
+        "is trade-able only with that verifier. Without a challenge (the Entra My Apps tile, a "
+        "bookmark) the browser is sent to `SIGN_IN_START_URL?provider_id=…` (with `return_to` "
+        "and `login_hint`), which makes one and comes back; a malformed challenge or another "
+        "method ends at `SIGN_IN_ERROR_URL?error=invalid_request`."
+    ),
     status_code=302,
     response_class=RedirectResponse,
     responses=_REDIRECT,
-    openapi_extra=_optional_query("return_to", "login_hint", "domain_hint", "prompt"),
+    openapi_extra=_optional_query(
+        "code_challenge",
+        "code_challenge_method",
+        "return_to",
+        "login_hint",
+        "domain_hint",
+        "prompt",
+    ),
 )
 @direct
 async def initiate(request: Request, provider_id: uuid.UUID) -> Response:
@@ -72,12 +87,16 @@ async def initiate(request: Request, provider_id: uuid.UUID) -> Response:
     result = await service.initiate(
         context,
         provider_id,
+        code_challenge=query.get("code_challenge"),
+        code_challenge_method=query.get("code_challenge_method"),
         return_to=query.get("return_to"),
         login_hint=query.get("login_hint"),
         domain_hint=query.get("domain_hint"),
         prompt=query.get("prompt"),
     )
-    response = RedirectResponse(result.authorization_url, status_code=302)
+    response = RedirectResponse(result.location, status_code=302)
+    if result.login is None:  # to the frontend's start page, for a PKCE challenge
+        return _no_store(response)
     secure = context.settings.secure_cookies
     name = cookie_name(result.login.state, secure=secure)
     sealed = result.login.seal(context.sealer)

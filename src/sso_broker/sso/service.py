@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import logging
 import random
@@ -40,6 +39,7 @@ from sso_broker.sessions import service as sessions_service
 from sso_broker.sso import id_token, repository, state
 from sso_broker.sso.discovery import DiscoveryError, ProviderMetadata, overall_deadline
 from sso_broker.sso.identity import choose_account, not_provisioned
+from sso_broker.sso.pkce import S256, is_challenge, s256_code_challenge
 from sso_broker.sso.redirects import safe_return_to
 from sso_broker.users.repository import normalize_email
 
@@ -69,8 +69,11 @@ UNSUPPORTED_AUTH = Actionable(
 
 @dataclass(frozen=True, slots=True)
 class InitiateResult:
-    authorization_url: str
-    login: state.LoginState
+    """Where an initiate sends the browser: the provider, with ``login`` to seal into its
+    cookie, or (``login`` None) the frontend's start page to fetch a PKCE challenge first."""
+
+    location: str
+    login: state.LoginState | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +189,8 @@ async def initiate(
     context: AppContext,
     provider_id: uuid.UUID,
     *,
+    code_challenge: str | None,
+    code_challenge_method: str | None,
     return_to: str | None,
     login_hint: str | None,
     domain_hint: str | None,
@@ -195,13 +200,25 @@ async def initiate(
     not: the state is sealed, and an anonymous request must not be able to fill the audit
     log or hold a pooled connection while the provider is asked (README, *Security model*).
     A failure is logged; the callback and the connection test record what an administrator
-    must fix."""
+    must fix.
+
+    The login code the sign-in ends with is bound to the frontend's PKCE challenge, so only
+    the browser holding its verifier can use it. Without one (the My Apps tile, a bookmark),
+    the browser is sent to the frontend's start page, which makes one and comes back."""
     provider = await load_provider(context, provider_id)
-    metadata = await provider_metadata(context, provider, record=False)
     safe_path = safe_return_to(return_to)
     if return_to and safe_path is None:
         logger.info("dropped an unsafe return_to", extra={"provider_id": str(provider_id)})
-    login = state.LoginState.new(provider.id, safe_path)
+    if not code_challenge:
+        return InitiateResult(_start_page(context, provider.id, safe_path, login_hint), None)
+    if code_challenge_method != S256 or not is_challenge(code_challenge):
+        raise SignInError(
+            SignInErrorCode.INVALID_REQUEST,
+            "code_challenge must be an S256 challenge (43 characters of URL-safe base64) with "
+            "code_challenge_method=S256",
+        )
+    metadata = await provider_metadata(context, provider, record=False)
+    login = state.LoginState.new(provider.id, safe_path, code_challenge)
     optional = {
         "login_hint": _hint(login_hint),
         "prompt": prompt if prompt in PROMPTS else None,
@@ -218,18 +235,26 @@ async def initiate(
     extra = {name: value for name, value in optional.items() if value is not None}
     if extra:
         url += "&" + urlencode(extra)
-    return InitiateResult(authorization_url=url, login=login)
+    return InitiateResult(url, login)
 
 
-# PKCE's challenge and the token request's body, as authlib made them: two functions were all
-# the service used of it, and importing it cost each worker 0.4 MB (README, *Performance*).
+def _start_page(
+    context: AppContext, provider_id: uuid.UUID, return_to: str | None, login_hint: str | None
+) -> str:
+    """``SIGN_IN_START_URL?provider_id=…`` with the safe ``return_to`` and ``login_hint``."""
+    query = {"provider_id": str(provider_id)}
+    if return_to:
+        query["return_to"] = return_to
+    hint = _hint(login_hint)
+    if hint:
+        query["login_hint"] = hint
+    target = context.settings.sign_in_start
+    return f"{target}{'&' if '?' in target else '?'}{urlencode(query)}"
 
 
-def s256_code_challenge(code_verifier: str) -> str:
-    """PKCE's S256 challenge (RFC 7636, 4.2): the verifier's SHA-256 in unpadded URL-safe
-    base64."""
-    digest = hashlib.sha256(code_verifier.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+# The token request's body, as authlib made it: one function was all the service used of it
+# besides PKCE's challenge (``pkce.py``), and importing it cost each worker 0.4 MB (README,
+# *Performance*).
 
 
 def token_request_body(*, code: str, redirect_uri: str, **params: str) -> bytes:
@@ -444,7 +469,7 @@ async def _complete(
 
     code = sessions_service.new_secret_token()
     kept = context.box.encrypt(tokens["id_token"]) if adapter.logout_needs_id_token else None
-    new = await _write_sign_in(context, provider, claims, code, kept)
+    new = await _write_sign_in(context, provider, claims, code, login.client_challenge, kept)
     pin = adapter.pin_of(provider.base_url, metadata.tenant_id)
     if pin is not None and provider.pinned_tenant is None:
         await _pin(context, provider, pin)
@@ -484,13 +509,14 @@ async def _write_sign_in(
     provider: SSOProvider,
     claims: id_token.IdTokenClaims,
     code: str,
+    code_challenge: str,
     id_token_encrypted: str | None,
 ) -> repository.NewSignIn:
     """Resolves the account and writes the link, session, login code and audit event: one
     SELECT and one write (on PostgreSQL one statement, ``fastpath.py``)."""
     email = normalize_email(claims.email) if claims.email else None
     found = await context.fast.resolve(provider.id, claims.namespace, claims.subject, email)
-    new = _new_sign_in(context, provider, claims, code, found, id_token_encrypted)
+    new = _new_sign_in(context, provider, claims, code, code_challenge, found, id_token_encrypted)
     try:
         await context.fast.write_sign_in(new, clear_last_error=_had_error(found))
     except LinkConflict as e:
@@ -510,6 +536,7 @@ def _new_sign_in(
     provider: SSOProvider,
     claims: id_token.IdTokenClaims,
     code: str,
+    code_challenge: str,
     found: repository.Resolution | None,
     id_token_encrypted: str | None,
 ) -> repository.NewSignIn:
@@ -531,6 +558,7 @@ def _new_sign_in(
         now=now,
         expires_at=now + timedelta(seconds=context.settings.session_max_age),
         code_hash=token_hash(code),
+        code_challenge=code_challenge,
         code_expires_at=now + sessions_service.LOGIN_CODE_TTL,
         event_type=EventType.SIGN_IN_SUCCEEDED.value,
     )

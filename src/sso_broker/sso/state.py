@@ -1,8 +1,9 @@
 """Login state: sealed in an HttpOnly cookie at initiate, consumed in the database at callback.
 
-Initiate writes nothing to the database: the state, nonce, PKCE verifier and ``return_to``
-are encrypted and authenticated (Fernet, the service's encryption keys, so any replica can
-open them) into a cookie, one per attempt. The callback opens the cookie named after the
+Initiate writes nothing to the database: the state, nonce, PKCE verifier, the frontend's
+own PKCE challenge (which the login code is bound to, README *Security model*) and
+``return_to`` are encrypted and authenticated (Fernet, the service's encryption keys, so any
+replica can open them) into a cookie, one per attempt. The callback opens the cookie named after the
 ``state`` it receives, checks it, and records the state's hash as consumed, so a replayed
 authorization response finds it used.
 
@@ -46,16 +47,21 @@ class LoginState:
     state: str
     nonce: str
     code_verifier: str
+    # The frontend's S256 challenge: the login code answers only its verifier.
+    client_challenge: str
     provider_id: uuid.UUID
     return_to: str | None
     expires_at: datetime
 
     @classmethod
-    def new(cls, provider_id: uuid.UUID, return_to: str | None) -> LoginState:
+    def new(
+        cls, provider_id: uuid.UUID, return_to: str | None, client_challenge: str
+    ) -> LoginState:
         return cls(
             state=secrets.token_urlsafe(32),
             nonce=secrets.token_urlsafe(32),
             code_verifier=secrets.token_urlsafe(64),  # 86 characters, within PKCE's 43..128
+            client_challenge=client_challenge,
             provider_id=provider_id,
             return_to=return_to,
             expires_at=utcnow() + STATE_TTL,
@@ -66,6 +72,7 @@ class LoginState:
             "s": self.state,
             "n": self.nonce,
             "v": self.code_verifier,
+            "c": self.client_challenge,
             "p": str(self.provider_id),
             "r": self.return_to,
             # To the millisecond, so the oldest of attempts made within one second is known.
@@ -131,6 +138,7 @@ def open_state(
             state=str(payload["s"]),
             nonce=str(payload["n"]),
             code_verifier=str(payload["v"]),
+            client_challenge=str(payload["c"]),
             provider_id=uuid.UUID(str(payload["p"])),
             return_to=payload["r"] if isinstance(payload["r"], str) else None,
             expires_at=datetime.fromtimestamp(float(payload["e"]), tz=utcnow().tzinfo),
