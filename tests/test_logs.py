@@ -10,7 +10,13 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from sso_broker.logs import JSONFormatter, LoopBatchingHandler, new_request_id, request_id_var
+from sso_broker.logs import (
+    JSONFormatter,
+    LoopBatchingHandler,
+    log_access,
+    new_request_id,
+    request_id_var,
+)
 from sso_broker.users.models import Role
 from tests.conftest import Factory
 
@@ -106,6 +112,58 @@ class TestJSONFormatter:
             f'{{"time": "{time}", "level": "info", "logger": "x", "message": "hi é", "n": 1, '
             '"odd": "{1, 2}"}'
         )
+
+
+ODD_PATHS = ["/healthz", '/a"b\\c', "/é/ü/日本", "/\x01\x7f\u2028", "/" + "x" * 300]
+
+
+class TestTheAccessLinesShortWay:
+    """``log_access`` builds its line itself when logging is as ``configure_logging`` leaves
+    it; the line must be the one the formatter makes of the record logging would build."""
+
+    @pytest.mark.parametrize("path", ODD_PATHS)
+    @pytest.mark.parametrize("duration", [0.0, 0.07, 12.5, 1234.56, 1e-05])
+    def test_the_line_is_the_formatters(self, path: str, duration: float) -> None:
+        formatter = JSONFormatter()
+        record = logging.getLogger("sso_broker.access").makeRecord(
+            "sso_broker.access", logging.INFO, "f", 1, "request", (), None,
+            extra={"method": "GET", "path": path, "status": 302, "duration_ms": duration,
+                   "request_id": 'rid"\\1'},
+        )  # fmt: skip
+        built = formatter.access_line(record.created, "GET", path, 302, duration, 'rid"\\1')
+        assert built == formatter.format(record)
+
+    async def test_a_request_is_logged_the_short_way_only_when_nothing_else_listens(
+        self,
+    ) -> None:
+        stream = io.StringIO()
+        handler = _batching(stream)
+        root = logging.getLogger()
+        saved = root.handlers[:]
+        scope = {"method": "POST", "path": '/api/v1/"x"'}
+        try:
+            root.handlers[:] = [handler]
+            log_access(scope, 201, 0.0, "rid-short")  # type: ignore[arg-type]
+            handler.flush()
+            (short,) = stream.getvalue().splitlines()
+            # With another handler on the root, logging itself carries the line.
+            other = logging.Handler()
+            root.handlers[:] = [handler, other]
+            emitted: list[logging.LogRecord] = []
+            other.emit = emitted.append  # type: ignore[method-assign]
+            log_access(scope, 201, 0.0, "rid-long")  # type: ignore[arg-type]
+            handler.flush()
+        finally:
+            root.handlers[:] = saved
+        assert len(emitted) == 1, "the second handler saw the record"
+        long = stream.getvalue().splitlines()[1]
+        for line, rid in ((short, "rid-short"), (long, "rid-long")):
+            entry = json.loads(line)
+            assert entry["logger"] == "sso_broker.access"
+            assert (entry["method"], entry["path"], entry["status"]) == ("POST", '/api/v1/"x"', 201)
+            assert entry["request_id"] == rid
+            assert isinstance(entry["duration_ms"], float)
+        assert list(json.loads(short)) == list(json.loads(long))
 
 
 class TestRequestIds:

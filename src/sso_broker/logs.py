@@ -24,6 +24,8 @@ _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asct
 _MAX_REQUEST_ID = 128
 
 
+ACCESS_LOGGER = "sso_broker.access"
+
 # ``json.dumps`` with any option builds a new encoder on every call, a quarter of its cost for
 # an access-log line (README, *Performance*): the same output from one encoder built once.
 _ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)
@@ -51,6 +53,20 @@ class JSONFormatter(logging.Formatter):
             text = datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds")[:-6]
             cached = self._second = (second, text)
         return f"{cached[1]}.{micros // 1000:03d}+00:00"
+
+    def access_line(
+        self, created: float, method: str, path: str, status: int, duration_ms: float, rid: str
+    ) -> str:
+        """What :meth:`format` makes of the access log's record (``log_access``), built
+        without one: the logging path cost more than the rest of a ``/me`` (README,
+        *Performance*). ``tests/test_logs.py`` holds the two to the same bytes."""
+        encode = _ENCODER.encode
+        return (
+            f'{{"time": "{self._time(created)}", "level": "info", '
+            f'"logger": "{ACCESS_LOGGER}", "message": "request", '
+            f'"method": {encode(method)}, "path": {encode(path)}, "status": {int(status)}, '
+            f'"duration_ms": {float(duration_ms)!r}, "request_id": {encode(rid)}}}'
+        )
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -97,22 +113,35 @@ class LoopBatchingHandler(logging.StreamHandler[TextIO]):
     def emit(self, record: logging.LogRecord) -> None:
         # Called under the handler's lock (Handler.handle).
         try:
-            self._lines.append(self.format(record))
-            try:
-                loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
-            if loop is None or record.levelno >= logging.WARNING or request_id_var.get() is None:
-                self._write()
-            elif self._scheduled_on is not loop:
-                # Another loop's write may never come (that loop may be gone): this one
-                # writes whatever is waiting then.
-                self._scheduled_on = loop
-                loop.call_soon(self._write_soon)
+            self._add(self.format(record), record.levelno)
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
+
+    def _add(self, line: str, levelno: int) -> None:
+        self._lines.append(line)
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or levelno >= logging.WARNING or request_id_var.get() is None:
+            self._write()
+        elif self._scheduled_on is not loop:
+            # Another loop's write may never come (that loop may be gone): this one
+            # writes whatever is waiting then.
+            self._scheduled_on = loop
+            loop.call_soon(self._write_soon)
+
+    def add_formatted(self, line: str, levelno: int) -> None:
+        """A line already formatted as ``format`` would (the access log's fast path)."""
+        with self.lock:  # type: ignore[union-attr]
+            try:
+                self._add(line, levelno)
+            except RecursionError:
+                raise
+            except Exception:
+                self.handleError(logging.makeLogRecord({"msg": line}))
 
     def _write(self) -> None:
         lines = self._lines
@@ -185,7 +214,7 @@ def configure_logging(level: int) -> None:
     logging.getLogger("uvicorn.access").disabled = True
 
 
-access_logger = logging.getLogger("sso_broker.access")
+access_logger = logging.getLogger(ACCESS_LOGGER)
 
 
 # Request ids only have to be unique, not secret. ``uuid4()`` asked the kernel for random
@@ -209,17 +238,47 @@ def clean_request_id(value: str | None) -> str:
     return new_request_id()
 
 
+def _direct_handler() -> LoopBatchingHandler | None:
+    """The one handler an access line reaches, when logging is as ``configure_logging``
+    leaves it (no other handler or filter would see the record); None otherwise, and the
+    line then goes through logging."""
+    logger = access_logger
+    if logger.handlers or logger.filters or not logger.propagate or logger.disabled:
+        return None
+    root = logging.root
+    if root.filters or len(root.handlers) != 1:
+        return None
+    handler = root.handlers[0]
+    if (
+        type(handler) is not LoopBatchingHandler
+        or handler.filters
+        or handler.level > logging.INFO
+        or type(handler.formatter) is not JSONFormatter
+    ):
+        return None
+    return handler
+
+
 def log_access(scope: Scope, status: int, started: float, request_id: str) -> None:
     """The access-log line of one request (``started`` by ``time.perf_counter()``): method,
     path without its query (queries carry codes and states), status, duration, request id."""
     if access_logger.isEnabledFor(logging.INFO):
+        duration = round((time.perf_counter() - started) * 1000, 2)
+        handler = _direct_handler()
+        if handler is not None:
+            formatter: JSONFormatter = handler.formatter  # type: ignore[assignment]
+            line = formatter.access_line(
+                time.time(), scope["method"], scope["path"], status, duration, request_id
+            )
+            handler.add_formatted(line, logging.INFO)
+            return
         access_logger.info(
             "request",
             extra={
                 "method": scope["method"],
                 "path": scope["path"],
                 "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "duration_ms": duration,
                 "request_id": request_id,
             },
         )

@@ -19,7 +19,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sso_broker.audit import service as audit
 from sso_broker.audit.service import EventType
 from sso_broker.caches import Caches
-from sso_broker.companies.models import Company
 from sso_broker.config import Settings
 from sso_broker.crypto import token_hash
 from sso_broker.database import session_scope, utcnow
@@ -38,9 +37,9 @@ logger = logging.getLogger(__name__)
 class Principal:
     """The caller behind a verified session JWT: the user, company and session as stored now."""
 
-    user: User
-    company: Company
-    session: SignInSession
+    user: PrincipalUser
+    company: PrincipalCompany
+    session: PrincipalSession
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Principal:
@@ -50,17 +49,51 @@ class Principal:
          sid, s_provider, idp_sid, hint, s_created, expires, revoked,
          company_name, c_created, c_updated) = row  # fmt: skip
         return cls(
-            user=User(
-                id=uid, company_id=cid, email=email, email_normalized=normalized, name=name,
-                role=Role(role), sso_provider_id=provider, created_at=u_created,
-                updated_at=u_updated,
+            user=PrincipalUser(
+                uid, cid, email, normalized, name, Role(role), provider, u_created, u_updated
             ),
-            company=Company(id=cid, name=company_name, created_at=c_created, updated_at=c_updated),
-            session=SignInSession(
-                id=sid, user_id=uid, company_id=cid, provider_id=s_provider, idp_sid=idp_sid,
-                login_hint=hint, created_at=s_created, expires_at=expires, revoked_at=revoked,
+            company=PrincipalCompany(cid, company_name, c_created, c_updated),
+            session=PrincipalSession(
+                sid, uid, cid, s_provider, idp_sid, hint, s_created, expires, revoked
             ),
         )  # fmt: skip
+
+
+@dataclass(slots=True)
+class PrincipalUser:
+    """A user row as the principal query reads it: what callers read of ``User``, without
+    the ORM's instrumentation (an unattached ``User`` cost more to build than its query)."""
+
+    id: uuid.UUID
+    company_id: uuid.UUID
+    email: str
+    email_normalized: str
+    name: str
+    role: Role
+    sso_provider_id: uuid.UUID | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(slots=True)
+class PrincipalCompany:
+    id: uuid.UUID
+    name: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(slots=True)
+class PrincipalSession:
+    id: uuid.UUID
+    user_id: uuid.UUID
+    company_id: uuid.UUID
+    provider_id: uuid.UUID | None
+    idp_sid: str | None
+    login_hint: str | None
+    created_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,9 +49,14 @@ def _optional_query(*names: str) -> dict[str, Any]:
 
 
 def _login_state_cookie(context: AppContext, name: str, value: str, max_age: int) -> bytes:
-    """A Set-Cookie value for a login state (URL-safe base64: nothing to quote). Path=/, as
-    the __Host- prefix requires, so every initiate sees the browser's earlier attempts."""
+    """A Set-Cookie value for a login state (URL-safe base64: nothing to quote), or with
+    ``max_age`` 0 the one that expires it. Path=/, as the __Host- prefix requires, so every
+    initiate sees the browser's earlier attempts. Built here rather than by Starlette's
+    ``set_cookie``/``delete_cookie``, whose ``SimpleCookie`` cost a callback more than its
+    redirect (README, *Performance*)."""
     cookie = f"{name}={value}; HttpOnly; Max-Age={max_age}; Path=/; SameSite=lax"
+    if max_age == 0:  # for browsers that know no Max-Age
+        cookie += "; expires=Thu, 01 Jan 1970 00:00:00 GMT"
     if context.settings.secure_cookies:
         cookie += "; Secure"
     return cookie.encode("latin-1")
@@ -127,7 +132,7 @@ async def _finish(
         # Answered here rather than by BrowserRoute, so the spent cookie is cleared too.
         response = sign_in_failure(request, e)
     if name:
-        response.delete_cookie(name, path="/", secure=secure, httponly=True, samesite="lax")
+        response.raw_headers.append((b"set-cookie", _login_state_cookie(context, name, "", 0)))
     return _no_store(response)
 
 

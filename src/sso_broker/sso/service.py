@@ -26,7 +26,7 @@ from sqlalchemy import update
 
 from sso_broker.audit import service as audit
 from sso_broker.audit.service import EventType
-from sso_broker.crypto import token_hash
+from sso_broker.crypto import SecretBox, token_hash
 from sso_broker.database import session_scope, utcnow
 from sso_broker.deps import AppContext
 from sso_broker.errors import SignInError, SignInErrorCode
@@ -177,6 +177,13 @@ def _authorization_prefix(endpoint: str, client_id: str, redirect_uri: str) -> s
         }
     )
     return f"{endpoint}{'&' if '?' in endpoint else '?'}{fixed}"
+
+
+@lru_cache(maxsize=1024)
+def _client_secret(box: SecretBox, encrypted: str) -> str:
+    """A provider's client secret, decrypted once per ciphertext (a new secret or a
+    re-encryption is a new one) rather than on every callback."""
+    return box.decrypt(encrypted)
 
 
 def _hint(value: str | None) -> str | None:
@@ -342,7 +349,7 @@ async def _exchange_code(
             SignInErrorCode.TOKEN_EXCHANGE_FAILED, "no secret-based client authentication"
         )
     headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
-    secret = context.box.decrypt(secret_encrypted)
+    secret = _client_secret(context.box, secret_encrypted)
     if method == "client_secret_post":
         body = token_request_body(
             code=code,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import Protocol
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,6 +21,20 @@ from sso_broker.users import repository
 from sso_broker.users.models import Role, User
 from sso_broker.users.schemas import UserCreate, UserUpdate
 
+
+class Actor(Protocol):
+    """Who acts: a ``User``, or the caller of a request (``sessions.service.PrincipalUser``)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+
+    @property
+    def company_id(self) -> uuid.UUID: ...
+
+    @property
+    def role(self) -> Role: ...
+
+
 # The roles each role may hand out (and so manage). Administrators are made with the CLI.
 GRANTABLE: dict[Role, frozenset[Role]] = {
     Role.ADMINISTRATOR: frozenset({Role.MANAGER, Role.USER, Role.READ_ONLY}),
@@ -33,7 +48,7 @@ def _ceiling(actor: Role) -> str:
     return "manager" if actor is Role.ADMINISTRATOR else "user"
 
 
-def check_can_grant(actor: User, role: Role) -> None:
+def check_can_grant(actor: Actor, role: Role) -> None:
     """Refuses a role above the actor's ceiling, so nobody raises anyone above themselves."""
     if role not in GRANTABLE[actor.role]:
         raise Forbidden(
@@ -42,7 +57,7 @@ def check_can_grant(actor: User, role: Role) -> None:
         )
 
 
-def check_can_manage(actor: User, target: User) -> None:
+def check_can_manage(actor: Actor, target: User) -> None:
     """Refuses changes to yourself and to anyone at or above your level.
 
     Without it a manager could rename, re-link or delete an administrator, and anyone could
@@ -106,7 +121,7 @@ async def list_for_company(session: AsyncSession, company_id: uuid.UUID) -> Sequ
 
 
 async def create(
-    session: AsyncSession, company_id: uuid.UUID, data: UserCreate, *, actor: User | None
+    session: AsyncSession, company_id: uuid.UUID, data: UserCreate, *, actor: Actor | None
 ) -> User:
     """Creates a user; ``actor`` is None only for the operator's CLI, which may make anyone."""
     if actor is not None:
@@ -133,7 +148,7 @@ async def create(
     return user
 
 
-async def update(session: AsyncSession, actor: User, user_id: uuid.UUID, data: UserUpdate) -> User:
+async def update(session: AsyncSession, actor: Actor, user_id: uuid.UUID, data: UserUpdate) -> User:
     user = await get(session, actor.company_id, user_id)
     check_can_manage(actor, user)
     changed = data.model_fields_set
@@ -187,7 +202,7 @@ async def update(session: AsyncSession, actor: User, user_id: uuid.UUID, data: U
     return user
 
 
-def check_can_see_sessions(actor: User, target: User, *, revoking: bool) -> None:
+def check_can_see_sessions(actor: Actor, target: User, *, revoking: bool) -> None:
     """Sessions may be listed and ended by their owner, and by anyone whose role is above the
     owner's; an administrator may also end (not list) another administrator's."""
     if actor.id == target.id or target.role in GRANTABLE[actor.role]:
@@ -201,14 +216,14 @@ def check_can_see_sessions(actor: User, target: User, *, revoking: bool) -> None
 
 
 async def list_sessions(
-    session: AsyncSession, actor: User, user_id: uuid.UUID
+    session: AsyncSession, actor: Actor, user_id: uuid.UUID
 ) -> Sequence[SignInSession]:
     user = await get(session, actor.company_id, user_id)
     check_can_see_sessions(actor, user, revoking=False)
     return await sessions_service.live_sessions(session, user.id)
 
 
-async def revoke_sessions(session: AsyncSession, actor: User, user_id: uuid.UUID) -> int:
+async def revoke_sessions(session: AsyncSession, actor: Actor, user_id: uuid.UUID) -> int:
     """Ends all of the user's sessions now: the kill switch for one account."""
     user = await get(session, actor.company_id, user_id)
     check_can_see_sessions(actor, user, revoking=True)
@@ -217,7 +232,7 @@ async def revoke_sessions(session: AsyncSession, actor: User, user_id: uuid.UUID
     )
 
 
-async def delete(session: AsyncSession, actor: User, user_id: uuid.UUID) -> None:
+async def delete(session: AsyncSession, actor: Actor, user_id: uuid.UUID) -> None:
     """Deletes a user; their sign-in sessions go with them, so their tokens stop working."""
     user = await get(session, actor.company_id, user_id)
     check_can_manage(actor, user)
