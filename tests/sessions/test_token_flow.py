@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import math
 import string
 import time
@@ -449,6 +450,36 @@ class TestLoginCodeGrant:
     ) -> None:
         response = await client.post(TOKEN, data=code_grant("abc"))
         assert_problem(response, 422, "validation_error")
+
+    @pytest.mark.parametrize(
+        ("content_type", "status"),
+        [
+            ("application/json", 200),
+            ("Application/JSON; charset=utf-8", 200),
+            ("application/problem+json", 200),  # FastAPI reads any +json as JSON
+            (None, 422),  # no content type is not JSON, as FastAPI reads it
+            ("text/plain", 422),
+            ("application/x-www-form-urlencoded", 422),
+        ],
+    )
+    async def test_the_body_is_read_by_its_content_type(
+        self,
+        client: httpx.AsyncClient,
+        factory: Factory,
+        entra: FakeEntra,
+        content_type: str | None,
+        status: int,
+    ) -> None:
+        signed_in = await sign_in(client, entra, factory)
+        headers = {} if content_type is None else {"Content-Type": content_type}
+        body = json.dumps(code_grant(signed_in.code)).encode()
+        response = await client.post(TOKEN, content=body, headers=headers)
+        assert response.status_code == status, response.text
+        assert response.headers["cache-control"] == "no-store"
+        if status == 200:
+            assert set(response.json()) == {
+                "access_token", "token_type", "expires_in", "refresh_token"
+            }  # fmt: skip
 
     async def test_validation_errors_do_not_echo_the_secret(
         self, client: httpx.AsyncClient
