@@ -9,7 +9,10 @@ import asyncio
 import datetime
 import ipaddress
 import json
+import os
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -331,6 +334,29 @@ async def test_certificates_are_checked_against_the_bundle_or_ssl_cert_file(
         monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
         async with IdentityProviderClient(timeout=2) as client:
             assert await client.fetch("GET", url, limit=LIMIT) == (200, b"{}")
+
+
+def test_aiohttps_unused_default_contexts_trust_nothing_and_ours_the_bundle() -> None:
+    """http.py imports aiohttp without the CA bundles of its default contexts (memory): in a
+    fresh interpreter they verify against nothing, so falling back on one fails closed,
+    while the client's own context holds certifi's bundle. Nothing else imports ssl's
+    default paths differently afterwards."""
+    script = (
+        "import json, ssl\n"
+        "before = ssl.create_default_context().cert_store_stats()['x509_ca']\n"
+        "import sso_broker.http as h, aiohttp.connector as c\n"
+        "after = ssl.create_default_context().cert_store_stats()['x509_ca']\n"
+        "print(json.dumps([c._SSL_CONTEXT_VERIFIED.cert_store_stats()['x509_ca'],"
+        " h._ssl_context().cert_store_stats()['x509_ca'], before, after]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+    answer = subprocess.run(  # noqa: S603 - this interpreter, a fixed script
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    aiohttp_default, ours, before, after = json.loads(answer.stdout)
+    assert aiohttp_default == 0
+    assert ours > 100
+    assert after == before, "ssl's default paths are loaded as before, once aiohttp is in"
 
 
 async def test_a_url_that_is_not_http_is_an_unsupported_protocol() -> None:

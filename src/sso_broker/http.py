@@ -30,8 +30,25 @@ import urllib.request
 from types import TracebackType
 from typing import Self
 
-import aiohttp
 import certifi
+
+
+def _import_aiohttp() -> None:
+    """Imports aiohttp without the CA bundles its two default TLS contexts load on import
+    (0.7 MB of every worker, README *Performance*): the client never uses them, it passes its
+    own context (:func:`_ssl_context`). Built without a CA store, a request that fell back on
+    aiohttp's default would fail verification, never pass it; ``tests/test_http.py`` checks
+    both."""
+    load = ssl.SSLContext.set_default_verify_paths
+    ssl.SSLContext.set_default_verify_paths = lambda self: None  # type: ignore[method-assign]
+    try:
+        import aiohttp  # noqa: F401
+    finally:
+        ssl.SSLContext.set_default_verify_paths = load  # type: ignore[method-assign]
+
+
+_import_aiohttp()
+import aiohttp  # noqa: E402
 
 DEFAULT_TIMEOUT = 5.0  # httpx's default, which the client had before
 
