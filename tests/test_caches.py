@@ -149,6 +149,30 @@ class TestStaleBoundedCache:
 
         assert await cache.get("k", read_after) == "new"
 
+    async def test_a_put_keeps_the_stamp_of_the_read_it_files(self) -> None:
+        """What the token endpoint files for the caller (sessions/service.py, remember): the
+        same bound and the same generation check as a read through get."""
+        clock = FakeClock()
+        cache: StaleBoundedCache[str] = StaleBoundedCache(clock=clock)
+
+        async def never() -> str:
+            raise AssertionError("served from the cache")
+
+        read = cache.stamp()
+        clock.now += 0.5
+        cache.put("k", "row", read)
+        assert await cache.get("k", never) == "row"
+        clock.now += ENTRY_TTL - 0.5 + 0.01  # ENTRY_TTL after the read began
+
+        async def again() -> str:
+            return "read again"
+
+        assert await cache.get("k", again) == "read again"
+        stale = cache.stamp()
+        cache.clear()  # a change committed while that read ran
+        cache.put("j", "old", stale)
+        assert await cache.get("j", again) == "read again"
+
 
 class TestLocalChangesAreSeenAtOnce:
     async def test_logout_ends_a_cached_session(

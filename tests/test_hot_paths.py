@@ -151,13 +151,22 @@ async def test_callback_and_token_statements(
         with statements(context) as seen[f"token {attempt}"]:
             tokens = await client.post("/api/v1/auth/token", json=code_grant(code))
         assert tokens.status_code == 200, tokens.text
+        # The frontend's first /me: its token was minted here and its caller read by the
+        # grant, so it asks the database nothing (sessions/service.py, remember).
+        bearer = {"Authorization": f"Bearer {tokens.json()['access_token']}"}
+        with statements(context) as seen[f"me {attempt}"]:
+            me = await client.get("/api/v1/auth/me", headers=bearer)
+        assert me.status_code == 200, me.text
+    assert seen["me first"] == seen["me again"] == [], seen
     if context.engine.dialect.name == "postgresql":
         # One statement each for the state, the resolution and all the writes (CTEs).
         assert seen == {
             "callback first": ["INSERT", "SELECT", "WITH"],
             "token first": ["WITH"],
+            "me first": [],
             "callback again": ["INSERT", "SELECT", "WITH"],
             "token again": ["WITH"],
+            "me again": [],
         }, seen
     else:
         # SQLite has no data-modifying CTEs; in-process, its statements cost no round trip,
@@ -169,8 +178,10 @@ async def test_callback_and_token_statements(
             # A first sign-in also writes the link and its identity.linked event.
             "callback first": [*state, "SELECT", "BEGIN", "INSERT", "INSERT", *writes, "COMMIT"],
             "token first": spend,
+            "me first": [],
             "callback again": [*state, "SELECT", "BEGIN", *writes, "COMMIT"],
             "token again": spend,
+            "me again": [],
         }, seen
 
 

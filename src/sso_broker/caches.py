@@ -59,6 +59,14 @@ V = TypeVar("V")
 
 
 @dataclass(frozen=True, slots=True)
+class ReadStamp:
+    """When a read that may fill a cache began: the cache's generation then, and the time."""
+
+    generation: int
+    read_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class _Entry(Generic[V]):
     value: V
     read_at: float  # monotonic time taken before the database read began
@@ -89,11 +97,20 @@ class StaleBoundedCache(Generic[V]):
         entry = self._entries.get(key)
         if entry is not None:
             return entry.value
-        generation, read_at = self._generation, self._clock()
+        read = self.stamp()
         value = await load()
-        if generation == self._generation:  # no local change committed while we read
-            self._entries[key] = _Entry(value, read_at)
+        self.put(key, value, read)
         return value
+
+    def stamp(self) -> ReadStamp:
+        """Taken before a read whose result :meth:`put` may file."""
+        return ReadStamp(self._generation, self._clock())
+
+    def put(self, key: Hashable, value: V, read: ReadStamp) -> None:
+        """Files what a read that began at ``read`` found, unless a local change committed
+        since (the generation check), and only until ``read_at`` + :data:`ENTRY_TTL`."""
+        if read.generation == self._generation:
+            self._entries[key] = _Entry(value, read.read_at)
 
 
 class _Fifo:
@@ -189,11 +206,14 @@ class TokenCache:
             self._verified.add(key, packed, now)
         return packed
 
-    def remember(self, key: bytes, claims: SessionClaims) -> None:
-        """Files a token this process just minted, until its first use (see above)."""
+    def remember(self, key: bytes, claims: SessionClaims) -> bytes:
+        """Files a token this process just minted, until its first use (see above); answers
+        its claims packed."""
+        packed = claims.pack()
         now = self._clock()
         if claims.expires_at > now:
-            self._minted.add(key, claims.pack(), now)
+            self._minted.add(key, packed, now)
+        return packed
 
 
 class Caches:

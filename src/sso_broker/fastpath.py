@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 
 from sso_broker.config import Settings
 from sso_broker.hotpath import HotPath as HotPath  # its home was here: still named here
-from sso_broker.hotpath import LinkConflict, SpentCode
+from sso_broker.hotpath import LinkConflict, Spent
 from sso_broker.pgpool import LeanPool
 from sso_broker.providers.models import SSOProvider
 from sso_broker.sessions.repository import SessionUser
@@ -87,23 +87,34 @@ _WRITE_AND_LINK = (  # noqa: S608 - constant text; every value is a $n parameter
     " VALUES ($19, $3, 'identity.linked', $7, $4, $2, $13)),"
 ) + _WRITE_SESSION
 _CLEAR_LAST_ERROR = "UPDATE sso_providers SET last_error = NULL WHERE id = $1"
-# The spent row, its session and user, and the next refresh token when the grant is good:
-# one statement (see HotPath). $1 the spent hash, $2 the new refresh token's, $3 now; a login
-# code's ``bound`` says whether $4 is its challenge (the S256 of the verifier sent).
+# The spent row, its session with user and company, and the next refresh token when the
+# grant is good: one statement (see HotPath). $1 the spent hash, $2 the new refresh token's,
+# $3 now; a login code's ``bound`` says whether $4 is its challenge (the S256 of the verifier
+# sent). The session, user and company columns are _PRINCIPAL's, in its order: the caller the
+# new access token names, for the principal cache (its /me then asks nothing).
 _GRANT = """
 found AS (
-  SELECT spent.expires_at AS spent_expires, spent.bound, u.id AS user_id, u.company_id,
-         u.email, u.name, u.role, s.id AS session_id, s.provider_id, s.expires_at,
-         s.revoked_at
+  SELECT spent.expires_at AS spent_expires, spent.bound,
+         u.id AS user_id, u.company_id, u.email, u.email_normalized, u.name, u.role,
+         u.sso_provider_id, u.created_at AS user_created, u.updated_at AS user_updated,
+         s.id AS session_id, s.provider_id, s.idp_sid, s.login_hint,
+         s.created_at AS session_created, s.expires_at, s.revoked_at,
+         c.name AS company_name, c.created_at AS company_created,
+         c.updated_at AS company_updated
   FROM spent
   JOIN sign_in_sessions s ON s.id = spent.session_id
-  JOIN users u ON u.id = s.user_id),
+  JOIN users u ON u.id = s.user_id
+  JOIN companies c ON c.id = u.company_id),
 added AS (
   INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at)
   SELECT $2, session_id, $3, expires_at FROM found
   WHERE bound AND spent_expires > $3 AND revoked_at IS NULL AND expires_at > $3)
-SELECT spent.expires_at, f.user_id, f.company_id, f.email, f.name, f.role,
-       f.session_id, f.provider_id, f.expires_at, f.revoked_at, spent.bound
+SELECT spent.expires_at, spent.bound,
+       f.user_id, f.company_id, f.email, f.email_normalized, f.name, f.role, f.sso_provider_id,
+       f.user_created, f.user_updated,
+       f.session_id, f.provider_id, f.idp_sid, f.login_hint, f.session_created, f.expires_at,
+       f.revoked_at,
+       f.company_name, f.company_created, f.company_updated
 FROM spent LEFT JOIN found f ON true
 """
 _SPEND_CODE = (
@@ -141,11 +152,18 @@ def _json(value: Any) -> Any:
 
 
 def _session_user(row: Sequence[Any]) -> tuple[datetime, SessionUser | None]:
-    spent_expires, user_id, company_id, email, name, role, sid, pid, expires, revoked = row[:10]
+    spent_expires, user_id, company_id, email, name, role, sid, pid, expires, revoked = row
     if user_id is None:
         return spent_expires, None
     subject = SessionUser(user_id, company_id, email, name, Role(role), sid, pid, expires, revoked)
     return spent_expires, subject
+
+
+def _spent(row: Sequence[Any]) -> Spent:
+    from sso_broker.sessions.service import Principal
+
+    principal = None if row[2] is None else Principal.from_row(row[2:])
+    return Spent(row[0], principal, row[1])
 
 
 class FastPath:
@@ -232,15 +250,15 @@ class FastPath:
 
     async def spend_login_code(
         self, code_hash: str, *, code_challenge: str, refresh_hash: str, now: datetime
-    ) -> SpentCode | None:
+    ) -> Spent | None:
         row = await self.pool.fetchrow(_SPEND_CODE, code_hash, refresh_hash, now, code_challenge)
-        return None if row is None else SpentCode(*_session_user(row), bound=row[10])
+        return None if row is None else _spent(row)
 
     async def use_refresh_token(
         self, token_hash: str, *, refresh_hash: str, now: datetime
-    ) -> tuple[datetime, SessionUser | None] | None:
+    ) -> Spent | None:
         row = await self.pool.fetchrow(_USE_REFRESH, token_hash, refresh_hash, now)
-        return None if row is None else _session_user(row)
+        return None if row is None else _spent(row)
 
     async def reused_session(self, token_hash: str) -> uuid.UUID | None:
         found = await self.pool.fetchval(_REUSED, token_hash)

@@ -32,11 +32,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sso_broker.database import UTCDateTime, sqlite_on_connect, table_of, write_gate
-from sso_broker.hotpath import LinkConflict, SpentCode
+from sso_broker.hotpath import LinkConflict, Spent
 from sso_broker.providers.models import SSOProvider
 from sso_broker.sessions.repository import SessionUser
 from sso_broker.sso.repository import NewSignIn, Resolution
-from sso_broker.users.models import Role
 
 if TYPE_CHECKING:
     from sso_broker.sessions.service import Principal
@@ -169,10 +168,14 @@ _USE_REFRESH = (
     "UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL"
     " RETURNING session_id, expires_at, 1"
 )
-_SESSION_USER = """
-SELECT u.id, u.company_id, u.email, u.name, u.role,
-       s.id, s.provider_id, s.expires_at, s.revoked_at
-FROM sign_in_sessions s JOIN users u ON u.id = s.user_id
+_SESSION_PRINCIPAL = """
+SELECT u.id, u.company_id, u.email, u.email_normalized, u.name, u.role, u.sso_provider_id,
+       u.created_at, u.updated_at,
+       s.id, s.provider_id, s.idp_sid, s.login_hint, s.created_at, s.expires_at, s.revoked_at,
+       c.name, c.created_at, c.updated_at
+FROM sign_in_sessions s
+JOIN users u ON u.id = s.user_id
+JOIN companies c ON c.id = u.company_id
 WHERE s.id = ?
 """
 _REUSED = "SELECT session_id FROM refresh_tokens WHERE token_hash = ?"
@@ -200,15 +203,20 @@ def _one(connection: sqlite3.Connection, query: str, args: Sequence[Any]) -> Any
     return rows[0] if rows else None
 
 
-def _session_user(connection: sqlite3.Connection, session_id: str) -> SessionUser | None:
-    row = _one(connection, _SESSION_USER, (session_id,))
+def _principal(row: Sequence[Any] | None) -> Principal | None:
+    """A row of _PRINCIPAL's columns as a Principal."""
+    from sso_broker.sessions.service import Principal
+
     if row is None:
         return None
-    user_id, company_id, email, name, role, sid, pid, expires, revoked = row
-    return SessionUser(
-        _id(user_id), _id(company_id), email, name, Role(role), _id(sid), _uuid(pid),
-        _at(expires), _time(revoked),
-    )  # fmt: skip
+    return Principal.from_row(
+        [read(value) for read, value in zip(_PRINCIPAL_READERS, row, strict=True)]
+    )
+
+
+def _session_principal(connection: sqlite3.Connection, session_id: str) -> Principal | None:
+    """A session with its user and company, as the principal query reads them."""
+    return _principal(_one(connection, _SESSION_PRINCIPAL, (session_id,)))
 
 
 def _grant(
@@ -217,26 +225,25 @@ def _grant(
     args: Sequence[Any],
     refresh_hash: str,
     now: datetime,
-) -> SpentCode | None:
+) -> Spent | None:
     """Spends a code or refresh token and, when the grant is good at ``now``, stores the next
     refresh token (``fastpath.HotPath``): on the hot paths' thread, in one transaction."""
     spent = _one(connection, spend, args)
     if spent is None:
         return None
     session_id, expires_at, bound = spent
-    subject = _session_user(connection, session_id)
+    principal = _session_principal(connection, session_id)
     spent_expires = _at(expires_at)
     if (
         bound
-        and subject is not None
+        and principal is not None
         and spent_expires > now
-        and subject.revoked_at is None
-        and subject.expires_at > now
+        and principal.session.revoked_at is None
+        and principal.session.expires_at > now
     ):
-        connection.execute(
-            _ADD_REFRESH, (refresh_hash, session_id, _db_time(now), _db_time(subject.expires_at))
-        )
-    return SpentCode(spent_expires, subject, bool(bound))
+        expires = _db_time(principal.session.expires_at)
+        connection.execute(_ADD_REFRESH, (refresh_hash, session_id, _db_time(now), expires))
+    return Spent(spent_expires, principal, bool(bound))
 
 
 def _in_transaction(connection: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -353,15 +360,8 @@ class SQLiteFastPath:
     async def principal(
         self, session_id: uuid.UUID, user_id: uuid.UUID, company_id: uuid.UUID
     ) -> Principal | None:
-        from sso_broker.sessions.service import Principal
-
         args = (session_id.hex, user_id.hex, company_id.hex)
-        row = await self._read(lambda c: _one(c, _PRINCIPAL, args))
-        if row is None:
-            return None
-        return Principal.from_row(
-            [read(value) for read, value in zip(_PRINCIPAL_READERS, row, strict=True)]
-        )
+        return _principal(await self._read(lambda c: _one(c, _PRINCIPAL, args)))
 
     async def consume_state(self, state_hash: str, expires_at: datetime) -> bool:
         """Records a login state as used; False when it was used before."""
@@ -426,16 +426,15 @@ class SQLiteFastPath:
 
     async def spend_login_code(
         self, code_hash: str, *, code_challenge: str, refresh_hash: str, now: datetime
-    ) -> SpentCode | None:
+    ) -> Spent | None:
         args = (code_hash, code_challenge)
         return await self._write(lambda c: _grant(c, _SPEND_CODE, args, refresh_hash, now))
 
     async def use_refresh_token(
         self, token_hash: str, *, refresh_hash: str, now: datetime
-    ) -> tuple[datetime, SessionUser | None] | None:
+    ) -> Spent | None:
         args = (_db_time(now), token_hash)
-        spent = await self._write(lambda c: _grant(c, _USE_REFRESH, args, refresh_hash, now))
-        return None if spent is None else (spent.expires_at, spent.subject)
+        return await self._write(lambda c: _grant(c, _USE_REFRESH, args, refresh_hash, now))
 
     async def reused_session(self, token_hash: str) -> uuid.UUID | None:
         row = await self._read(lambda c: _one(c, _REUSED, (token_hash,)))
@@ -450,7 +449,8 @@ class SQLiteFastPath:
             row = _one(connection, _ROTATED_WITHIN, args)
             if row is None:
                 return None
-            return _at(row[0]), _session_user(connection, row[1])
+            principal = _session_principal(connection, row[1])
+            return _at(row[0]), None if principal is None else SessionUser.of_principal(principal)
 
         return await self._read(work)
 

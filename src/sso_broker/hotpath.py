@@ -24,12 +24,14 @@ class LinkConflict(Exception):
     """A first sign-in's identity link met an identity or account already linked."""
 
 
-class SpentCode(NamedTuple):
-    """A spent login code: its expiry, its session and user, and whether the verifier sent
-    matched the challenge it is bound to (the next refresh token is stored only then)."""
+class Spent(NamedTuple):
+    """A spent login code or refresh token: its expiry, the session with its user and company
+    as the same statement read them (None when the session is gone), and, for a code,
+    whether the verifier sent matched the challenge it is bound to (the next refresh token
+    is stored only then; a refresh token is always bound)."""
 
     expires_at: datetime
-    subject: SessionUser | None
+    principal: Principal | None
     bound: bool
 
 
@@ -62,11 +64,11 @@ class HotPath(Protocol):
 
     async def spend_login_code(
         self, code_hash: str, *, code_challenge: str, refresh_hash: str, now: datetime
-    ) -> SpentCode | None: ...
+    ) -> Spent | None: ...
 
     async def use_refresh_token(
         self, token_hash: str, *, refresh_hash: str, now: datetime
-    ) -> tuple[datetime, SessionUser | None] | None: ...
+    ) -> Spent | None: ...
 
     async def reused_session(self, token_hash: str) -> uuid.UUID | None: ...
 

@@ -11,9 +11,13 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sso_broker.sessions.models import SignInSession
 from sso_broker.users.models import Role, User
+
+if TYPE_CHECKING:
+    from sso_broker.sessions.service import Principal
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,3 +47,11 @@ class SessionUser:
             expires_at=sign_in.expires_at,
             revoked_at=sign_in.revoked_at,
         )
+
+    @classmethod
+    def of_principal(cls, principal: Principal) -> SessionUser:
+        user, sign_in = principal.user, principal.session
+        return cls(
+            user.id, user.company_id, user.email, user.name, user.role, sign_in.id,
+            sign_in.provider_id, sign_in.expires_at, sign_in.revoked_at,
+        )  # fmt: skip

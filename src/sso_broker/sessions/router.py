@@ -47,6 +47,7 @@ async def jwks(context: ContextDep, response: Response) -> dict[str, Any]:
 
 
 async def _issue(context: AppContext, grant: LoginCodeGrant | RefreshTokenGrant) -> TokenResponse:
+    read = context.caches.principals.stamp()  # before the grant reads the caller
     pair = await service.grant(
         context.fast,
         context.sessionmaker,
@@ -57,7 +58,7 @@ async def _issue(context: AppContext, grant: LoginCodeGrant | RefreshTokenGrant)
         code_verifier=grant.code_verifier if isinstance(grant, LoginCodeGrant) else None,
         refresh_token=grant.refresh_token if isinstance(grant, RefreshTokenGrant) else None,
     )
-    service.remember(context.caches, pair.access)
+    service.remember(context.caches, pair, read)
     return TokenResponse(
         access_token=pair.access.token,
         # Not simply ACCESS_TOKEN_TTL: a token is cut short when its session ends sooner.

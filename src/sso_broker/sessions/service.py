@@ -18,12 +18,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sso_broker.audit import service as audit
 from sso_broker.audit.service import EventType
-from sso_broker.caches import Caches
+from sso_broker.caches import Caches, ReadStamp
 from sso_broker.config import Settings
 from sso_broker.crypto import token_hash
 from sso_broker.database import session_scope, utcnow
 from sso_broker.errors import ErrorCode, InvalidGrant, NotAuthenticated
-from sso_broker.hotpath import HotPath
+from sso_broker.hotpath import HotPath, Spent
 from sso_broker.sessions.models import LoginCode, RefreshToken, SignInSession
 from sso_broker.sessions.repository import SessionUser
 from sso_broker.sessions.tokens import PACKED_IDS, KeyRing, SessionClaims, session_claims
@@ -109,6 +109,9 @@ class IssuedToken:
 class TokenPair:
     access: IssuedToken
     refresh_token: str
+    # The caller the access token names, as the grant's own statement read it: the principal
+    # cache takes it, so the frontend's first /me asks the database nothing (``remember``).
+    principal: Principal | None = None
 
 
 class RefreshTokenReused(InvalidGrant):
@@ -201,11 +204,15 @@ def mint(
     )
 
 
-def remember(caches: Caches, issued: IssuedToken) -> None:
-    """Files a token this process just minted: the frontend's first /me after a sign-in then
-    costs no signature check (README, *Performance*; ``caches.TokenCache`` keeps it until its
-    first use among the last tokens minted)."""
-    caches.tokens.remember(caches.tokens.key(issued.token), issued.claims)
+def remember(caches: Caches, pair: TokenPair, read: ReadStamp) -> None:
+    """Files a token pair this process just issued: the frontend's first /me after a sign-in
+    then costs no signature check (``caches.TokenCache`` keeps the token until its first use
+    among the last ones minted) and no query (the caller its grant read, taken ``read`` as
+    :meth:`StaleBoundedCache.stamp` said before the grant began, so the one-second rule
+    holds; README, *Performance*)."""
+    packed = caches.tokens.remember(caches.tokens.key(pair.access.token), pair.access.claims)
+    if pair.principal is not None:
+        caches.principals.put(packed[:PACKED_IDS], pair.principal, read)
 
 
 async def authenticate(
@@ -290,10 +297,18 @@ def _live(subject: SessionUser | None, now: datetime) -> SessionUser:
 
 
 def _token_pair(
-    settings: Settings, keyring: KeyRing, subject: SessionUser, refresh_token: str
+    settings: Settings,
+    keyring: KeyRing,
+    subject: SessionUser,
+    refresh_token: str,
+    principal: Principal | None = None,
 ) -> TokenPair:
     issued = mint(settings, keyring, subject, ttl=timedelta(seconds=settings.access_token_ttl))
-    return TokenPair(access=issued, refresh_token=refresh_token)
+    return TokenPair(access=issued, refresh_token=refresh_token, principal=principal)
+
+
+def _subject(spent: Spent) -> SessionUser | None:
+    return None if spent.principal is None else SessionUser.of_principal(spent.principal)
 
 
 async def exchange_login_code(
@@ -320,12 +335,13 @@ async def exchange_login_code(
     if spent is None:
         raise InvalidGrant("The login code is unknown or was already used; sign in again.")
     if not spent.bound:
-        if spent.subject is not None:
-            raise LoginCodeUnbound(spent.subject.session_id)
+        if spent.principal is not None:
+            raise LoginCodeUnbound(spent.principal.session.id)
         raise InvalidGrant("The sign-in session no longer exists; sign in again.")
     if spent.expires_at <= now:
         raise InvalidGrant("The login code has expired; sign in again.")
-    return _token_pair(settings, keyring, _live(spent.subject, now), refresh_token)
+    subject = _live(_subject(spent), now)
+    return _token_pair(settings, keyring, subject, refresh_token, spent.principal)
 
 
 def successor(key: bytes, token: str) -> str:
@@ -362,10 +378,9 @@ async def refresh(
         if reused is not None:
             raise RefreshTokenReused(reused)
         raise InvalidGrant("The refresh token is unknown; sign in again.")
-    expires_at, subject = used
-    if expires_at <= now:
+    if used.expires_at <= now:
         raise InvalidGrant("The refresh token has expired; sign in again.")
-    return _token_pair(settings, keyring, _live(subject, now), next_token)
+    return _token_pair(settings, keyring, _live(_subject(used), now), next_token, used.principal)
 
 
 def _audit_revocations(
