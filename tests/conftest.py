@@ -13,7 +13,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -195,6 +195,7 @@ class Factory:
         client_secret: str | None = None,
         enabled: bool = False,
         type: str = "entra",
+        client_secret_expires_at: datetime | None = None,
     ) -> SSOProvider:
         async with session_scope(self.context.sessionmaker) as session:
             provider = SSOProvider(
@@ -208,6 +209,7 @@ class Factory:
                 if client_secret
                 else None,
                 enabled=enabled,
+                client_secret_expires_at=client_secret_expires_at,
             )
             session.add(provider)
         return provider

@@ -7,7 +7,9 @@ import logging
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -17,9 +19,11 @@ from cryptography.fernet import Fernet
 from sqlalchemy import text
 
 from sso_broker.cli import main
+from sso_broker.companies import service as companies_service
 from sso_broker.crypto import SecretBox
-from sso_broker.database import create_engine
+from sso_broker.database import create_engine, create_sessionmaker, session_scope, utcnow
 from sso_broker.main import create_app
+from sso_broker.models import SSOProvider
 from tests.conftest import TEST_KEY, Database, _empty_tables, make_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -356,3 +360,70 @@ class TestServedApp:
         app = create_app(make_settings(cli_env.url))
         async with app.router.lifespan_context(app):
             assert (gc.get_threshold(), gc.get_freeze_count()) == before
+
+
+class TestExpiringSecrets:
+    async def _providers(self, database: Database) -> dict[str, str]:
+        """Four providers of two companies: expired, expiring (disabled), later, no secret."""
+        engine = create_engine(make_settings(database.url))
+        box = SecretBox.from_settings(make_settings(database.url))
+        now = utcnow()
+        ids: dict[str, str] = {}
+        try:
+            sessionmaker = create_sessionmaker(engine)
+            async with session_scope(sessionmaker) as session:
+                companies = [await companies_service.create(session, n) for n in ("A", "B")]
+                for name, company, days, secret, enabled in (
+                    ("expired", companies[0], -3, True, True),
+                    ("expiring", companies[1], 10, True, False),
+                    ("later", companies[0], 60, True, True),
+                    ("no secret", companies[1], 5, False, False),
+                ):
+                    provider = SSOProvider(
+                        id=uuid.uuid4(), company_id=company.id, type="entra", name=name,
+                        base_url="contoso.onmicrosoft.com", client_id=str(uuid.uuid4()),
+                        client_secret_encrypted=box.encrypt("s3cret") if secret else None,
+                        client_secret_expires_at=now + timedelta(days=days), enabled=enabled,
+                    )  # fmt: skip
+                    session.add(provider)
+                    ids[name] = str(provider.id)
+        finally:
+            await engine.dispose()
+        return ids
+
+    def test_lists_expired_and_expiring_soonest_first(
+        self, cli_env: Database, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        run(capsys, "migrate")
+        ids = asyncio.run(self._providers(cli_env))
+        status, out, _ = run(capsys, "expiring-secrets")
+        assert status == 0
+        items = _json(out)["items"]
+        assert isinstance(items, list)
+        assert [i["provider_id"] for i in items] == [ids["expired"], ids["expiring"]]
+        assert set(items[0]) == {"provider_id", "company_id", "name", "expires_at"}
+        assert items[0]["name"] == "expired"
+        assert datetime.fromisoformat(items[0]["expires_at"]) < datetime.now(UTC)
+        assert "s3cret" not in out
+
+        status, out, _ = run(capsys, "expiring-secrets", "--days", "90")
+        names = [i["name"] for i in _json(out)["items"]]  # type: ignore[union-attr]
+        assert names == ["expired", "expiring", "later"]
+
+        status, out, err = run(capsys, "expiring-secrets", "--days", "-1")
+        assert status == 1
+        assert out == ""
+        assert json.loads(err.splitlines()[-1])["error"] == "command_failed"
+
+    def test_the_window_defaults_to_the_setting(
+        self,
+        cli_env: Database,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        run(capsys, "migrate")
+        asyncio.run(self._providers(cli_env))
+        monkeypatch.setenv("SSO_BROKER_SECRET_EXPIRY_WARNING_DAYS", "0")
+        status, out, _ = run(capsys, "expiring-secrets")
+        assert status == 0
+        assert [i["name"] for i in _json(out)["items"]] == ["expired"]  # type: ignore[union-attr]

@@ -14,7 +14,7 @@ import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -24,10 +24,11 @@ from sso_broker import __version__
 from sso_broker.companies import service as companies_service
 from sso_broker.config import Settings
 from sso_broker.crypto import EncryptionKeyError, SecretBox
-from sso_broker.database import create_engine, create_sessionmaker, session_scope
+from sso_broker.database import create_engine, create_sessionmaker, session_scope, utcnow
 from sso_broker.errors import AppError
 from sso_broker.logs import configure_logging
 from sso_broker.providers.models import SSOProvider
+from sso_broker.providers.warnings import expiring_secrets
 from sso_broker.sessions import service as sessions_service
 from sso_broker.sessions.models import SigningKey, SignInSession
 from sso_broker.sessions.tokens import KeyRing, ensure_signing_key
@@ -171,6 +172,38 @@ async def cmd_rotate_keys(settings: Settings, _args: argparse.Namespace) -> None
     await _with_database(settings, work)
 
 
+async def cmd_expiring_secrets(settings: Settings, args: argparse.Namespace) -> None:
+    """Providers whose client secret expires within --days (expired ones and disabled
+    providers included), soonest first: for cron and alerting (README, *Keeping SSO
+    healthy*)."""
+    days = settings.secret_expiry_warning_days if args.days is None else args.days
+    if not 0 <= days <= 3650:
+        raise CommandError("--days must be between 0 and 3650")
+
+    async def work(sessionmaker: Any, _box: SecretBox) -> None:
+        async with session_scope(sessionmaker) as session:
+            found = await expiring_secrets(session, before=utcnow() + timedelta(days=days))
+            _emit(
+                {
+                    "items": [
+                        {
+                            "provider_id": str(provider.id),
+                            "company_id": str(provider.company_id),
+                            "name": provider.name,
+                            "expires_at": _iso(provider.client_secret_expires_at),
+                        }
+                        for provider in found
+                    ]
+                }
+            )
+
+    await _with_database(settings, work)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
 def _migrate_in_child(settings: Settings) -> None:
     """Applies pending migrations in a forked child, so the serving process never loads
     Alembic: 9 MB of each worker's memory (README, *Performance*)."""
@@ -263,6 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "rotate-keys", help="re-encrypt stored secrets under the first encryption key"
     ).set_defaults(handler=cmd_rotate_keys, is_async=True)
+
+    expiring = commands.add_parser(
+        "expiring-secrets",
+        help="list providers whose client secret expires within --days (or has expired)",
+    )
+    expiring.add_argument(
+        "--days", type=int, default=None, help="default: SSO_BROKER_SECRET_EXPIRY_WARNING_DAYS"
+    )
+    expiring.set_defaults(handler=cmd_expiring_secrets, is_async=True)
 
     commands.add_parser("openapi", help="print the OpenAPI document").set_defaults(
         handler=cmd_openapi, is_async=False

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     # Seconds after a refresh token was rotated in which presenting it again answers the
     # same successor instead of ending the session (two tabs, a retried request); 0: off.
     refresh_reuse_grace: int = Field(default=10, ge=0, le=300)
+    # Days before a provider's client_secret_expires_at from which it carries the warning
+    # client_secret_expiring, and the `expiring-secrets` command's default window.
+    secret_expiry_warning_days: int = Field(default=30, ge=0, le=3650)
 
     @field_validator("encryption_keys", mode="before")
     @classmethod

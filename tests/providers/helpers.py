@@ -41,6 +41,7 @@ PROVIDER_FIELDS = {
     "client_secret_expires_at",
     "enabled",
     "last_error",
+    "warnings",
     "urls",
     "created_at",
     "updated_at",

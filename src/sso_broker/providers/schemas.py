@@ -7,12 +7,14 @@ from typing import Annotated
 from pydantic import AwareDatetime, BaseModel, Field, StrictBool, StringConstraints
 
 from sso_broker.config import Settings
+from sso_broker.database import utcnow
 from sso_broker.idp import ProviderTypeName, adapters_for
 from sso_broker.providers.models import (
     BASE_URL_MAX,
     CLIENT_ID_MAX,
     SSOProvider,
 )
+from sso_broker.providers.warnings import secret_warnings
 from sso_broker.schemas import DisplayName, PatchBody, StrictBody
 
 CLIENT_SECRET_MAX = 1024
@@ -66,6 +68,14 @@ class ProviderUpdate(PatchBody):
     enabled: StrictBool | None = None
 
 
+class ProviderWarning(BaseModel):
+    code: str = Field(
+        description="client_secret_expiring (within SSO_BROKER_SECRET_EXPIRY_WARNING_DAYS of "
+        "client_secret_expires_at) or client_secret_expired."
+    )
+    message: str = Field(description="What to do, in words an administrator can act on.")
+
+
 class LastError(BaseModel):
     code: str
     message: str
@@ -101,6 +111,9 @@ class ProviderRead(BaseModel):
     client_secret_expires_at: datetime | None
     enabled: bool
     last_error: LastError | None
+    warnings: list[ProviderWarning] = Field(
+        description="What to do before sign-ins break; [] when nothing is due."
+    )
     urls: ProviderUrls
     created_at: datetime
     updated_at: datetime
@@ -123,6 +136,12 @@ class ProviderRead(BaseModel):
             last_error=LastError.model_validate(provider.last_error)
             if provider.last_error
             else None,
+            warnings=[
+                ProviderWarning(code=w.code, message=w.message)
+                for w in secret_warnings(
+                    provider, now=utcnow(), days=settings.secret_expiry_warning_days
+                )
+            ],
             urls=ProviderUrls(
                 initiate_sign_in_url=f"{base}/initiate",
                 callback_url=f"{base}/callback",

@@ -1,0 +1,75 @@
+"""What an administrator should do before a provider stops signing people in: its client
+secret expiring soon, or expired (README, *Keeping SSO healthy*).
+
+The most common way a working set-up breaks is an expired client secret (Entra's live at most
+24 months); the provider's ``warnings`` say so ahead of time, and ``sso-broker
+expiring-secrets`` lists the same for cron and alerting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from sso_broker.providers.models import SSOProvider
+
+SECRET_EXPIRING = "client_secret_expiring"  # noqa: S105 - a warning code
+SECRET_EXPIRED = "client_secret_expired"  # noqa: S105 - a warning code
+
+
+@dataclass(frozen=True, slots=True)
+class Warning:
+    code: str
+    message: str
+
+
+def _day(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def secret_warnings(provider: SSOProvider, *, now: datetime, days: int) -> list[Warning]:
+    """``client_secret_expired`` once the secret's expiry has passed, ``client_secret_expiring``
+    within ``days`` of it; nothing for a provider without a secret or without a known expiry."""
+    expires = provider.client_secret_expires_at
+    if expires is None or provider.client_secret_encrypted is None:
+        return []
+    if expires <= now:
+        return [
+            Warning(
+                SECRET_EXPIRED,
+                f"The client secret expired on {_day(expires)}: the identity provider refuses "
+                "it, so sign-ins fail with token_exchange_failed. Make a new secret there and "
+                "paste it as client_secret, with its client_secret_expires_at.",
+            )
+        ]
+    if expires - now <= timedelta(days=days):
+        left = expires - now
+        when = f"in {left.days} days" if left.days >= 1 else "within a day"
+        return [
+            Warning(
+                SECRET_EXPIRING,
+                f"The client secret expires on {_day(expires)} ({when}): make a new secret at "
+                "the identity provider and paste it as client_secret, with its "
+                "client_secret_expires_at, before then; sign-ins fail once it has expired.",
+            )
+        ]
+    return []
+
+
+async def expiring_secrets(session: AsyncSession, *, before: datetime) -> Sequence[SSOProvider]:
+    """Every provider whose client secret expires before ``before`` (expired ones and
+    disabled providers included), soonest first."""
+    rows = await session.scalars(
+        select(SSOProvider)
+        .where(
+            SSOProvider.client_secret_encrypted.is_not(None),
+            SSOProvider.client_secret_expires_at.is_not(None),
+            SSOProvider.client_secret_expires_at <= before,
+        )
+        .order_by(SSOProvider.client_secret_expires_at, SSOProvider.id)
+    )
+    return rows.all()
