@@ -167,6 +167,14 @@ class InvalidInput(AppError):
     code = ErrorCode.VALIDATION_ERROR
 
 
+class RateLimited(AppError):
+    title = "Too many requests"
+    code = ErrorCode.RATE_LIMITED
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
 class ServiceUnavailable(AppError):
     title = "Service unavailable"
     code = ErrorCode.DATABASE_UNAVAILABLE

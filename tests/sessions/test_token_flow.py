@@ -432,8 +432,6 @@ class TestLoginCodeGrant:
             code_grant("x" * 257),
             code_grant(12345),  # type: ignore[arg-type]
             code_grant("abc", client_id="dashboard"),
-            code_grant("abc", code_verifier="v" * 1025),
-            code_grant("abc", code_verifier=12345),
             {"grant_type": "refresh_token", "refresh_token": "abc", "scope": "admin"},
             {},
             [],

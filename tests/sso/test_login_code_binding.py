@@ -172,6 +172,9 @@ class TestAMalformedChallenge:
             {"code_challenge": CHALLENGE[:-1] + "=", "code_challenge_method": "S256"},
             {"code_challenge": CHALLENGE[:-1] + "+", "code_challenge_method": "S256"},
             {"code_challenge": "x" * 5000, "code_challenge_method": "S256"},
+            {"code_challenge": "", "code_challenge_method": "S256"},
+            {"code_challenge_method": "S256"},  # a method without a challenge
+            {"code_challenge_method": "plain"},
         ],
     )
     async def test_is_an_invalid_request(
@@ -216,6 +219,10 @@ class TestTheTokenExchange:
             VERIFIER[:42],  # too short for RFC 7636
             "é" * 50,  # outside its alphabet
             CHALLENGE,  # the challenge itself is not the verifier
+            "v" * 2000,  # too long for RFC 7636
+            5,  # not even a string: still invalid_grant, and the code spent
+            ["a"],
+            {"a": 1},
         ],
     )
     async def test_a_missing_or_wrong_verifier_spends_the_code(
@@ -224,10 +231,10 @@ class TestTheTokenExchange:
         factory: Factory,
         entra: FakeEntra,
         sessionmaker: async_sessionmaker[AsyncSession],
-        verifier: str | None,
+        verifier: object,
     ) -> None:
         code = await self._code(client, factory, entra)
-        body = {"grant_type": "login_code", "code": code}
+        body: dict[str, object] = {"grant_type": "login_code", "code": code}
         if verifier is not None:
             body["code_verifier"] = verifier
         refused = await client.post(TOKEN, json=body)

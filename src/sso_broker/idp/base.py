@@ -109,6 +109,23 @@ class Actionable:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class CredentialsVerdict:
+    """What a token endpoint's answer to a ``client_credentials`` request proves of the
+    client ID and secret: ``proven`` True (accepted), False (refused: ``actionable`` says
+    what to fix) or None (the endpoint refused before it looked at them)."""
+
+    proven: bool | None
+    actionable: Actionable | None = None
+
+
+# Errors a token endpoint answers only after it has authenticated the client (RFC 6749, 5.2:
+# a wrong client is invalid_client): the credentials are good, this grant is not allowed.
+_AFTER_CLIENT_AUTHENTICATION = frozenset(
+    {"unauthorized_client", "invalid_scope", "access_denied", "invalid_grant"}
+)
+
+
 class Adapter(ABC):
     """One kind of identity provider (see the module docstring)."""
 
@@ -241,6 +258,25 @@ class Adapter(ABC):
                 f"grant type in {self.console}.",
             )
         return None
+
+    def credentials_test_params(self, client_id: str) -> dict[str, str]:
+        """Parameters of the connection test's ``client_credentials`` request beyond the
+        grant type and the client's authentication (Entra needs a resource's scope)."""
+        return {}
+
+    def credentials_verdict(
+        self, status: int, oauth_error: str | None, provider_code: str | None
+    ) -> CredentialsVerdict:
+        """Judges the connection test's ``client_credentials`` answer: a token, or an error
+        that comes after client authentication, proves the credentials; ``invalid_client``
+        (or a bare 401) refutes them; anything else proves nothing."""
+        if status == 200 and oauth_error is None:
+            return CredentialsVerdict(True)
+        if oauth_error == "invalid_client" or (status == 401 and oauth_error is None):
+            return CredentialsVerdict(False, self.actionable("invalid_client", provider_code))
+        if oauth_error in _AFTER_CLIENT_AUTHENTICATION:
+            return CredentialsVerdict(True)
+        return CredentialsVerdict(None)
 
     def discovery_failed(self, status: int | None, provider_code: str | None) -> Actionable | None:
         """``last_error`` for metadata that could not be had (a wrong ``base_url``)."""

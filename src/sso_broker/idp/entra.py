@@ -19,6 +19,7 @@ from sso_broker.idp.base import (
     WELL_KNOWN,
     Actionable,
     Adapter,
+    CredentialsVerdict,
     bad_base_url,
     is_domain_name,
     is_email,
@@ -57,6 +58,9 @@ ACTIONABLE_AADSTS: dict[str, Actionable] = {
         "domain in base_url.",
     ),
 }
+# The client ID or secret is wrong, whatever OAuth error carries the code (README, *Keeping
+# SSO healthy*).
+BAD_CREDENTIALS_AADSTS = frozenset({"AADSTS7000215", "AADSTS7000222", "AADSTS700016"})
 # Errors the user caused or chose: cancelled, not assigned to the app, consent declined.
 ACCESS_DENIED_AADSTS = frozenset({"AADSTS50105", "AADSTS65004", "AADSTS50126"})
 _PASTE = (
@@ -256,6 +260,21 @@ class EntraAdapter(Adapter):
 
     def discovery_failed(self, status: int | None, provider_code: str | None) -> Actionable | None:
         return ACTIONABLE_AADSTS.get(provider_code or "")
+
+    def credentials_test_params(self, client_id: str) -> dict[str, str]:
+        # A token for the application itself: it needs no API permission at all (the seed's
+        # four delegated scopes grant none for client_credentials), and the same in every
+        # national cloud.
+        return {"scope": f"{client_id}/.default"}
+
+    def credentials_verdict(
+        self, status: int, oauth_error: str | None, provider_code: str | None
+    ) -> CredentialsVerdict:
+        # The AADSTS code decides over the OAuth error: Entra answers an unknown client ID
+        # (AADSTS700016) as unauthorized_client, which elsewhere proves the client good.
+        if provider_code in BAD_CREDENTIALS_AADSTS:
+            return CredentialsVerdict(False, ACTIONABLE_AADSTS[provider_code])
+        return super().credentials_verdict(status, oauth_error, provider_code)
 
     # -- Sign-out ---------------------------------------------------------------------------
 

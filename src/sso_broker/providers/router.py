@@ -7,8 +7,15 @@ from fastapi import APIRouter, Response, status
 from sso_broker.deps import ContextDep, CurrentAdmin, ReadSessionDep, SessionDep, SettingsDep
 from sso_broker.errors import AUTHORIZATION_ERRORS, ErrorCode, error_responses
 from sso_broker.idp import adapters_for
-from sso_broker.providers import service
-from sso_broker.providers.schemas import ProviderCreate, ProviderList, ProviderRead, ProviderUpdate
+from sso_broker.providers import connection, service
+from sso_broker.providers.schemas import (
+    CheckRead,
+    ConnectionTest,
+    ProviderCreate,
+    ProviderList,
+    ProviderRead,
+    ProviderUpdate,
+)
 
 router = APIRouter(prefix="/api/v1/sso-providers", tags=["SSO providers"])
 
@@ -109,4 +116,34 @@ async def delete_provider(
 ) -> None:
     await service.delete(
         session, principal.user.company_id, provider_id, actor_id=principal.user.id
+    )
+
+
+@router.post(
+    "/{provider_id}/test",
+    summary="Test the provider: metadata, signing keys and client credentials, live",
+    response_model=ConnectionTest,
+    responses=error_responses(
+        *AUTHORIZATION_ERRORS,
+        ErrorCode.NOT_FOUND,
+        ErrorCode.VALIDATION_ERROR,
+        ErrorCode.RATE_LIMITED,
+    ),
+)
+async def test_provider(
+    provider_id: uuid.UUID, principal: CurrentAdmin, context: ContextDep
+) -> ConnectionTest:
+    """Asks the identity provider now, disabled providers included (test before you
+    enable): a failure becomes the provider's `last_error`, a full pass clears it. At most
+    six tests of one provider a minute (`429 rate_limited`)."""
+    # The provider is read in a transaction of its own: no database connection is held
+    # while the identity provider is asked.
+    async with context.sessionmaker() as session:
+        provider = await service.get(session, principal.user.company_id, provider_id)
+    await connection.check_rate(context, provider.id)
+    checks = await connection.test(context, provider)
+    await connection.record(context, provider.id, checks)
+    return ConnectionTest(
+        ok=all(check.ok for check in checks),
+        checks=[CheckRead(name=c.name, ok=c.ok, code=c.code, detail=c.detail) for c in checks],
     )

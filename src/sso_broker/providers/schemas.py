@@ -152,5 +152,21 @@ class ProviderRead(BaseModel):
         )
 
 
+class CheckRead(BaseModel):
+    name: str = Field(description="metadata, signing_keys or client_credentials.")
+    ok: bool
+    code: str = Field(
+        description="ok, or what failed (the last_error code it sets); not_verified when the "
+        "token endpoint refused the test before it looked at the credentials; skipped when "
+        "a check above failed; timeout."
+    )
+    detail: str = Field(description="What was found, or what to do, in words.")
+
+
+class ConnectionTest(BaseModel):
+    ok: bool = Field(description="True when every check passed.")
+    checks: list[CheckRead]
+
+
 class ProviderList(BaseModel):
     items: list[ProviderRead]

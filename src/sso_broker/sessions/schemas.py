@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, Field, StringConstraints
 
 from sso_broker.schemas import StrictBody
 from sso_broker.users.schemas import UserRead
@@ -12,12 +12,18 @@ from sso_broker.users.schemas import UserRead
 GrantToken = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
 
+def _as_verifier(value: object) -> str | None:
+    """A verifier as sent, or "" (which matches no challenge) for anything not a string."""
+    return value if value is None or isinstance(value, str) else ""
+
+
 class LoginCodeGrant(StrictBody):
     grant_type: Literal["login_code"]
     code: GrantToken = Field(description="The one-time code from SIGN_IN_COMPLETE_URL?code=…")
-    # Optional here, so that a missing one answers invalid_grant and spends the code, as a
-    # wrong one does (README, *Security model*).
-    code_verifier: Annotated[str, StringConstraints(max_length=1024)] | None = Field(
+    # Optional, and any JSON value: a missing or malformed one answers invalid_grant and
+    # spends the code, as a wrong one does, rather than a 422 that would leave the code for
+    # another try (README, *Security model*).
+    code_verifier: Annotated[str | None, BeforeValidator(_as_verifier)] = Field(
         default=None,
         description=(
             "The PKCE verifier (RFC 7636: 43 to 128 characters) whose S256 challenge the "

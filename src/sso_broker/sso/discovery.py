@@ -171,6 +171,15 @@ class ProviderDirectory:
             cached.metadata, cached.fetched_at, cached.failure = metadata, time.monotonic(), None
             return metadata
 
+    async def fetch_metadata(self, adapter: Adapter, base_url: str) -> ProviderMetadata:
+        """The provider's metadata as it answers now, past every cache (the connection test:
+        README, *Keeping SSO healthy*); DiscoveryError when it cannot be had or accepted."""
+        return await self._fetch_metadata(adapter, base_url, adapter.discovery_url(base_url))
+
+    async def fetch_keys(self, metadata: ProviderMetadata) -> dict[str, jwt.PyJWK]:
+        """The provider's usable RS256 signing keys as it answers now, past every cache."""
+        return await self._fetch_keys(metadata.jwks_uri)
+
     async def _fetch_metadata(self, adapter: Adapter, base_url: str, url: str) -> ProviderMetadata:
         status, document = await _get_json(self._http, url)
         if status != 200 or not isinstance(document, dict):

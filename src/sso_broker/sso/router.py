@@ -70,8 +70,9 @@ def _login_state_cookie(context: AppContext, name: str, value: str, max_age: int
         "characters, with `code_challenge_method=S256`): the login code the sign-in ends with "
         "is trade-able only with that verifier. Without a challenge (the Entra My Apps tile, a "
         "bookmark) the browser is sent to `SIGN_IN_START_URL?provider_id=…` (with `return_to` "
-        "and `login_hint`), which makes one and comes back; a malformed challenge or another "
-        "method ends at `SIGN_IN_ERROR_URL?error=invalid_request`."
+        "and `login_hint`), which makes one and comes back; a malformed or empty challenge, a "
+        "method without one, or another method ends at "
+        "`SIGN_IN_ERROR_URL?error=invalid_request`."
     ),
     status_code=302,
     response_class=RedirectResponse,

@@ -22,6 +22,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote_plus, urlencode
 
+from cachetools import TTLCache
 from sqlalchemy import update
 
 from sso_broker.audit import service as audit
@@ -179,11 +180,20 @@ def _authorization_prefix(endpoint: str, client_id: str, redirect_uri: str) -> s
     return f"{endpoint}{'&' if '?' in endpoint else '?'}{fixed}"
 
 
-@lru_cache(maxsize=1024)
-def _client_secret(box: SecretBox, encrypted: str) -> str:
-    """A provider's client secret, decrypted once per ciphertext (a new secret or a
-    re-encryption is a new one) rather than on every callback."""
-    return box.decrypt(encrypted)
+# Decrypted client secrets by provider, with the ciphertext they came from: a Fernet open per
+# callback was 1.6 % of a sign-in's CPU (README, *Performance*). A new secret, or rotate-keys,
+# is a new ciphertext and is decrypted afresh; an entry lives an hour at most, so a replaced or
+# deleted provider's secret does not stay in memory past that.
+_SECRETS: TTLCache[uuid.UUID, tuple[str, str]] = TTLCache(maxsize=1024, ttl=3600)
+
+
+def _client_secret(box: SecretBox, provider_id: uuid.UUID, encrypted: str) -> str:
+    cached = _SECRETS.get(provider_id)
+    if cached is not None and cached[0] == encrypted:
+        return cached[1]
+    secret = box.decrypt(encrypted)
+    _SECRETS[provider_id] = (encrypted, secret)
+    return secret
 
 
 def _hint(value: str | None) -> str | None:
@@ -216,9 +226,9 @@ async def initiate(
     safe_path = safe_return_to(return_to)
     if return_to and safe_path is None:
         logger.info("dropped an unsafe return_to", extra={"provider_id": str(provider_id)})
-    if not code_challenge:
+    if code_challenge is None and code_challenge_method is None:
         return InitiateResult(_start_page(context, provider.id, safe_path, login_hint), None)
-    if code_challenge_method != S256 or not is_challenge(code_challenge):
+    if code_challenge is None or code_challenge_method != S256 or not is_challenge(code_challenge):
         raise SignInError(
             SignInErrorCode.INVALID_REQUEST,
             "code_challenge must be an S256 challenge (43 characters of URL-safe base64) with "
@@ -331,6 +341,17 @@ def _check_iss(params: CallbackParams, metadata: ProviderMetadata) -> None:
         raise SignInError(SignInErrorCode.IDP_ERROR, "the authorization response lacks iss")
 
 
+async def post_to_token_endpoint(
+    context: AppContext, metadata: ProviderMetadata, body: bytes, headers: dict[str, str]
+) -> tuple[int, bytes]:
+    """One form POST to the provider's token endpoint within the call's total deadline;
+    its status and body (at most MAX_TOKEN_RESPONSE bytes)."""
+    async with asyncio.timeout(overall_deadline(context.http)):
+        return await context.http.fetch(
+            "POST", metadata.token_endpoint, limit=MAX_TOKEN_RESPONSE, content=body, headers=headers
+        )
+
+
 async def _exchange_code(
     context: AppContext,
     provider: SSOProvider,
@@ -349,7 +370,7 @@ async def _exchange_code(
             SignInErrorCode.TOKEN_EXCHANGE_FAILED, "no secret-based client authentication"
         )
     headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
-    secret = _client_secret(context.box, secret_encrypted)
+    secret = _client_secret(context.box, provider.id, secret_encrypted)
     if method == "client_secret_post":
         body = token_request_body(
             code=code,
@@ -366,14 +387,7 @@ async def _exchange_code(
             code_verifier=login.code_verifier,
         )
     try:
-        async with asyncio.timeout(overall_deadline(context.http)):
-            status, answer = await context.http.fetch(
-                "POST",
-                metadata.token_endpoint,
-                limit=MAX_TOKEN_RESPONSE,
-                content=body,
-                headers=headers,
-            )
+        status, answer = await post_to_token_endpoint(context, metadata, body, headers)
     except ResponseTooLarge as e:
         raise SignInError(
             SignInErrorCode.TOKEN_EXCHANGE_FAILED, "token endpoint answered an oversized document"
