@@ -152,6 +152,7 @@ class Typed:
     op: Any
     provider: dict[str, Any]
     users: dict[str, dict[str, Any]]
+    admin_headers: dict[str, str] = field(default_factory=dict)
 
 
 def _pasted(kind: str, op: Any) -> str:
@@ -231,7 +232,12 @@ def world(e2e_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         typed = {}
         for kind, other in others.items():
             made = seed(broker, other, f"{kind} e2e", kind=kind, base_url=_pasted(kind, other))
-            typed[kind] = Typed(op=other, provider=made.provider, users=made.users)
+            typed[kind] = Typed(
+                op=other,
+                provider=made.provider,
+                users=made.users,
+                admin_headers={"Authorization": f"Bearer {made.admin_token}"},
+            )
         yield World(
             op=op,
             broker=broker,

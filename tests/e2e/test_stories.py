@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.e2e.conftest import PROFILES, World, skip_unless_ready
+from tests.e2e.conftest import PROFILES, Typed, World, skip_unless_ready
 
 skip_unless_ready()
 pytestmark = pytest.mark.usefixtures("e2e_ready")
@@ -203,6 +203,52 @@ class TestRefusals:
             assert "AADSTS7000215" in provider["last_error"]["message"]
         finally:
             world.patch_provider(client_secret=world.client_secret)
+
+
+class TestConnectionTest:
+    """Test before you enable (README, *Keeping SSO healthy*), against oidc-provider."""
+
+    def _test(self, world: World, provider_id: str, typed: Typed | None = None) -> dict[str, Any]:
+        headers = world.admin_headers if typed is None else typed.admin_headers
+        with httpx.Client(base_url=world.broker.url, headers=headers, timeout=40) as api:
+            response = api.post(f"/api/v1/sso-providers/{provider_id}/test")
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    @pytest.mark.parametrize(
+        ("kind", "credentials"),
+        [
+            ("entra", "ok"),  # a client_credentials request Entra would answer with a token
+            ("okta", "ok"),  # unauthorized_client: it authenticated the client first
+            ("pingone", "ok"),
+            # oidc-provider says invalid_request, which proves nothing either way.
+            ("oidc", "not_verified"),
+        ],
+    )
+    def test_every_type_passes_with_good_credentials(
+        self, world: World, kind: str, credentials: str
+    ) -> None:
+        typed = None if kind == "entra" else world.typed[kind]
+        provider = world.provider if typed is None else typed.provider
+        body = self._test(world, provider["id"], typed)
+        assert [(c["name"], c["code"]) for c in body["checks"]] == [
+            ("metadata", "ok"), ("signing_keys", "ok"), ("client_credentials", credentials),
+        ], body  # fmt: skip
+        assert body["ok"] is True
+
+    def test_a_wrong_secret_fails_and_becomes_last_error(self, world: World) -> None:
+        world.patch_provider(client_secret="not-the-secret-" + "y" * 20)
+        try:
+            body = self._test(world, world.provider["id"])
+            credentials = body["checks"][2]
+            assert (credentials["ok"], body["ok"]) == (False, False), body
+            with world.api() as api:
+                provider = api.get(f"/api/v1/sso-providers/{world.provider['id']}").json()
+            assert provider["last_error"]["code"] == credentials["code"]
+        finally:
+            world.patch_provider(client_secret=world.client_secret)
+        assert self._test(world, world.provider["id"])["ok"] is True
 
 
 @pytest.mark.parametrize("kind", PROFILES)

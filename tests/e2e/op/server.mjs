@@ -187,7 +187,9 @@ function clientMetadata(entry) {
     redirect_uris: entry.redirect_uris ?? [],
     post_logout_redirect_uris: entry.post_logout_redirect_uris ?? [],
     token_endpoint_auth_method: AUTH_METHODS[0],
-    grant_types: ['authorization_code'],
+    // Entra lets every confidential client use client_credentials (the broker's connection
+    // test asks for a token for the application itself); the others' web apps may not.
+    grant_types: ENTRA ? ['authorization_code', 'client_credentials'] : ['authorization_code'],
     response_types: ['code'],
     application_type: 'web',
   };
@@ -412,6 +414,9 @@ function configuration() {
       pushedAuthorizationRequests: { enabled: false },
       userinfo: { enabled: true },
       rpInitiatedLogout: { enabled: true, logoutSource, postLogoutSuccessSource },
+      // As Okta and PingOne: the grant exists, and a web application's client that may not use
+      // it is told unauthorized_client once it has authenticated (the broker's connection test).
+      clientCredentials: { enabled: true },
     },
     interactions: {
       policy,
@@ -466,6 +471,20 @@ async function entraTokenErrors(ctx, next) {
       error_codes: [700016],
     };
   }
+}
+
+// A client authenticated but not allowed the grant it asked for: oidc-provider says
+// invalid_request, Okta (and PingOne) unauthorized_client, which is what the broker's
+// connection test reads as "the credentials are good" (README, *Keeping SSO healthy*).
+async function unauthorizedGrant(ctx, next) {
+  await next();
+  if (ctx.oidc?.route !== 'token' || ctx.body?.error !== 'invalid_request') return;
+  if (ctx.body.error_description !== 'requested grant type is not allowed for this client') return;
+  ctx.body = {
+    error: 'unauthorized_client',
+    error_description: 'The client is not authorized to use the provided grant type. '
+      + 'Configured grant types: [authorization_code].',
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -641,6 +660,7 @@ const issuer = `http://${args.host}:${port}${BASE}`;
 
 provider = new Provider(issuer, configuration());
 if (ENTRA) provider.use(entraTokenErrors);
+if (PROFILE === 'okta' || PROFILE === 'pingone') provider.use(unauthorizedGrant);
 // Entra puts sid in every ID token; oidc-provider only for clients registered for back-channel
 // logout with backchannel_logout_session_required (or when the claims parameter asks for it).
 provider.Client.prototype.includeSid = () => true;
