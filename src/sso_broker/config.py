@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     # Days before a provider's client_secret_expires_at from which it carries the warning
     # client_secret_expiring, and the `expiring-secrets` command's default window.
     secret_expiry_warning_days: int = Field(default=30, ge=0, le=3650)
+    # How long a certificate the service makes for private_key_jwt is valid.
+    certificate_validity_days: int = Field(default=365, ge=1, le=3650)
 
     @field_validator("encryption_keys", mode="before")
     @classmethod

@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 
 _PROVIDER = """
 SELECT id, company_id, type, name, base_url, client_id, client_secret_encrypted,
-       client_secret_expires_at, enabled, last_error, pinned_tenant, created_at, updated_at
+       client_secret_expires_at, enabled, last_error, pinned_tenant, client_auth_method,
+       created_at, updated_at
 FROM sso_providers WHERE id = $1
 """
 _PRINCIPAL = """

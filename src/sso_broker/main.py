@@ -30,6 +30,7 @@ from sso_broker.idp import adapters_for
 from sso_broker.logs import configure_logging
 from sso_broker.middleware import FrontMiddleware
 from sso_broker.problems import install_error_handlers
+from sso_broker.providers.router import public_router as provider_keys_router
 from sso_broker.providers.router import router as providers_router
 from sso_broker.ratelimit import counter_store
 from sso_broker.sessions.router import router as sessions_router
@@ -171,6 +172,7 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
             sessions_router,
             health_router,
             providers_router,
+            provider_keys_router,
             users_router,
             audit_router,
         )

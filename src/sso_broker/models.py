@@ -3,7 +3,7 @@
 from sso_broker.audit.models import AuditEvent
 from sso_broker.companies.models import Company
 from sso_broker.database import Base
-from sso_broker.providers.models import SSOProvider
+from sso_broker.providers.models import ProviderCertificate, SSOProvider
 from sso_broker.ratelimit import RateLimitCounter
 from sso_broker.sessions.models import LoginCode, RefreshToken, SigningKey, SignInSession
 from sso_broker.sso.models import ConsumedState, IdentityLink
@@ -16,6 +16,7 @@ __all__ = [
     "ConsumedState",
     "IdentityLink",
     "LoginCode",
+    "ProviderCertificate",
     "RateLimitCounter",
     "RefreshToken",
     "SSOProvider",

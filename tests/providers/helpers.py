@@ -39,6 +39,7 @@ PROVIDER_FIELDS = {
     "client_id",
     "client_secret_set",
     "client_secret_expires_at",
+    "client_auth_method",
     "enabled",
     "last_error",
     "warnings",

@@ -11,7 +11,7 @@ from urllib.parse import unquote_plus
 import httpx
 import pytest
 
-from sso_broker.sso.service import basic_authorization
+from sso_broker.sso.client_auth import basic_authorization
 from tests.conftest import Factory
 from tests.fixtures.entra import FakeEntra
 from tests.sso.helpers import assert_error, last_error, setup, signed_in_user, start

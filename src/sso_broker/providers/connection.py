@@ -31,14 +31,9 @@ from sso_broker.idp import Adapter
 from sso_broker.idp.base import Actionable
 from sso_broker.providers.models import SSOProvider
 from sso_broker.ratelimit import WINDOW_SECONDS, Limit
+from sso_broker.sso.client_auth import client_authentication
 from sso_broker.sso.discovery import DiscoveryError, ProviderMetadata, overall_deadline
-from sso_broker.sso.service import (
-    TENANT_MOVED,
-    UNSUPPORTED_AUTH,
-    basic_authorization,
-    client_auth_method,
-    post_to_token_endpoint,
-)
+from sso_broker.sso.service import TENANT_MOVED, post_to_token_endpoint
 
 METADATA, SIGNING_KEYS, CLIENT_CREDENTIALS = "metadata", "signing_keys", "client_credentials"
 CHECKS = (METADATA, SIGNING_KEYS, CLIENT_CREDENTIALS)
@@ -160,26 +155,26 @@ async def _signing_keys(context: AppContext, metadata: ProviderMetadata) -> Chec
 async def _client_credentials(
     context: AppContext, adapter: Adapter, provider: SSOProvider, metadata: ProviderMetadata
 ) -> Check:
-    if not provider.client_id or not provider.client_secret_encrypted:
+    if not provider.client_id:
         return _failed(
             CLIENT_CREDENTIALS,
             Actionable(
                 "credentials_missing",
                 f"Paste the client ID and a client secret from {adapter.console} "
-                "(client_id and client_secret).",
+                "(client_id and client_secret), or make a certificate.",
             ),
         )
-    method = client_auth_method(metadata)
-    if method is None:
-        return _failed(CLIENT_CREDENTIALS, UNSUPPORTED_AUTH)
-    secret = context.box.decrypt(provider.client_secret_encrypted)
+    auth = await client_authentication(context, provider, provider.client_id, metadata)
+    if isinstance(auth, Actionable):
+        return _failed(CLIENT_CREDENTIALS, auth)
     fields = [("grant_type", "client_credentials")]
     fields += adapter.credentials_test_params(provider.client_id).items()
-    headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
-    if method == "client_secret_post":
-        fields += [("client_id", provider.client_id), ("client_secret", secret)]
-    else:
-        headers["Authorization"] = basic_authorization(provider.client_id, secret)
+    fields += auth.fields.items()
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "Accept": "application/json",
+        **auth.headers,
+    }
     try:
         body = urlencode(fields).encode("ascii")
         status, answer = await post_to_token_endpoint(context, metadata, body, headers)

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from sso_broker.database import Base, IdMixin, TimestampMixin
+from sso_broker.database import Base, IdMixin, TimestampMixin, utcnow
 from sso_broker.schemas import DISPLAY_NAME_MAX
 
 BASE_URL_MAX = 255
@@ -33,3 +33,27 @@ class SSOProvider(IdMixin, TimestampMixin, Base):
     # sign-in; metadata naming another tenant fails from then on (README, *Identities and
     # first sign-in*). Cleared when base_url changes.
     pinned_tenant: Mapped[str | None] = mapped_column(String(64))
+    # Which credential sign-ins authenticate with at the token endpoint: the client secret,
+    # or a client assertion signed with the newest of the provider's certificates
+    # (README, *Keeping SSO healthy*).
+    client_auth_method: Mapped[str] = mapped_column(
+        String(32), default="client_secret", server_default="client_secret"
+    )
+
+
+class ProviderCertificate(IdMixin, Base):
+    """A key pair and self-signed certificate the service made for a provider's client
+    authentication (``private_key_jwt``); only the certificate is ever shown."""
+
+    __tablename__ = "provider_certificates"
+
+    provider_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("sso_providers.id", ondelete="CASCADE"), index=True
+    )
+    # SHA-256 of the certificate's DER, lower-case hex: x5t#S256, and how it is named.
+    thumbprint_sha256: Mapped[str] = mapped_column(String(64))
+    certificate_pem: Mapped[str] = mapped_column(Text)
+    # Fernet token of the PKCS#8 private key; never the key itself.
+    private_key_encrypted: Mapped[str] = mapped_column(Text)
+    not_after: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,14 +1,18 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from fastapi import APIRouter, Response, status
 
 from sso_broker.deps import ContextDep, CurrentAdmin, ReadSessionDep, SessionDep, SettingsDep
-from sso_broker.errors import AUTHORIZATION_ERRORS, ErrorCode, error_responses
+from sso_broker.errors import AUTHORIZATION_ERRORS, ErrorCode, NotFound, error_responses
 from sso_broker.idp import adapters_for
-from sso_broker.providers import connection, service
+from sso_broker.providers import certificates, connection, service
+from sso_broker.providers.models import ProviderCertificate, SSOProvider
 from sso_broker.providers.schemas import (
+    CertificateList,
+    CertificateRead,
     CheckRead,
     ConnectionTest,
     ProviderCreate,
@@ -147,3 +151,96 @@ async def test_provider(
         ok=all(check.ok for check in checks),
         checks=[CheckRead(name=c.name, ok=c.ok, code=c.code, detail=c.detail) for c in checks],
     )
+
+
+def _certificate(stored: ProviderCertificate) -> CertificateRead:
+    return CertificateRead(
+        certificate_pem=stored.certificate_pem,
+        thumbprint_sha256=stored.thumbprint_sha256,
+        expires_at=stored.not_after,
+        created_at=stored.created_at,
+    )
+
+
+@router.post(
+    "/{provider_id}/certificate",
+    summary="Make a key pair and a self-signed certificate for private_key_jwt",
+    status_code=status.HTTP_201_CREATED,
+    response_model=CertificateRead,
+    responses=error_responses(
+        *AUTHORIZATION_ERRORS, ErrorCode.NOT_FOUND, ErrorCode.VALIDATION_ERROR
+    ),
+)
+async def create_certificate(
+    provider_id: uuid.UUID, principal: CurrentAdmin, session: SessionDep, context: ContextDep
+) -> CertificateRead:
+    """Upload the certificate to the identity provider (Entra: *Certificates & secrets →
+    Certificates*; Okta and PingOne may fetch the public key from `/sso/{id}/jwks.json`),
+    then `PATCH {"client_auth_method": "private_key_jwt"}`. The private key is encrypted at
+    rest and never shown. A second certificate can be made before the first expires: both
+    stay valid until the old one is deleted, and the newest signs."""
+    provider = await service.get(session, principal.user.company_id, provider_id)
+    stored = await certificates.create(
+        session, context.box, provider, days=context.settings.certificate_validity_days
+    )
+    return _certificate(stored)
+
+
+@router.get(
+    "/{provider_id}/certificates",
+    summary="List the provider's certificates, newest first",
+    response_model=CertificateList,
+    responses=error_responses(
+        *AUTHORIZATION_ERRORS, ErrorCode.NOT_FOUND, ErrorCode.VALIDATION_ERROR
+    ),
+)
+async def list_certificates(
+    provider_id: uuid.UUID, principal: CurrentAdmin, session: ReadSessionDep
+) -> CertificateList:
+    provider = await service.get(session, principal.user.company_id, provider_id)
+    held = await certificates.listed(session, provider.id)
+    return CertificateList(items=[_certificate(stored) for stored in held])
+
+
+@router.delete(
+    "/{provider_id}/certificates/{thumbprint}",
+    summary="Delete a certificate (not the last one sign-ins use)",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(
+        *AUTHORIZATION_ERRORS,
+        ErrorCode.NOT_FOUND,
+        ErrorCode.VALIDATION_ERROR,
+        ErrorCode.PROVIDER_INCOMPLETE,
+    ),
+)
+async def delete_certificate(
+    provider_id: uuid.UUID, thumbprint: str, principal: CurrentAdmin, session: SessionDep
+) -> None:
+    provider = await service.get(session, principal.user.company_id, provider_id)
+    await certificates.remove(session, provider, thumbprint)
+
+
+public_router = APIRouter(tags=["SSO providers"])
+
+
+@public_router.get(
+    "/sso/{provider_id}/jwks.json",
+    summary="The public keys of the provider's certificates, for the identity provider",
+    response_description="A JSON Web Key Set (RFC 7517)",
+    responses=error_responses(ErrorCode.NOT_FOUND, ErrorCode.VALIDATION_ERROR),
+)
+async def provider_jwks(
+    provider_id: uuid.UUID, session: ReadSessionDep, response: Response
+) -> dict[str, Any]:
+    """What Okta and PingOne can fetch instead of an uploaded key: every certificate the
+    provider holds, so a new one works before the old one is deleted."""
+    provider = await session.get(SSOProvider, provider_id)
+    if provider is None:
+        raise NotFound("No SSO provider with this id.")
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return {
+        "keys": [
+            certificates.jwk(stored) for stored in await certificates.listed(session, provider_id)
+        ]
+    }

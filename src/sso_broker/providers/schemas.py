@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, Field, StrictBool, StringConstraints
 
@@ -49,7 +49,7 @@ class ProviderCreate(StrictBody):
 class ProviderUpdate(PatchBody):
     """Any subset of the fields; ``null`` clears ``client_id``, ``client_secret`` and the expiry."""
 
-    NOT_NULLABLE = ("name", "base_url", "enabled")
+    NOT_NULLABLE = ("name", "base_url", "enabled", "client_auth_method")
 
     name: ProviderName | None = None
     base_url: BaseUrl | None = None
@@ -65,7 +65,27 @@ class ProviderUpdate(PatchBody):
         default=None,
         description="When the secret expires at the identity provider (with a timezone).",
     )
+    client_auth_method: Literal["client_secret", "private_key_jwt"] | None = Field(
+        default=None,
+        description="Which credential sign-ins use at the token endpoint: the client secret, "
+        "or an RS256 client assertion signed with the newest certificate "
+        "(POST /api/v1/sso-providers/{id}/certificate).",
+    )
     enabled: StrictBool | None = None
+
+
+class CertificateRead(BaseModel):
+    certificate_pem: str = Field(
+        description="The certificate to upload to the identity provider (Entra: Certificates "
+        "& secrets → Certificates). Its private key never leaves the service."
+    )
+    thumbprint_sha256: str = Field(description="SHA-256 of the certificate, lower-case hex.")
+    expires_at: datetime
+    created_at: datetime
+
+
+class CertificateList(BaseModel):
+    items: list[CertificateRead] = Field(description="Newest first; the newest unexpired signs.")
 
 
 class ProviderWarning(BaseModel):
@@ -109,6 +129,7 @@ class ProviderRead(BaseModel):
     client_id: str | None
     client_secret_set: bool
     client_secret_expires_at: datetime | None
+    client_auth_method: Literal["client_secret", "private_key_jwt"]
     enabled: bool
     last_error: LastError | None
     warnings: list[ProviderWarning] = Field(
@@ -132,6 +153,7 @@ class ProviderRead(BaseModel):
             client_id=provider.client_id,
             client_secret_set=provider.client_secret_encrypted is not None,
             client_secret_expires_at=provider.client_secret_expires_at,
+            client_auth_method=provider.client_auth_method,
             enabled=provider.enabled,
             last_error=LastError.model_validate(provider.last_error)
             if provider.last_error

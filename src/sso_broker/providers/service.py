@@ -12,7 +12,7 @@ from sso_broker.audit.service import EventType
 from sso_broker.crypto import SecretBox
 from sso_broker.errors import ErrorCode, InvalidInput, NotFound
 from sso_broker.idp import Adapters
-from sso_broker.providers import repository
+from sso_broker.providers import certificates, repository
 from sso_broker.providers.models import SSOProvider
 from sso_broker.providers.schemas import ProviderCreate, ProviderUpdate
 from sso_broker.sessions import service as sessions_service
@@ -21,7 +21,7 @@ from sso_broker.sso.links import remove_links
 from sso_broker.sso.models import IdentityLink
 
 # Fields whose change makes a recorded sign-in failure stale.
-_CREDENTIAL_FIELDS = frozenset({"base_url", "client_id", "client_secret"})
+_CREDENTIAL_FIELDS = frozenset({"base_url", "client_id", "client_secret", "client_auth_method"})
 
 
 def _not_found() -> NotFound:
@@ -67,6 +67,36 @@ async def create(
         provider_id=provider.id,
     )  # fmt: skip
     return provider
+
+
+async def _check_complete(session: AsyncSession, provider: SSOProvider) -> None:
+    """An enabled provider needs a client ID and the credential its client_auth_method
+    names: a client secret, or an unexpired certificate."""
+    key_auth = provider.client_auth_method == certificates.PRIVATE_KEY_JWT
+    credential = (
+        await certificates.signing(session, provider.id)
+        if key_auth
+        else provider.client_secret_encrypted
+    )
+    missing = [
+        name
+        for name, value in (
+            ("client_id", provider.client_id),
+            ("an unexpired certificate" if key_auth else "client_secret", credential),
+        )
+        if value is None
+    ]
+    if missing:
+        how = (
+            "make a certificate (POST …/certificate) and upload it to the identity provider"
+            if key_auth
+            else "send the application's client ID and a client secret's value"
+        )
+        raise InvalidInput(
+            f"The provider cannot be enabled without {' and '.join(missing)}: {how}, with "
+            "`enabled: true`.",
+            code=ErrorCode.PROVIDER_INCOMPLETE,
+        )
 
 
 async def update(
@@ -117,25 +147,13 @@ async def update(
         provider.client_secret_expires_at = data.client_secret_expires_at
     elif "client_secret" in changed:
         provider.client_secret_expires_at = None  # the old secret's expiry says nothing of the new
+    if "client_auth_method" in changed and data.client_auth_method is not None:
+        provider.client_auth_method = data.client_auth_method
     if "enabled" in changed and data.enabled is not None:
         provider.enabled = data.enabled
 
-    if provider.enabled and (
-        provider.client_id is None or provider.client_secret_encrypted is None
-    ):
-        missing = " and ".join(
-            name
-            for name, value in (
-                ("client_id", provider.client_id),
-                ("client_secret", provider.client_secret_encrypted),
-            )
-            if value is None
-        )
-        raise InvalidInput(
-            f"The provider cannot be enabled without {missing}. Send the application's client "
-            "ID and a client secret's value with `enabled: true`.",
-            code=ErrorCode.PROVIDER_INCOMPLETE,
-        )
+    if provider.enabled:
+        await _check_complete(session, provider)
     if changed & _CREDENTIAL_FIELDS:
         provider.last_error = None
     await session.flush()

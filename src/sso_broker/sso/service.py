@@ -11,7 +11,6 @@ one-time login code. What differs by type is asked of the provider's adapter (``
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import random
@@ -20,14 +19,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
 from typing import Any
-from urllib.parse import quote_plus, urlencode
+from urllib.parse import urlencode
 
-from cachetools import TTLCache
 from sqlalchemy import update
 
 from sso_broker.audit import service as audit
 from sso_broker.audit.service import EventType
-from sso_broker.crypto import SecretBox, token_hash
+from sso_broker.crypto import token_hash
 from sso_broker.database import session_scope, utcnow
 from sso_broker.deps import AppContext
 from sso_broker.errors import SignInError, SignInErrorCode
@@ -35,9 +33,11 @@ from sso_broker.hotpath import LinkConflict
 from sso_broker.http import ResponseTooLarge, TransportError
 from sso_broker.idp import Adapter
 from sso_broker.idp.base import Actionable
+from sso_broker.providers.certificates import CLIENT_SECRET
 from sso_broker.providers.models import SSOProvider
 from sso_broker.sessions import service as sessions_service
 from sso_broker.sso import id_token, repository, state
+from sso_broker.sso.client_auth import client_authentication
 from sso_broker.sso.discovery import DiscoveryError, ProviderMetadata, overall_deadline
 from sso_broker.sso.identity import choose_account, not_provisioned
 from sso_broker.sso.pkce import S256, is_challenge, s256_code_challenge
@@ -52,19 +52,11 @@ MAX_HINT = 256
 MAX_TOKEN_RESPONSE = 64 * 1024
 PURGE_PROBABILITY = 0.02
 
-# Client authentication with a secret, in our order of preference when the metadata lists
-# none (RFC 8414: no list means client_secret_basic).
-SECRET_AUTH_METHODS = frozenset({"client_secret_basic", "client_secret_post"})
 TENANT_MOVED = Actionable(
     "tenant_changed",
     "The domain in base_url now belongs to another Entra tenant than the one this provider "
     "signed users in from: if that is intended, paste the new Directory (tenant) ID as "
     "base_url; otherwise someone has taken the domain over.",
-)
-UNSUPPORTED_AUTH = Actionable(
-    "unsupported_client_authentication",
-    "The identity provider accepts neither client_secret_basic nor client_secret_post at its "
-    "token endpoint: allow one of them for this application.",
 )
 
 
@@ -90,11 +82,16 @@ def callback_url(context: AppContext, provider_id: uuid.UUID) -> str:
     return f"{context.settings.public_base}/sso/{provider_id}/callback"
 
 
-def credentials(provider: SSOProvider) -> tuple[str, str]:
-    """The client ID and encrypted secret of an enabled provider."""
-    if not provider.enabled or not provider.client_id or not provider.client_secret_encrypted:
+def credentials(provider: SSOProvider) -> str:
+    """The client ID of an enabled provider with its credential: a client secret, or (only
+    the token request looks them up: ``client_auth.py``) a certificate."""
+    if (
+        not provider.enabled
+        or not provider.client_id
+        or (provider.client_auth_method == CLIENT_SECRET and not provider.client_secret_encrypted)
+    ):
         raise SignInError(SignInErrorCode.PROVIDER_DISABLED, "the provider is not enabled")
-    return provider.client_id, provider.client_secret_encrypted
+    return provider.client_id
 
 
 async def cached_provider(context: AppContext, provider_id: uuid.UUID) -> SSOProvider | None:
@@ -180,22 +177,6 @@ def _authorization_prefix(endpoint: str, client_id: str, redirect_uri: str) -> s
     return f"{endpoint}{'&' if '?' in endpoint else '?'}{fixed}"
 
 
-# Decrypted client secrets by provider, with the ciphertext they came from: a Fernet open per
-# callback was 1.6 % of a sign-in's CPU (README, *Performance*). A new secret, or rotate-keys,
-# is a new ciphertext and is decrypted afresh; an entry lives an hour at most, so a replaced or
-# deleted provider's secret does not stay in memory past that.
-_SECRETS: TTLCache[uuid.UUID, tuple[str, str]] = TTLCache(maxsize=1024, ttl=3600)
-
-
-def _client_secret(box: SecretBox, provider_id: uuid.UUID, encrypted: str) -> str:
-    cached = _SECRETS.get(provider_id)
-    if cached is not None and cached[0] == encrypted:
-        return cached[1]
-    secret = box.decrypt(encrypted)
-    _SECRETS[provider_id] = (encrypted, secret)
-    return secret
-
-
 def _hint(value: str | None) -> str | None:
     if value and len(value) <= MAX_HINT and value.isprintable():
         return value
@@ -244,7 +225,7 @@ async def initiate(
     # state, nonce and the challenge are URL-safe base64 already: nothing to encode.
     prefix = _authorization_prefix(
         metadata.authorization_endpoint,
-        credentials(provider)[0],
+        credentials(provider),
         callback_url(context, provider.id),
     )
     challenge = s256_code_challenge(login.code_verifier)
@@ -281,21 +262,6 @@ def token_request_body(*, code: str, redirect_uri: str, **params: str) -> bytes:
     return urlencode(
         [("grant_type", "authorization_code"), *((name, value) for name, value in fields if value)]
     ).encode("ascii")
-
-
-def client_auth_method(metadata: ProviderMetadata) -> str | None:
-    """The first secret-based method the metadata lists, in its order; ``client_secret_basic``
-    when it lists none (RFC 8414, 2); None when it lists only others."""
-    if metadata.token_auth_methods is None:
-        return "client_secret_basic"
-    return next((m for m in metadata.token_auth_methods if m in SECRET_AUTH_METHODS), None)
-
-
-def basic_authorization(client_id: str, secret: str) -> str:
-    """RFC 6749, 2.3.1: each part form-encoded before the Basic encoding, so a secret holding
-    ``:`` or ``%`` reaches the provider as it is."""
-    pair = f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()
-    return "Basic " + base64.b64encode(pair).decode("ascii")
 
 
 async def record_error(
@@ -359,33 +325,25 @@ async def _exchange_code(
     code: str,
     login: state.LoginState,
 ) -> dict[str, Any]:
-    """The token request: the PKCE verifier, and the client authentication the metadata
-    names first of ``client_secret_basic`` and ``client_secret_post``."""
-    client_id, secret_encrypted = credentials(provider)
+    """The token request: the PKCE verifier, and the provider's chosen client
+    authentication (``client_auth.py``)."""
+    client_id = credentials(provider)
     adapter = adapter_of(context, provider)
-    method = client_auth_method(metadata)
-    if method is None:
-        await record_error(context, provider.id, UNSUPPORTED_AUTH, None)
-        raise SignInError(
-            SignInErrorCode.TOKEN_EXCHANGE_FAILED, "no secret-based client authentication"
-        )
-    headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
-    secret = _client_secret(context.box, provider.id, secret_encrypted)
-    if method == "client_secret_post":
-        body = token_request_body(
-            code=code,
-            redirect_uri=callback_url(context, provider.id),
-            client_id=client_id,
-            client_secret=secret,
-            code_verifier=login.code_verifier,
-        )
-    else:
-        headers["Authorization"] = basic_authorization(client_id, secret)
-        body = token_request_body(
-            code=code,
-            redirect_uri=callback_url(context, provider.id),
-            code_verifier=login.code_verifier,
-        )
+    auth = await client_authentication(context, provider, client_id, metadata)
+    if isinstance(auth, Actionable):
+        await record_error(context, provider.id, auth, None)
+        raise SignInError(SignInErrorCode.TOKEN_EXCHANGE_FAILED, auth.code)
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "Accept": "application/json",
+        **auth.headers,
+    }
+    body = token_request_body(
+        code=code,
+        redirect_uri=callback_url(context, provider.id),
+        **auth.fields,
+        code_verifier=login.code_verifier,
+    )
     try:
         status, answer = await post_to_token_endpoint(context, metadata, body, headers)
     except ResponseTooLarge as e:
@@ -479,7 +437,7 @@ async def _complete(
     claims = await id_token.validate(
         tokens["id_token"],
         metadata=metadata,
-        client_id=credentials(provider)[0],
+        client_id=credentials(provider),
         nonce=login.nonce,
         access_token=tokens.get("access_token")
         if isinstance(tokens.get("access_token"), str)
