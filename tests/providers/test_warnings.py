@@ -8,10 +8,13 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import update
 
 from sso_broker.config import Settings
-from sso_broker.database import utcnow
+from sso_broker.database import session_scope, utcnow
+from sso_broker.deps import AppContext
 from sso_broker.models import SSOProvider
+from sso_broker.providers import certificates
 from sso_broker.providers.warnings import SECRET_EXPIRED, SECRET_EXPIRING, secret_warnings
 from tests.conftest import Database, Factory, Tenant, make_settings
 from tests.providers.helpers import CLIENT_ID, SECRET, item
@@ -124,3 +127,57 @@ class TestAConfiguredWindow:
         )
         body = (await client.get(item(provider.id), headers=admin)).json()
         assert [w["code"] for w in body["warnings"]] == [SECRET_EXPIRING]
+
+
+class TestCertificateWarnings:
+    async def _with_certificate(
+        self, factory: Factory, tenant: Tenant, context: AppContext, *, days: float
+    ) -> SSOProvider:
+        provider = await factory.provider(tenant.company, client_id=CLIENT_ID, client_secret=SECRET)
+        async with session_scope(context.sessionmaker) as session:
+            stored = await certificates.create(session, context.box, provider, days=400)
+            stored.not_after = utcnow() + timedelta(days=days)
+            await session.execute(
+                update(SSOProvider)
+                .where(SSOProvider.id == provider.id)
+                .values(client_auth_method="private_key_jwt")
+            )
+        return provider
+
+    @pytest.mark.parametrize(
+        ("days", "codes"),
+        [(100, []), (20, ["certificate_expiring"]), (-1, ["certificate_expired"])],
+    )
+    async def test_follow_the_longest_lived_certificate(
+        self,
+        client: httpx.AsyncClient,
+        admin: dict[str, str],
+        factory: Factory,
+        tenant: Tenant,
+        context: AppContext,
+        days: float,
+        codes: list[str],
+    ) -> None:
+        provider = await self._with_certificate(factory, tenant, context, days=days)
+        one = (await client.get(item(provider.id), headers=admin)).json()
+        assert [w["code"] for w in one["warnings"]] == codes
+        listed = (await client.get("/api/v1/sso-providers", headers=admin)).json()["items"]
+        assert [w["code"] for w in listed[0]["warnings"]] == codes
+        # A new certificate made in time ends the warning.
+        made = await client.post(f"{item(provider.id)}/certificate", headers=admin)
+        assert made.status_code == 201
+        assert (await client.get(item(provider.id), headers=admin)).json()["warnings"] == []
+
+    async def test_none_while_sign_ins_use_the_secret(
+        self,
+        client: httpx.AsyncClient,
+        admin: dict[str, str],
+        factory: Factory,
+        tenant: Tenant,
+        context: AppContext,
+    ) -> None:
+        provider = await self._with_certificate(factory, tenant, context, days=-1)
+        await client.patch(
+            item(provider.id), json={"client_auth_method": "client_secret"}, headers=admin
+        )
+        assert (await client.get(item(provider.id), headers=admin)).json()["warnings"] == []

@@ -4,7 +4,9 @@ import uuid
 from typing import Any
 
 from fastapi import APIRouter, Response, status
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from sso_broker.config import Settings
 from sso_broker.deps import ContextDep, CurrentAdmin, ReadSessionDep, SessionDep, SettingsDep
 from sso_broker.errors import AUTHORIZATION_ERRORS, ErrorCode, NotFound, error_responses
 from sso_broker.idp import adapters_for
@@ -20,8 +22,14 @@ from sso_broker.providers.schemas import (
     ProviderRead,
     ProviderUpdate,
 )
+from sso_broker.providers.warnings import latest_certificates
 
 router = APIRouter(prefix="/api/v1/sso-providers", tags=["SSO providers"])
+
+
+async def _read(session: AsyncSession, provider: SSOProvider, settings: Settings) -> ProviderRead:
+    until = await latest_certificates(session, [provider.id])
+    return ProviderRead.build(provider, settings, until.get(provider.id))
 
 
 @router.get(
@@ -34,7 +42,8 @@ async def list_providers(
     principal: CurrentAdmin, session: ReadSessionDep, settings: SettingsDep
 ) -> ProviderList:
     providers = await service.list_for_company(session, principal.user.company_id)
-    return ProviderList(items=[ProviderRead.build(p, settings) for p in providers])
+    until = await latest_certificates(session, [p.id for p in providers])
+    return ProviderList(items=[ProviderRead.build(p, settings, until.get(p.id)) for p in providers])
 
 
 @router.post(
@@ -74,7 +83,7 @@ async def get_provider(
     provider_id: uuid.UUID, principal: CurrentAdmin, session: ReadSessionDep, settings: SettingsDep
 ) -> ProviderRead:
     provider = await service.get(session, principal.user.company_id, provider_id)
-    return ProviderRead.build(provider, settings)
+    return await _read(session, provider, settings)
 
 
 @router.patch(
@@ -103,7 +112,7 @@ async def update_provider(
         session, context.box, context.adapters, principal.user.company_id, provider_id, data,
         actor_id=principal.user.id,
     )  # fmt: skip
-    return ProviderRead.build(provider, context.settings)
+    return await _read(session, provider, context.settings)
 
 
 @router.delete(

@@ -14,7 +14,7 @@ from sso_broker.providers.models import (
     CLIENT_ID_MAX,
     SSOProvider,
 )
-from sso_broker.providers.warnings import secret_warnings
+from sso_broker.providers.warnings import certificate_warnings, secret_warnings
 from sso_broker.schemas import DisplayName, PatchBody, StrictBody
 
 CLIENT_SECRET_MAX = 1024
@@ -91,7 +91,8 @@ class CertificateList(BaseModel):
 class ProviderWarning(BaseModel):
     code: str = Field(
         description="client_secret_expiring (within SSO_BROKER_SECRET_EXPIRY_WARNING_DAYS of "
-        "client_secret_expires_at) or client_secret_expired."
+        "client_secret_expires_at) or client_secret_expired; with private_key_jwt, "
+        "certificate_expiring or certificate_expired (the longest-lived certificate's)."
     )
     message: str = Field(description="What to do, in words an administrator can act on.")
 
@@ -140,7 +141,11 @@ class ProviderRead(BaseModel):
     updated_at: datetime
 
     @classmethod
-    def build(cls, provider: SSOProvider, settings: Settings) -> ProviderRead:
+    def build(
+        cls, provider: SSOProvider, settings: Settings, certificate_until: datetime | None = None
+    ) -> ProviderRead:
+        """``certificate_until``: when its longest-lived certificate expires (warnings)."""
+        now, days = utcnow(), settings.secret_expiry_warning_days
         base = f"{settings.public_base}/sso/{provider.id}"
         return cls(
             id=provider.id,
@@ -160,8 +165,9 @@ class ProviderRead(BaseModel):
             else None,
             warnings=[
                 ProviderWarning(code=w.code, message=w.message)
-                for w in secret_warnings(
-                    provider, now=utcnow(), days=settings.secret_expiry_warning_days
+                for w in (
+                    *secret_warnings(provider, now=now, days=days),
+                    *certificate_warnings(provider, certificate_until, now=now, days=days),
                 )
             ],
             urls=ProviderUrls(

@@ -8,17 +8,21 @@ expiring-secrets`` lists the same for cron and alerting.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from sso_broker.providers.models import SSOProvider
+from sso_broker.providers.certificates import PRIVATE_KEY_JWT
+from sso_broker.providers.models import ProviderCertificate, SSOProvider
 
 SECRET_EXPIRING = "client_secret_expiring"  # noqa: S105 - a warning code
 SECRET_EXPIRED = "client_secret_expired"  # noqa: S105 - a warning code
+CERTIFICATE_EXPIRING = "certificate_expiring"
+CERTIFICATE_EXPIRED = "certificate_expired"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +62,49 @@ def secret_warnings(provider: SSOProvider, *, now: datetime, days: int) -> list[
             )
         ]
     return []
+
+
+def certificate_warnings(
+    provider: SSOProvider, latest: datetime | None, *, now: datetime, days: int
+) -> list[Warning]:
+    """For a provider that signs in with a certificate: ``certificate_expired`` once its
+    last certificate has expired, ``certificate_expiring`` within ``days`` of it (a newer
+    certificate made and uploaded in time ends the warning)."""
+    if provider.client_auth_method != PRIVATE_KEY_JWT or latest is None:
+        return []
+    if latest <= now:
+        return [
+            Warning(
+                CERTIFICATE_EXPIRED,
+                f"The provider's certificates expired on {_day(latest)}: sign-ins fail with "
+                "token_exchange_failed. Make a new certificate (POST …/certificate) and upload "
+                "it to the identity provider.",
+            )
+        ]
+    if latest - now <= timedelta(days=days):
+        return [
+            Warning(
+                CERTIFICATE_EXPIRING,
+                f"The provider's last certificate expires on {_day(latest)}: make a new one "
+                "(POST …/certificate), upload it to the identity provider, then delete the "
+                "old one; sign-ins fail once it has expired.",
+            )
+        ]
+    return []
+
+
+async def latest_certificates(
+    session: AsyncSession, provider_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, datetime]:
+    """When each provider's longest-lived certificate expires (one query for all)."""
+    if not provider_ids:
+        return {}
+    rows = await session.execute(
+        select(ProviderCertificate.provider_id, func.max(ProviderCertificate.not_after))
+        .where(ProviderCertificate.provider_id.in_(provider_ids))
+        .group_by(ProviderCertificate.provider_id)
+    )
+    return dict(rows.all())
 
 
 async def expiring_secrets(session: AsyncSession, *, before: datetime) -> Sequence[SSOProvider]:
