@@ -273,6 +273,18 @@ class OpenIDProvider:
         self._write_clients()
         return client_id, secret
 
+    def upload_keys(self, client_id: str, jwks: dict[str, Any] | None) -> None:
+        """What an administrator does at the provider with the broker's certificate: the
+        client then authenticates with private_key_jwt against these keys (None: its secret
+        again)."""
+        for entry in self._clients:
+            if entry["client_id"] == client_id:
+                if jwks is None:
+                    entry.pop("jwks", None)
+                else:
+                    entry["jwks"] = jwks
+        self._write_clients()
+
     def _write_clients(self) -> None:
         """Replaces the file atomically, so the running OP never reads half of it."""
         temporary = self.clients_file.with_name(f".{self.clients_file.name}.{os.getpid()}.tmp")

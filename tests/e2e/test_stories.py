@@ -205,6 +205,37 @@ class TestRefusals:
             world.patch_provider(client_secret=world.client_secret)
 
 
+class TestCertificateCredential:
+    """A sign-in through a certificate instead of a secret (README, *Keeping SSO healthy*):
+    made by the broker, its public key taken to the provider, private_key_jwt from then on."""
+
+    def test_a_user_signs_in_through_the_certificate(self, page: Any, world: World) -> None:
+        provider_id = world.provider["id"]
+        with world.api() as api:
+            made = api.post(f"/api/v1/sso-providers/{provider_id}/certificate")
+            assert made.status_code == 201, made.text
+            jwks = httpx.get(f"{world.broker.url}/sso/{provider_id}/jwks.json").json()
+        assert [key["kid"] for key in jwks["keys"]] == [made.json()["thumbprint_sha256"]]
+        world.op.upload_keys(world.client_id, jwks)
+        try:
+            world.patch_provider(client_auth_method="private_key_jwt")
+            # The OP now takes nothing but an assertion signed with that key from this client.
+            with world.api() as api:
+                test = api.post(f"/api/v1/sso-providers/{provider_id}/test").json()
+            assert test["ok"] is True, test
+            page.goto(initiate_url(world))
+            sign_in_at_op(page, "adele")
+            assert wait_for_status(page, world).startswith("Signed in as Adele")
+        finally:
+            world.patch_provider(client_auth_method="client_secret")
+            world.op.upload_keys(world.client_id, None)
+            with world.api() as api:
+                api.delete(
+                    f"/api/v1/sso-providers/{provider_id}/certificates/"
+                    f"{made.json()['thumbprint_sha256']}"
+                )
+
+
 class TestConnectionTest:
     """Test before you enable (README, *Keeping SSO healthy*), against oidc-provider."""
 

@@ -186,7 +186,10 @@ function clientMetadata(entry) {
     client_secret: entry.client_secret,
     redirect_uris: entry.redirect_uris ?? [],
     post_logout_redirect_uris: entry.post_logout_redirect_uris ?? [],
-    token_endpoint_auth_method: AUTH_METHODS[0],
+    // A client whose public key was uploaded (the broker's certificate credential) signs in
+    // with private_key_jwt against that key set instead of its secret.
+    token_endpoint_auth_method: entry.jwks ? 'private_key_jwt' : AUTH_METHODS[0],
+    ...(entry.jwks ? { jwks: entry.jwks, token_endpoint_auth_signing_alg: 'RS256' } : {}),
     // Entra lets every confidential client use client_credentials (the broker's connection
     // test asks for a token for the application itself); the others' web apps may not.
     grant_types: ENTRA ? ['authorization_code', 'client_credentials'] : ['authorization_code'],
@@ -399,7 +402,7 @@ function configuration() {
     scopes: ['openid', 'profile', 'email', 'offline_access'],
     conformIdTokenClaims: false, // the ID token carries the profile and email claims itself
     responseTypes: ['code'],
-    clientAuthMethods: AUTH_METHODS,
+    clientAuthMethods: [...AUTH_METHODS, 'private_key_jwt'],
     clientDefaults: {
       grant_types: ['authorization_code'],
       response_types: ['code'],
