@@ -256,6 +256,24 @@ class TestRotateKeys:
                         "kept": old_box.encrypt("eyJ.kept-id-token.sig"),
                     },
                 )
+                await connection.execute(
+                    text(
+                        "INSERT INTO provider_certificates (id, provider_id, thumbprint_sha256, "
+                        "certificate_pem, private_key_encrypted, not_after, created_at) VALUES "
+                        "(:id, :provider, :thumbprint, 'pem', :key, CURRENT_TIMESTAMP, "
+                        "CURRENT_TIMESTAMP)"
+                    ),
+                    {
+                        "id": "33333333-3333-4333-8333-333333333333"
+                        if cli_env.backend == "postgres"
+                        else "33333333333343338333333333333333",
+                        "provider": "11111111-1111-4111-8111-111111111111"
+                        if cli_env.backend == "postgres"
+                        else "11111111111141118111111111111111",
+                        "thumbprint": "ab" * 32,
+                        "key": old_box.encrypt("-----BEGIN PRIVATE KEY-----"),
+                    },
+                )
             await engine.dispose()
 
         _setup(capsys)
@@ -268,9 +286,14 @@ class TestRotateKeys:
         assert report["client_secrets"] == 1
         assert int(str(report["signing_keys"])) >= 1
         assert report["id_tokens"] == 1
+        assert report["certificate_keys"] == 1
 
         async def stored(column: str = "client_secret_encrypted") -> str:
-            table = "sso_providers" if column == "client_secret_encrypted" else "sign_in_sessions"
+            table = {
+                "client_secret_encrypted": "sso_providers",
+                "id_token_encrypted": "sign_in_sessions",
+                "private_key_encrypted": "provider_certificates",
+            }[column]
             engine = create_engine(make_settings(cli_env.url))
             async with engine.connect() as connection:
                 value = (
@@ -282,6 +305,9 @@ class TestRotateKeys:
         assert SecretBox([new_key]).decrypt(asyncio.run(stored())) == "rotate-me-secret"
         assert SecretBox([new_key]).decrypt(asyncio.run(stored("id_token_encrypted"))) == (
             "eyJ.kept-id-token.sig"
+        )
+        assert SecretBox([new_key]).decrypt(asyncio.run(stored("private_key_encrypted"))) == (
+            "-----BEGIN PRIVATE KEY-----"
         )
         # Put the signing keys back under the suite's key for the tests that follow.
         monkeypatch.setenv("SSO_BROKER_ENCRYPTION_KEYS", f"{TEST_KEY},{new_key}")

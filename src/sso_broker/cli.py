@@ -27,7 +27,7 @@ from sso_broker.crypto import EncryptionKeyError, SecretBox
 from sso_broker.database import create_engine, create_sessionmaker, session_scope, utcnow
 from sso_broker.errors import AppError
 from sso_broker.logs import configure_logging
-from sso_broker.providers.models import SSOProvider
+from sso_broker.providers.models import ProviderCertificate, SSOProvider
 from sso_broker.providers.warnings import expiring_secrets
 from sso_broker.sessions import service as sessions_service
 from sso_broker.sessions.models import SigningKey, SignInSession
@@ -142,7 +142,7 @@ async def cmd_rotate_keys(settings: Settings, _args: argparse.Namespace) -> None
     """Re-encrypts every stored secret under the first key of SSO_BROKER_ENCRYPTION_KEYS."""
 
     async def work(sessionmaker: Any, box: SecretBox) -> None:
-        counts = {"client_secrets": 0, "signing_keys": 0, "id_tokens": 0}
+        counts = {"client_secrets": 0, "signing_keys": 0, "id_tokens": 0, "certificate_keys": 0}
         async with session_scope(sessionmaker) as session:
             # Row locks (PostgreSQL): a PATCH that sets a new secret meanwhile waits, instead
             # of having its secret overwritten by the old one re-encrypted.
@@ -158,6 +158,10 @@ async def cmd_rotate_keys(settings: Settings, _args: argparse.Namespace) -> None
             for key in await session.scalars(select(SigningKey).with_for_update()):
                 key.private_key_encrypted = box.rotate(key.private_key_encrypted)
                 counts["signing_keys"] += 1
+            # The private keys of certificate credentials (providers/certificates.py).
+            for certificate in await session.scalars(select(ProviderCertificate).with_for_update()):
+                certificate.private_key_encrypted = box.rotate(certificate.private_key_encrypted)
+                counts["certificate_keys"] += 1
             # The ID tokens live sessions keep for sign-out (README, *Identity providers*).
             for sign_in in await session.scalars(
                 select(SignInSession)
