@@ -10,6 +10,7 @@
 //                                           for tokens
 //   /sso/error?error=CODE                   the broker could not sign the user in
 //   /sso/logged-out                         where the browser lands after signing out
+//   /admin/sso                              the administrator's SSO settings (admin.js)
 //   anything else                           the "dashboard": who is signed in, if anyone
 //
 // Configuration comes from /config.js: window.SSO_CONFIG = {brokerUrl, providerId}.
@@ -249,6 +250,7 @@ function showDetail(rowId, valueId, text) {
 
 function showSignIn() {
   $("sign-out").hidden = true;
+  $("admin-link").hidden = true;
   if (!PROVIDER_ID) return; // no provider configured: the user starts at Entra / My Apps
   const link = $("sign-in");
   // Through our own start page, which makes the PKCE pair before going to the broker.
@@ -286,6 +288,7 @@ async function showSignedIn(returnTo) {
   const me = await authorized("/api/v1/auth/me");
   setStatus(`Signed in as ${me.user.name} (${me.user.email})`);
   showDetail("company-row", "company", me.company.name);
+  $("admin-link").hidden = me.user.role !== "administrator";
   if (returnTo) showDetail("return-to-row", "return-to", returnTo);
   showSignOut();
 }
@@ -424,6 +427,8 @@ function main() {
       return signInError(searchParams);
     case "/sso/logged-out":
       return loggedOut();
+    case "/admin/sso":
+      return adminPage();
     default:
       return home();
   }

@@ -3,7 +3,7 @@
     python examples/frontend/serve.py --port 3000 --broker-url http://127.0.0.1:8000 \
         [--provider-id ID] [--host 127.0.0.1]
 
-* ``/app.js`` and ``/style.css`` come from this folder (read on every request, so edits show
+* ``/app.js``, ``/admin.js`` and ``/style.css`` come from this folder (read on every request, so edits show
   on reload);
 * ``/config.js`` is generated from the arguments: ``window.SSO_CONFIG = {brokerUrl, providerId}``;
 * every other ``GET`` path answers ``index.html`` (a single-page app: ``/sso/complete``,
@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 HERE = Path(__file__).resolve().parent
 STATIC_FILES = {
     "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/admin.js": ("admin.js", "text/javascript; charset=utf-8"),
     "/style.css": ("style.css", "text/css; charset=utf-8"),
 }
 INDEX = ("index.html", "text/html; charset=utf-8")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 import httpx
 import pytest
-from tests.e2e.conftest import PROFILES, Typed, World, skip_unless_ready
+from tests.e2e.conftest import ARTIFACTS, PROFILES, Typed, World, skip_unless_ready
 
 skip_unless_ready()
 pytestmark = pytest.mark.usefixtures("e2e_ready")
@@ -203,6 +204,113 @@ class TestRefusals:
             assert "AADSTS7000215" in provider["last_error"]["message"]
         finally:
             world.patch_provider(client_secret=world.client_secret)
+
+
+class TestTheSettingsPage:
+    """The seed's set-up, stage by stage (README, *Setting up Entra ID, stage by stage*), by an
+    administrator on the example frontend's SSO settings page, from an empty company to a user
+    signed in; each stage leaves a screenshot in artifacts/e2e."""
+
+    def test_an_administrator_sets_up_sso_in_the_browser(self, page: Any, world: World) -> None:
+        broker = world.broker
+        company = json.loads(broker.cli("create-company", "Fabrikam settings"))["id"]
+        broker.cli(
+            "create-user", "--company", company, "--email", "it@fabrikam.example",
+            "--name", "Ida Admin", "--role", "administrator",
+        )  # fmt: skip
+        token = broker.cli("issue-token", "--email", "it@fabrikam.example", "--company", company)
+
+        def shot(stage: str) -> None:
+            page.screenshot(path=str(ARTIFACTS / f"settings-{stage}.png"), full_page=True)
+
+        # The administrator is signed in to the dashboard (here: its token in the tab).
+        page.goto(f"{world.frontend_url}/")
+        page.evaluate("t => sessionStorage.setItem('sso-broker.access_token', t)", token)
+        page.goto(f"{world.frontend_url}/")
+        page.wait_for_selector("#admin-link:not([hidden])")
+        page.click("#admin-link")
+        page.wait_for_selector("#create-form")
+
+        # 1. Create the provider: choose Entra, paste the tenant ID.
+        page.select_option("#new-type", "entra")
+        page.fill("#new-base-url", world.op.tenant_id)
+        page.click("#create-provider")
+        page.wait_for_selector("#url-callback_url")
+        callback = str(page.text_content("#url-callback_url"))
+        logout = str(page.text_content("#url-logout_url"))
+        initiate = str(page.text_content("#url-initiate_sign_in_url"))
+        assert callback.endswith("/callback")
+        assert initiate.endswith("/initiate")
+        shot("1-created")
+
+        # 2. Register the app at the provider with the URLs the page shows.
+        client_id, secret = world.op.add_client(callback, logout)
+
+        # 3. Paste the credentials, enable, save.
+        page.fill("#client-id", client_id)
+        page.fill("#client-secret", secret)
+        page.check("#enabled")
+        page.click("#save")
+        page.wait_for_selector("#saved:has-text('Saved.')")
+        assert "enabled" in str(page.text_content("#provider-kind"))
+        shot("3-enabled")
+
+        # 4. Test the connection.
+        page.click("#test-connection")
+        page.wait_for_selector("#test-verdict")
+        assert page.text_content("#test-verdict") == "Connection test passed."
+        shot("4-tested")
+
+        # 5. Associate a user and let them sign in through the initiate URL.
+        provider_id = initiate.split("/sso/")[1].split("/")[0]
+        account = world.op.ACCOUNTS["adele"]
+        with httpx.Client(
+            base_url=broker.url, headers={"Authorization": f"Bearer {token}"}, timeout=10
+        ) as api:
+            made = api.post(
+                "/api/v1/users",
+                json={"email": account["email"], "name": account["name"], "role": "user",
+                      "sso_provider_id": provider_id},
+            )  # fmt: skip
+            assert made.status_code == 201, made.text
+        user = page.context.browser.new_context()
+        try:
+            tab = user.new_page()
+            tab.goto(initiate)
+            sign_in_at_op(tab, "adele")
+            assert wait_for_status(tab, world).startswith("Signed in as Adele")
+            tab.screenshot(path=str(ARTIFACTS / "settings-5-signed-in.png"), full_page=True)
+        finally:
+            user.close()
+
+    def test_a_wrong_secret_shows_in_words(self, page: Any, world: World) -> None:
+        world.patch_provider(client_secret="not-the-secret-" + "z" * 20)
+        try:
+            page.goto(f"{world.frontend_url}/")
+            token = world.admin_headers["Authorization"].removeprefix("Bearer ")
+            page.evaluate("t => sessionStorage.setItem('sso-broker.access_token', t)", token)
+            page.goto(f"{world.frontend_url}/admin/sso")
+            page.click("#test-connection")
+            page.wait_for_selector("#test-verdict")
+            assert page.text_content("#test-verdict") == "Connection test failed."
+            detail = str(page.text_content("[data-check=client_credentials]"))
+            assert "AADSTS7000215" in detail
+            page.reload()
+            page.wait_for_selector("#last-error")
+            assert "invalid_client_secret" in str(page.text_content("#last-error"))
+        finally:
+            world.patch_provider(client_secret=world.client_secret)
+
+    def test_only_administrators_see_it(self, page: Any, world: World) -> None:
+        page.goto(initiate_url(world))
+        sign_in_at_op(page, "adele")
+        wait_for_status(page, world)
+        assert page.is_hidden("#admin-link")
+        page.goto(f"{world.frontend_url}/admin/sso")
+        page.wait_for_function(
+            "() => /Only administrators/.test(document.querySelector('#status').textContent)"
+        )
+        assert page.is_hidden("#admin")
 
 
 class TestCertificateCredential:

@@ -15,12 +15,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from sqlalchemy import text
+from sqlalchemy import text, update
 
 from sso_broker.config import Settings
-from sso_broker.database import utcnow
+from sso_broker.database import session_scope, utcnow
 from sso_broker.deps import AppContext
-from sso_broker.models import SSOProvider
+from sso_broker.models import ProviderCertificate, SSOProvider
 from sso_broker.users.models import Role
 from tests.conftest import Database, Factory, Tenant, make_settings
 from tests.fixtures.entra import CLIENT_ID, CLIENT_SECRET, TENANT_ID, EntraUser, FakeEntra
@@ -255,6 +255,45 @@ class TestSigningInWithACertificate:
             f"{item(provider.id)}/certificates/{new['thumbprint_sha256']}", headers=admin
         )
         assert_problem(last, 422, "provider_incomplete")
+
+    async def test_the_last_unexpired_certificate_stays_and_changes_are_audited(
+        self,
+        client: httpx.AsyncClient,
+        admin: dict[str, str],
+        factory: Factory,
+        tenant: Tenant,
+        entra: FakeEntra,
+        context: AppContext,
+    ) -> None:
+        provider, old = await self._enabled(client, admin, factory, tenant, entra)
+        new = await make_certificate(client, admin, provider)
+        async with session_scope(context.sessionmaker) as session:
+            await session.execute(
+                update(ProviderCertificate)
+                .where(ProviderCertificate.thumbprint_sha256 == old["thumbprint_sha256"])
+                .values(not_after=utcnow() - timedelta(days=1))
+            )
+        refused = await client.delete(
+            f"{item(provider.id)}/certificates/{new['thumbprint_sha256']}", headers=admin
+        )
+        assert_problem(refused, 422, "provider_incomplete")
+        gone = await client.delete(
+            f"{item(provider.id)}/certificates/{old['thumbprint_sha256']}", headers=admin
+        )
+        assert gone.status_code == 204
+        events = await client.get(
+            "/api/v1/audit-events", params={"type": "provider.updated"}, headers=admin
+        )
+        changes = [
+            (e["details"].get("certificate"), e["details"].get("thumbprint_sha256"))
+            for e in events.json()["items"]
+            if "certificate" in (e["details"] or {})
+        ]
+        assert changes == [
+            ("deleted", old["thumbprint_sha256"]),
+            ("created", new["thumbprint_sha256"]),
+            ("created", old["thumbprint_sha256"]),
+        ]
 
     async def test_a_certificate_the_provider_does_not_know_fails_and_says_so(
         self,

@@ -154,9 +154,18 @@ class TestTheCredentials:
             # Refused before the credentials were looked at: nothing proven either way.
             ((400, {"error": "unsupported_grant_type"}), True, "not_verified"),
             ((400, {"error": "invalid_request"}), True, "not_verified"),
-            # Wrong credentials, as any OAuth server says it.
+            # Wrong credentials, as any OAuth server says it: any 401 (Keycloak says
+            # unauthorized_client, Auth0 access_denied).
             ((401, {"error": "invalid_client"}), False, "invalid_client"),
             ((401, {}), False, "invalid_client"),
+            ((401, {"error": "unauthorized_client"}), False, "invalid_client"),
+            (
+                (401, {"error": "access_denied", "error_description": "Unauthorized"}),
+                False,
+                "invalid_client",
+            ),
+            # A 200 that carries no token is no proof.
+            ((200, {}), False, "token_endpoint_unavailable"),
             # The endpoint itself is broken: sign-ins would fail too.
             ((503, {"error": "temporarily_unavailable"}), False, "token_endpoint_unavailable"),
         ],
@@ -178,6 +187,22 @@ class TestTheCredentials:
         assert body["checks"][2]["ok"] is ok
         assert body["checks"][2]["code"] == code
         assert body["ok"] is ok
+
+    async def test_a_test_that_proves_nothing_leaves_last_error(
+        self,
+        client: httpx.AsyncClient,
+        admin: dict[str, str],
+        factory: Factory,
+        tenant: Tenant,
+        entra: FakeEntra,
+        context: AppContext,
+    ) -> None:
+        provider = await entra_provider(factory, tenant)
+        await set_last_error(context, provider.id)
+        entra.token_error = (400, {"error": "unsupported_grant_type"})
+        body = await run_test(client, admin, provider)
+        assert codes(body) == ["ok", "ok", "not_verified"]
+        assert (await stored_or_fail(context, provider.id)).last_error is not None
 
     async def test_a_plain_openid_provider_is_judged_by_rfc_6749_alone(
         self,
@@ -303,3 +328,25 @@ class TestTheRateLimit:
         assert 1 <= int(refused.headers["retry-after"]) <= 60
         another = await entra_provider(factory, tenant)
         await run_test(client, admin, another)
+
+    async def test_thirty_tests_a_minute_per_company(
+        self,
+        client: httpx.AsyncClient,
+        admin: dict[str, str],
+        factory: Factory,
+        tenant: Tenant,
+        other_admin: dict[str, str],
+        other_tenant: Tenant,
+        entra: FakeEntra,
+    ) -> None:
+        """Many providers, or one deleted and made again, do not multiply the limit."""
+        per_provider = connection.TESTS_PER_MINUTE
+        for _ in range(connection.COMPANY_TESTS_PER_MINUTE // per_provider):
+            provider = await entra_provider(factory, tenant)
+            for _ in range(per_provider):
+                await run_test(client, admin, provider)
+        fresh = await entra_provider(factory, tenant)
+        refused = await client.post(f"{item(fresh.id)}/test", headers=admin)
+        assert_problem(refused, 429, "rate_limited")
+        elsewhere = await entra_provider(factory, other_tenant)
+        await run_test(client, other_admin, elsewhere)

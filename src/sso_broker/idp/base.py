@@ -267,12 +267,14 @@ class Adapter(ABC):
     def credentials_verdict(
         self, status: int, oauth_error: str | None, provider_code: str | None
     ) -> CredentialsVerdict:
-        """Judges the connection test's ``client_credentials`` answer: a token, or an error
+        """Judges the connection test's ``client_credentials`` answer: a token, or a 400 error
         that comes after client authentication, proves the credentials; ``invalid_client``
-        (or a bare 401) refutes them; anything else proves nothing."""
+        or any 401 refutes them; anything else proves nothing."""
         if status == 200 and oauth_error is None:
             return CredentialsVerdict(True)
-        if oauth_error == "invalid_client" or (status == 401 and oauth_error is None):
+        # RFC 6749, 5.2: 401 is failed client authentication, whatever error comes with it
+        # (Keycloak says unauthorized_client, Auth0 access_denied).
+        if oauth_error == "invalid_client" or status == 401:
             return CredentialsVerdict(False, self.actionable("invalid_client", provider_code))
         if oauth_error in _AFTER_CLIENT_AUTHENTICATION:
             return CredentialsVerdict(True)

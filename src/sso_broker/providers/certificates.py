@@ -28,6 +28,8 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from sso_broker.audit import service as audit
+from sso_broker.audit.service import EventType
 from sso_broker.crypto import SecretBox
 from sso_broker.database import utcnow
 from sso_broker.errors import ErrorCode, InvalidInput, NotFound
@@ -172,16 +174,41 @@ async def create(
     return stored
 
 
-async def remove(session: AsyncSession, provider: SSOProvider, thumbprint: str) -> None:
-    """Deletes one certificate; not the last one while sign-ins use it."""
-    held = await listed(session, provider.id)
+def audit_change(
+    session: AsyncSession,
+    provider: SSOProvider,
+    actor_id: uuid.UUID,
+    change: str,
+    stored: ProviderCertificate,
+) -> None:
+    """A certificate made or deleted is a credential changed: in the audit log like a secret."""
+    audit.record(
+        session, provider.company_id, EventType.PROVIDER_UPDATED, actor_user_id=actor_id,
+        provider_id=provider.id,
+        details={"certificate": change, "thumbprint_sha256": stored.thumbprint_sha256},
+    )  # fmt: skip
+
+
+async def remove(
+    session: AsyncSession, provider: SSOProvider, thumbprint: str
+) -> ProviderCertificate:
+    """Deletes one certificate; not the last unexpired one while sign-ins use it (the rows
+    are locked, so two deletions at once cannot both leave none)."""
+    rows = await session.scalars(
+        select(ProviderCertificate)
+        .where(ProviderCertificate.provider_id == provider.id)
+        .with_for_update()
+    )
+    held = rows.all()
     found = next((c for c in held if c.thumbprint_sha256 == thumbprint.lower()), None)
     if found is None:
         raise NotFound(
             "This provider has no certificate with that thumbprint; list them with "
             f"GET /api/v1/sso-providers/{provider.id}/certificates."
         )
-    if provider.enabled and provider.client_auth_method == PRIVATE_KEY_JWT and len(held) == 1:
+    now = utcnow()
+    others = [c for c in held if c.id != found.id and c.not_after > now]
+    if provider.enabled and provider.client_auth_method == PRIVATE_KEY_JWT and not others:
         raise InvalidInput(
             "This is the certificate sign-ins use: make a new one (and upload it to the "
             "identity provider) before deleting it, or switch client_auth_method to "
@@ -190,3 +217,4 @@ async def remove(session: AsyncSession, provider: SSOProvider, thumbprint: str) 
         )
     await session.execute(delete(ProviderCertificate).where(ProviderCertificate.id == found.id))
     _KEYS.pop(found.id, None)
+    return found

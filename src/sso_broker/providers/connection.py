@@ -40,6 +40,7 @@ CHECKS = (METADATA, SIGNING_KEYS, CLIENT_CREDENTIALS)
 # Tests of one provider per minute, every replica together: each asks the provider three
 # times, and an administrator clicking away must not get the client throttled there.
 TESTS_PER_MINUTE = 6
+COMPANY_TESTS_PER_MINUTE = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,19 +57,24 @@ def _failed(name: str, actionable: Actionable) -> Check:
     return Check(name, False, actionable.code, actionable.message, actionable)
 
 
-async def check_rate(context: AppContext, provider_id: uuid.UUID) -> None:
-    """Refuses a test beyond :data:`TESTS_PER_MINUTE` for this provider (``429``)."""
+async def check_rate(context: AppContext, provider: SSOProvider) -> None:
+    """Refuses a test beyond :data:`TESTS_PER_MINUTE` for this provider, or
+    :data:`COMPANY_TESTS_PER_MINUTE` for all of its company's (``429``): many providers, or
+    one deleted and made again, must not multiply what the service asks of a host."""
     if not context.settings.rate_limit_enabled:
         return
     now = time.time()
     window = int(now // WINDOW_SECONDS)
     window_end = (window + 1) * WINDOW_SECONDS
-    limit = Limit(f"provider-test:{provider_id}:{window}", TESTS_PER_MINUTE)
-    if not await context.counters.allow([limit], window, window_end):
+    limits = [
+        Limit(f"provider-test:{provider.id}:{window}", TESTS_PER_MINUTE),
+        Limit(f"provider-test:company:{provider.company_id}:{window}", COMPANY_TESTS_PER_MINUTE),
+    ]
+    if not await context.counters.allow(limits, window, window_end):
         retry_after = max(1, math.ceil(window_end - now))
         raise RateLimited(
-            f"This provider was tested {TESTS_PER_MINUTE} times this minute; test it again "
-            f"in {retry_after} seconds.",
+            f"Too many connection tests this minute (at most {TESTS_PER_MINUTE} of a provider, "
+            f"{COMPANY_TESTS_PER_MINUTE} of a company's); test again in {retry_after} seconds.",
             retry_after=retry_after,
         )
 
@@ -85,7 +91,8 @@ async def test(context: AppContext, provider: SSOProvider) -> list[Check]:
     except TimeoutError:
         pass
     for name in CHECKS[len(checks) :]:
-        timed_out = all(check.ok for check in checks)
+        # Only the metadata's failure stops the others; anything else missing ran out of time.
+        timed_out = not any(check.name == METADATA and not check.ok for check in checks)
         checks.append(
             _failed(
                 name,
@@ -189,15 +196,18 @@ async def _client_credentials(
     )
     if status >= 500:
         return _unavailable(f"answered {status}")
+    if status == 200 and error is None and not isinstance(document.get("access_token"), str):
+        return _unavailable("answered 200 without an access token")
     verdict = adapter.credentials_verdict(status, error, provider_code)
     said = f"{error or status}{f', {provider_code}' if provider_code else ''}"
     if verdict.proven is True:
         how = "issued a token" if error is None else f"refused only the grant itself ({said})"
+        what = "certificate" if "client_assertion" in auth.fields else "secret"
         return Check(
             CLIENT_CREDENTIALS,
             True,
             "ok",
-            f"The token endpoint accepted the client ID and secret: it {how}.",
+            f"The token endpoint accepted the client ID and {what}: it {how}.",
         )
     if verdict.proven is False:
         assert verdict.actionable is not None  # noqa: S101 - a refutation says what to fix
@@ -232,8 +242,10 @@ def _json_object(answer: bytes) -> dict[str, Any] | None:
 
 async def record(context: AppContext, provider_id: uuid.UUID, checks: list[Check]) -> None:
     """A failure becomes the provider's last_error (the first failing check's); a full pass
-    clears it."""
+    clears it. A test that proved nothing either way (``not_verified``) leaves it as it is."""
     failed = next((check.actionable for check in checks if check.actionable is not None), None)
+    if failed is None and any(check.code != "ok" for check in checks):
+        return
     last_error = (
         None
         if failed is None

@@ -153,7 +153,7 @@ async def test_provider(
     # while the identity provider is asked.
     async with context.sessionmaker() as session:
         provider = await service.get(session, principal.user.company_id, provider_id)
-    await connection.check_rate(context, provider.id)
+    await connection.check_rate(context, provider)
     checks = await connection.test(context, provider)
     await connection.record(context, provider.id, checks)
     return ConnectionTest(
@@ -192,6 +192,7 @@ async def create_certificate(
     stored = await certificates.create(
         session, context.box, provider, days=context.settings.certificate_validity_days
     )
+    certificates.audit_change(session, provider, principal.user.id, "created", stored)
     return _certificate(stored)
 
 
@@ -227,7 +228,8 @@ async def delete_certificate(
     provider_id: uuid.UUID, thumbprint: str, principal: CurrentAdmin, session: SessionDep
 ) -> None:
     provider = await service.get(session, principal.user.company_id, provider_id)
-    await certificates.remove(session, provider, thumbprint)
+    removed = await certificates.remove(session, provider, thumbprint)
+    certificates.audit_change(session, provider, principal.user.id, "deleted", removed)
 
 
 public_router = APIRouter(tags=["SSO providers"])
