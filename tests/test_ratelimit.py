@@ -397,3 +397,33 @@ async def test_a_callback_with_a_login_state_counts_per_address_only(
                 for _ in range(4)
             ]
     assert statuses == [302, 302, 302, 429]
+
+
+async def test_a_callback_opens_its_login_state_once_with_the_limiter_on(
+    database: Database, entra: FakeEntra, factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The limiter opens the login-state cookie to choose a bucket; the callback takes that
+    opened state instead of a second Fernet open (README, *Performance*), and still signs in."""
+    from sso_broker.crypto import SecretBox
+
+    company = await factory.company()
+    provider = await factory.provider(
+        company, base_url=TENANT_ID, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, enabled=True
+    )
+    person = EntraUser.make()
+    await factory.user(company, email=str(person.email), provider=provider)
+    async with limited_app(database) as app, client_from(app, unique_ip()) as browser:
+        started = await browser.get(f"/sso/{provider.id}/initiate", params=PKCE)
+        sealed = next(iter(browser.cookies.values()))
+        opened: list[str] = []
+        decrypt = SecretBox.decrypt
+
+        def counting(self: SecretBox, token: str) -> str:
+            if token == sealed:
+                opened.append(token)
+            return decrypt(self, token)
+
+        monkeypatch.setattr(SecretBox, "decrypt", counting)
+        back = await browser.get(entra.authorize(started.headers["location"], user=person))
+    assert "/sso/complete?code=" in back.headers["location"], back.headers["location"]
+    assert len(opened) == 1

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from sso_broker.browser import BrowserRoute, direct, sign_in_failure
 from sso_broker.deps import AppContext, ContextDep, SessionDep
 from sso_broker.sso import service, signout
-from sso_broker.sso.state import STATE_TTL, cookie_name, stale_attempts
+from sso_broker.sso.state import STATE_TTL, cookie_name, opened_before, stale_attempts
 
 _REDIRECT: dict[int | str, dict[str, Any]] = {
     302: {"description": "To the provider, or to the frontend's start, completion or error page"}
@@ -127,7 +127,8 @@ async def _finish(
     sealed = request.cookies.get(name) if name else None
     response: Response
     try:
-        target = await service.complete(context, provider_id, params, sealed)
+        opened = opened_before(request.scope, params.state, sealed)
+        target = await service.complete(context, provider_id, params, sealed, opened)
         response = RedirectResponse(target, status_code=302)
     except Exception as e:
         # Answered here rather than by BrowserRoute, so the spent cookie is cleared too.

@@ -390,8 +390,12 @@ async def complete(
     provider_id: uuid.UUID,
     params: CallbackParams,
     sealed_state: str | None,
+    opened: state.LoginState | None = None,
 ) -> str:
     """Finishes a sign-in and returns the frontend URL with a one-time login code.
+
+    ``opened`` is the login state already opened from exactly this ``state`` and cookie in
+    this request (``state.opened_before``), which spares a second Fernet open.
 
     The state is consumed in its own transaction first, so a failure later on (a rejected
     code, a bad token) still leaves it used: an authorization response works once.
@@ -402,8 +406,12 @@ async def complete(
         if provider is None:
             raise SignInError(SignInErrorCode.PROVIDER_NOT_FOUND, f"no provider {provider_id}")
         credentials(provider)
-        login = state.open_state(
-            context.sealer, sealed_state, state=params.state, provider_id=provider_id
+        login = (
+            opened
+            if opened is not None and opened.provider_id == provider_id
+            else state.open_state(
+                context.sealer, sealed_state, state=params.state, provider_id=provider_id
+            )
         )
         # One statement, committed on its own before anything else can fail.
         await state.consume(context.fast, login)

@@ -20,9 +20,10 @@ import hmac
 import json
 import secrets
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -154,6 +155,31 @@ def open_state(
     if opened.expires_at <= utcnow():
         raise SignInError(SignInErrorCode.INVALID_STATE, "the login state has expired")
     return opened
+
+
+_OPENED = "sso_broker.opened_login_state"
+
+
+def remember_opened(
+    scope: MutableMapping[str, Any], state: str, sealed: str | None, login: LoginState
+) -> None:
+    """Keeps a login state opened for this request (the rate limiter opens it to choose a
+    bucket), so the callback need not open the same cookie again."""
+    scope.setdefault("state", {})[_OPENED] = (state, sealed, login)
+
+
+def opened_before(
+    scope: Mapping[str, Any], state: str | None, sealed: str | None
+) -> LoginState | None:
+    """The login state :func:`remember_opened` kept, if it was opened from exactly this
+    ``state`` and cookie value (and so passed :func:`open_state`'s checks for them)."""
+    kept = scope.get("state", {}).get(_OPENED)
+    if kept is None or state is None or sealed is None:
+        return None
+    kept_state, kept_sealed, login = kept
+    if kept_state != state or kept_sealed != sealed:
+        return None
+    return login if isinstance(login, LoginState) else None
 
 
 async def consume(fast: HotPath, login: LoginState) -> None:
