@@ -166,6 +166,17 @@ class TestTheAccessLinesShortWay:
         assert list(json.loads(short)) == list(json.loads(long))
 
 
+def test_uvicorns_colour_codes_stay_out_of_the_json() -> None:
+    record = logging.getLogger("uvicorn.error").makeRecord(
+        "uvicorn.error", logging.INFO, "f", 1, "Started server process [%d]", (42,), None,
+        extra={"color_message": "Started server process [\x1b[36m%d\x1b[0m]"},
+    )  # fmt: skip
+    line = JSONFormatter().format(record)
+    assert "color_message" not in line
+    assert "\\u001b" not in line
+    assert json.loads(line)["message"] == "Started server process [42]"
+
+
 class TestRequestIds:
     def test_made_ids_are_32_hex_digits_and_unique(self) -> None:
         ids = {new_request_id() for _ in range(10_000)}

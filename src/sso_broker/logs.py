@@ -20,7 +20,14 @@ from starlette.types import Scope
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 # Attributes every LogRecord has; anything else was passed through ``extra=``.
-_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# uvicorn's ``color_message`` (its message again, with terminal colour codes) is for its own
+# console formatter: inside JSON it is noise, escape codes included.
+_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 _MAX_REQUEST_ID = 128
 
 
