@@ -90,6 +90,8 @@ class SignInError(Exception):
         self.reason = reason
         # The identity provider's user id, when the failure came after a valid ID token.
         self.idp_subject = idp_subject
+        # The provider's type once it is known, for the failure's log line (browser.py).
+        self.provider_type: str | None = None
 
 
 class Problem(BaseModel):

@@ -203,7 +203,35 @@ async def initiate(
     The login code the sign-in ends with is bound to the frontend's PKCE challenge, so only
     the browser holding its verifier can use it. Without one (the My Apps tile, a bookmark),
     the browser is sent to the frontend's start page, which makes one and comes back."""
-    provider = await load_provider(context, provider_id)
+    try:
+        provider = await load_provider(context, provider_id)
+    except SignInError as e:
+        known = await cached_provider(context, provider_id)
+        e.provider_type = None if known is None else known.type
+        raise
+    try:
+        return await _initiate(
+            context, provider, code_challenge=code_challenge,
+            code_challenge_method=code_challenge_method, return_to=return_to,
+            login_hint=login_hint, domain_hint=domain_hint, prompt=prompt,
+        )  # fmt: skip
+    except SignInError as e:
+        e.provider_type = provider.type
+        raise
+
+
+async def _initiate(
+    context: AppContext,
+    provider: SSOProvider,
+    *,
+    code_challenge: str | None,
+    code_challenge_method: str | None,
+    return_to: str | None,
+    login_hint: str | None,
+    domain_hint: str | None,
+    prompt: str | None,
+) -> InitiateResult:
+    provider_id = provider.id
     safe_path = safe_return_to(return_to)
     if return_to and safe_path is None:
         logger.info("dropped an unsafe return_to", extra={"provider_id": str(provider_id)})
@@ -422,6 +450,7 @@ async def complete(
         return await _complete(context, provider, params, login)
     except SignInError as e:
         if provider is not None:  # an unknown provider belongs to no company's audit log
+            e.provider_type = provider.type
             await record_failure(context, provider, e, stage="callback")
         raise
 
