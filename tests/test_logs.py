@@ -5,6 +5,7 @@ import io
 import json
 import logging
 import re
+import sys
 from datetime import UTC, datetime
 
 import httpx
@@ -13,6 +14,8 @@ import pytest
 from sso_broker.logs import (
     JSONFormatter,
     LoopBatchingHandler,
+    TextFormatter,
+    configure_logging,
     log_access,
     new_request_id,
     request_id_var,
@@ -247,3 +250,49 @@ class TestLoopBatchingHandler:
         finally:
             request_id_var.reset(token)
         assert _messages(stream) == ["a"]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+class TestLogFormat:
+    def test_text_is_one_readable_line_with_the_same_fields(self) -> None:
+        record = logging.getLogger("x").makeRecord(
+            "x", logging.WARNING, "f", 1, "sign-in failed", (), None,
+            extra={"error": "idp_error", "provider_id": None, "n": 1},
+        )  # fmt: skip
+        line = TextFormatter().format(record)
+        time = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        assert line == (f'{time} WARNING  x: sign-in failed error="idp_error" provider_id=null n=1')
+
+    @pytest.mark.parametrize(
+        ("terminal", "setting", "text"),
+        [
+            (True, "auto", True),
+            (False, "auto", False),
+            (True, "json", False),
+            (False, "text", True),
+        ],
+    )
+    def test_auto_is_text_at_a_terminal_and_json_elsewhere(
+        self, monkeypatch: pytest.MonkeyPatch, terminal: bool, setting: str, text: bool
+    ) -> None:
+        stream = _Terminal() if terminal else io.StringIO()
+        monkeypatch.setattr(sys, "stderr", stream)
+        root = logging.getLogger()
+        saved, level = root.handlers[:], root.level
+        try:
+            configure_logging(logging.INFO, setting)
+            logging.getLogger("tests.format").warning("hello", extra={"k": "v"})
+            for handler in root.handlers:
+                handler.flush()
+        finally:
+            root.handlers[:], root.level = saved, level
+            logging.getLogger("uvicorn.access").disabled = False
+        (line,) = stream.getvalue().splitlines()
+        if text:
+            assert line.endswith('WARNING  tests.format: hello k="v"'), line
+        else:
+            assert json.loads(line)["k"] == "v"

@@ -328,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as e:
         problems = "; ".join(str(err["msg"]) for err in e.errors())
         return _fail(f"invalid configuration: {problems}", "invalid_configuration", 2)
-    configure_logging(settings.logging_level)
+    configure_logging(settings.logging_level, settings.log_format)
     try:
         if args.is_async:
             asyncio.run(args.handler(settings, args))

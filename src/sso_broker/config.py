@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     encryption_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     rate_limit_enabled: bool = True
     log_level: LogLevel = "info"
+    # json: one JSON object a line; text: one readable line (a person at a terminal);
+    # auto: text when standard error is a terminal, JSON otherwise (files, pipes, collectors).
+    log_format: Literal["auto", "json", "text"] = "auto"
     access_log: bool = True
     # Tuning knobs beyond the core settings; each is documented in the README (Configuration).
     database_pool_size: int = Field(default=10, ge=1, le=200)

@@ -93,6 +93,22 @@ class JSONFormatter(logging.Formatter):
         return _ENCODER.encode(entry)
 
 
+class TextFormatter(JSONFormatter):
+    """One readable line for a person at a terminal: time, level, logger, message, then the
+    record's fields as ``key=value`` (the JSON lines' content, laid out for eyes)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = json.loads(super().format(record))
+        head = (
+            f"{entry.pop('time')} {entry.pop('level').upper():<8} {entry.pop('logger')}: "
+            f"{entry.pop('message')}"
+        )
+        exception = entry.pop("exception", None)
+        fields = " ".join(f"{key}={_ENCODER.encode(value)}" for key, value in entry.items())
+        line = f"{head} {fields}" if fields else head
+        return f"{line}\n{exception}" if exception else line
+
+
 class LoopBatchingHandler(logging.StreamHandler[TextIO]):
     """Writes the lines requests log in one turn of the event loop together, early in the next.
 
@@ -191,15 +207,19 @@ if sys.platform != "win32":
     os.register_at_fork(after_in_child=_forget_after_fork)
 
 
-def configure_logging(level: int) -> None:
-    """Sends every log line, ours and the libraries', as JSON to standard error.
+def configure_logging(level: int, log_format: str = "auto") -> None:
+    """Sends every log line, ours and the libraries', to standard error: JSON, or readable
+    text for a person at a terminal (``SSO_BROKER_LOG_FORMAT``; ``auto`` picks text exactly
+    when standard error is a terminal).
 
     Lines go out one by one to a terminal, and a loop turn's lines together otherwise (a
     file or a pipe, as in production; see ``LoopBatchingHandler``).
     """
     stream = sys.stderr
-    handler = logging.StreamHandler(stream) if stream.isatty() else LoopBatchingHandler(stream)
-    handler.setFormatter(JSONFormatter())
+    terminal = stream.isatty()
+    handler = logging.StreamHandler(stream) if terminal else LoopBatchingHandler(stream)
+    text = log_format == "text" or (log_format == "auto" and terminal)
+    handler.setFormatter(TextFormatter() if text else JSONFormatter())
     root = logging.getLogger()
     for replaced in root.handlers:
         if isinstance(replaced, LoopBatchingHandler):

@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
         if not logging.getLogger().handlers:
             # A worker process that uvicorn started (serve --workers N) has not run the
             # CLI's set-up: without this its log lines, access log included, were lost.
-            configure_logging(settings.logging_level)
+            configure_logging(settings.logging_level, settings.log_format)
         engine = create_engine(settings)
         box = SecretBox.from_settings(settings)
         http = IdentityProviderClient(
