@@ -345,6 +345,31 @@ class TestConsoleScript:
             json.loads(line)
         assert (tmp_path / "encryption.keys").exists()
 
+    def test_a_command_on_a_migrated_database_loads_no_alembic(self, tmp_path: Path) -> None:
+        """Every command migrates first; with nothing pending it learns so from one query,
+        without Alembic (schema_version.py), and says nothing about it."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SSO_BROKER_")}
+        env["SSO_BROKER_DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path}/cli.db"
+        probe = (
+            "import sys; from sso_broker.cli import main; code = main(sys.argv[1:]); "
+            "print('alembic' in sys.modules, file=sys.stderr); sys.exit(code)"
+        )
+        runs = [
+            subprocess.run(  # noqa: S603 - this interpreter, our own CLI
+                [sys.executable, "-c", probe, "create-company", name],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=tmp_path,
+                timeout=60,
+                check=True,
+            )
+            for name in ("First", "Second")
+        ]
+        first, second = (run.stderr.splitlines() for run in runs)
+        assert first[-1] == "True", "a new database is migrated"
+        assert second == ["False"], second  # no Alembic, and no migration chatter
+
 
 _SERVED_APP_PROBE = """
 import asyncio, gc, json

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 from sso_broker.database import create_engine
 from sso_broker.migrate import alembic_config, migrate, migrations_dir
 from sso_broker.models import Base
+from sso_broker.schema_version import HEAD_REVISION
 from tests.conftest import (
     POSTGRES_URL,
     Database,
@@ -57,6 +58,8 @@ class TestMigrations:
     def test_one_head_and_dated_file_names(self) -> None:
         scripts = ScriptDirectory(str(migrations_dir()))
         assert len(scripts.get_heads()) == 1
+        # What the CLI compares the database with before it loads Alembic (schema_version.py).
+        assert scripts.get_heads() == [HEAD_REVISION], "update sso_broker/schema_version.py"
         for path in (migrations_dir() / "versions").glob("*.py"):
             assert path.name[:9].removesuffix("_").isdigit(), path.name
             assert path.name[8] == "_", path.name

@@ -18,7 +18,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
 
 from sso_broker import __version__
 from sso_broker.companies import service as companies_service
@@ -27,15 +28,11 @@ from sso_broker.crypto import EncryptionKeyError, SecretBox
 from sso_broker.database import create_engine, create_sessionmaker, session_scope, utcnow
 from sso_broker.errors import AppError
 from sso_broker.logs import configure_logging
-from sso_broker.providers.models import ProviderCertificate, SSOProvider
-from sso_broker.providers.warnings import expiring_secrets
-from sso_broker.sessions import service as sessions_service
-from sso_broker.sessions.models import SigningKey, SignInSession
-from sso_broker.sessions.tokens import KeyRing, ensure_signing_key
-from sso_broker.users import repository as users_repository
-from sso_broker.users import service as users_service
+from sso_broker.schema_version import HEAD_REVISION
 from sso_broker.users.models import Role
-from sso_broker.users.schemas import UserCreate, UserRead
+
+# Each command imports what only it needs: a command's start-up is most of its time, and a
+# script that makes fifty users waits for fifty of them (README, *Command line*).
 
 logger = logging.getLogger("sso_broker.cli")
 
@@ -50,15 +47,34 @@ def _emit(document: Any) -> None:
     sys.stdout.write(json.dumps(document, default=str) + "\n")
 
 
+async def _at_head(engine: Any) -> bool:
+    """Whether the database is at the newest revision already: one query, no Alembic."""
+    try:
+        async with engine.connect() as connection:
+            rows = await connection.execute(text("SELECT version_num FROM alembic_version"))
+            return list(rows.scalars()) == [HEAD_REVISION]
+    except DBAPIError:  # no alembic_version table yet: a new database
+        return False
+
+
 async def _with_database(
     settings: Settings, work: Callable[[Any, SecretBox], Awaitable[None]]
 ) -> None:
-    """Migrates, then runs ``work(sessionmaker, box)`` and disposes of the engine."""
-    from sso_broker.migrate import migrate  # Alembic loads only for commands that migrate
+    """Migrates when a migration is pending, then runs ``work(sessionmaker, box)`` and
+    disposes of the engine."""
+    # The tables' models, so the ORM can resolve every foreign key a command's rows have
+    # (sso_broker.models would bring the rate limiter and the web stack along).
+    import sso_broker.audit.models
+    import sso_broker.providers.models
+    import sso_broker.sessions.models
+    import sso_broker.sso.models  # noqa: F401
 
     engine = create_engine(settings)
     try:
-        await migrate(engine)
+        if not await _at_head(engine):
+            from sso_broker.migrate import migrate  # Alembic loads only when it has work
+
+            await migrate(engine)
         await work(create_sessionmaker(engine), SecretBox.from_settings(settings))
     finally:
         await engine.dispose()
@@ -89,6 +105,9 @@ async def cmd_create_company(settings: Settings, args: argparse.Namespace) -> No
 
 
 async def cmd_create_user(settings: Settings, args: argparse.Namespace) -> None:
+    from sso_broker.users import service as users_service
+    from sso_broker.users.schemas import UserCreate, UserRead
+
     try:
         data = UserCreate(
             email=args.email, name=args.name, role=Role(args.role), sso_provider_id=args.provider
@@ -109,6 +128,10 @@ async def cmd_create_user(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def cmd_issue_token(settings: Settings, args: argparse.Namespace) -> None:
+    from sso_broker.sessions import service as sessions_service
+    from sso_broker.sessions.tokens import KeyRing, ensure_signing_key
+    from sso_broker.users import repository as users_repository
+
     ttl = args.ttl if args.ttl is not None else settings.access_token_ttl
     if not 60 <= ttl <= MAX_TOKEN_TTL:
         raise CommandError(f"--ttl must be between 60 and {MAX_TOKEN_TTL} seconds")
@@ -140,6 +163,8 @@ async def cmd_issue_token(settings: Settings, args: argparse.Namespace) -> None:
 
 async def cmd_rotate_keys(settings: Settings, _args: argparse.Namespace) -> None:
     """Re-encrypts every stored secret under the first key of SSO_BROKER_ENCRYPTION_KEYS."""
+    from sso_broker.providers.models import ProviderCertificate, SSOProvider
+    from sso_broker.sessions.models import SigningKey, SignInSession
 
     async def work(sessionmaker: Any, box: SecretBox) -> None:
         counts = {"client_secrets": 0, "signing_keys": 0, "id_tokens": 0, "certificate_keys": 0}
@@ -180,6 +205,8 @@ async def cmd_expiring_secrets(settings: Settings, args: argparse.Namespace) -> 
     """Providers whose client secret expires within --days (expired ones and disabled
     providers included), soonest first: for cron and alerting (README, *Keeping SSO
     healthy*)."""
+    from sso_broker.providers.warnings import expiring_secrets
+
     days = settings.secret_expiry_warning_days if args.days is None else args.days
     if not 0 <= days <= 3650:
         raise CommandError("--days must be between 0 and 3650")

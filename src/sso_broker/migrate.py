@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -36,6 +37,11 @@ def _upgrade(connection: Connection) -> None:
 
 
 async def migrate(engine: AsyncEngine) -> None:
-    """Brings the schema to the newest revision; concurrent callers wait for each other."""
+    """Brings the schema to the newest revision; concurrent callers wait for each other.
+
+    Alembic's own lines (plugins set up, the dialect chosen) are chatter to an operator: they
+    show at the debug level only."""
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     async with bootstrap_connection(engine) as connection:
         await connection.run_sync(_upgrade)
