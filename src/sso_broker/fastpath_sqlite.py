@@ -105,7 +105,9 @@ _PROVIDER = (
     f"SELECT {', '.join(column.name for column in _PROVIDER_COLUMNS)}"  # noqa: S608 - constant
     " FROM sso_providers WHERE id = ?"
 )
-_PRINCIPAL = """
+# A session with its user and company: behind the code or refresh token a grant spends (by
+# the session alone), or the caller behind a token (_PRINCIPAL: all three ids must match).
+_SESSION_PRINCIPAL = """
 SELECT u.id, u.company_id, u.email, u.email_normalized, u.name, u.role, u.sso_provider_id,
        u.created_at, u.updated_at,
        s.id, s.provider_id, s.idp_sid, s.login_hint, s.created_at, s.expires_at, s.revoked_at,
@@ -113,8 +115,8 @@ SELECT u.id, u.company_id, u.email, u.email_normalized, u.name, u.role, u.sso_pr
 FROM sign_in_sessions s
 JOIN users u ON u.id = s.user_id
 JOIN companies c ON c.id = u.company_id
-WHERE s.id = ? AND u.id = ? AND u.company_id = ?
-"""
+WHERE s.id = ?"""
+_PRINCIPAL = _SESSION_PRINCIPAL + " AND u.id = ? AND u.company_id = ?"
 # _PRINCIPAL's columns as Python values, for Principal.from_row.
 _PRINCIPAL_READERS = (
     _id, _id, _as_is, _as_is, _as_is, _as_is, _uuid, _at, _at,  # the user
@@ -168,16 +170,6 @@ _USE_REFRESH = (
     "UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL"
     " RETURNING session_id, expires_at, 1"
 )
-_SESSION_PRINCIPAL = """
-SELECT u.id, u.company_id, u.email, u.email_normalized, u.name, u.role, u.sso_provider_id,
-       u.created_at, u.updated_at,
-       s.id, s.provider_id, s.idp_sid, s.login_hint, s.created_at, s.expires_at, s.revoked_at,
-       c.name, c.created_at, c.updated_at
-FROM sign_in_sessions s
-JOIN users u ON u.id = s.user_id
-JOIN companies c ON c.id = u.company_id
-WHERE s.id = ?
-"""
 _REUSED = "SELECT session_id FROM refresh_tokens WHERE token_hash = ?"
 _ROTATED_WITHIN = (
     "SELECT p.expires_at, p.session_id FROM refresh_tokens p"
@@ -450,7 +442,9 @@ class SQLiteFastPath:
             if row is None:
                 return None
             principal = _session_principal(connection, row[1])
-            return _at(row[0]), None if principal is None else SessionUser.of_principal(principal)
+            return _at(row[0]), None if principal is None else SessionUser.of(
+                principal.user, principal.session
+            )
 
         return await self._read(work)
 

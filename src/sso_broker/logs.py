@@ -76,6 +76,10 @@ class JSONFormatter(logging.Formatter):
         )
 
     def format(self, record: logging.LogRecord) -> str:
+        return _ENCODER.encode(self.entry(record))
+
+    def entry(self, record: logging.LogRecord) -> dict[str, Any]:
+        """The line's fields, in order: time, level, logger, message, then the extras."""
         entry: dict[str, Any] = {
             "time": self._time(record.created),
             "level": record.levelname.lower(),
@@ -90,7 +94,7 @@ class JSONFormatter(logging.Formatter):
             entry.setdefault("request_id", request_id)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return _ENCODER.encode(entry)
+        return entry
 
 
 class TextFormatter(JSONFormatter):
@@ -98,7 +102,7 @@ class TextFormatter(JSONFormatter):
     record's fields as ``key=value`` (the JSON lines' content, laid out for eyes)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = json.loads(super().format(record))
+        entry = self.entry(record)
         head = (
             f"{entry.pop('time')} {entry.pop('level').upper():<8} {entry.pop('logger')}: "
             f"{entry.pop('message')}"

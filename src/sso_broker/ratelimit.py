@@ -28,6 +28,7 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -269,27 +270,14 @@ def _too_many(path: str, retry_after: int) -> Response:
     )
 
 
-async def over_limit(scope: Scope) -> Response | None:
-    """The 429 answer when this request is over a limit; None when it may go on.
-
-    Called for every request by the middleware in front of the routes (``middleware.py``).
-    If the counter store itself fails, the request goes through (and the failure is logged):
-    a limiter outage must not become a sign-in outage.
-    """
-    context = scope["app"].state.context
-    settings: Settings = context.settings
-    if not settings.rate_limit_enabled:
-        return None
-    client = scope.get("client")
+async def take(context: Any, limits_for: Callable[[int], list[Limit]]) -> int | None:
+    """Takes one hit of each limit ``limits_for(window)`` names for the current window: the
+    seconds to wait when one of them is spent, else None. If the counter store itself fails,
+    the hit goes through (and the failure is logged): a limiter outage must not become an
+    outage of what it guards."""
     now = time.time()
     window = int(now // WINDOW_SECONDS)
-    limits = _limits(
-        settings,
-        scope["path"],
-        client_key(client[0]) if client else "invalid",
-        window,
-        has_state=_carries_login_state(scope, context),
-    )
+    limits = limits_for(window)
     if not limits:
         return None
     window_end = (window + 1) * WINDOW_SECONDS
@@ -302,10 +290,32 @@ async def over_limit(scope: Scope) -> Response | None:
             "rate limiter unavailable; request let through",
             extra={"error": type(e).__name__},
         )
-        allowed = True
-    if allowed:
         return None
-    retry_after = max(1, math.ceil(window_end - now))
+    return None if allowed else max(1, math.ceil(window_end - now))
+
+
+async def over_limit(scope: Scope) -> Response | None:
+    """The 429 answer when this request is over a limit; None when it may go on.
+
+    Called for every request by the middleware in front of the routes (``middleware.py``).
+    """
+    context = scope["app"].state.context
+    settings: Settings = context.settings
+    if not settings.rate_limit_enabled:
+        return None
+    client = scope.get("client")
+    retry_after = await take(
+        context,
+        lambda window: _limits(
+            settings,
+            scope["path"],
+            client_key(client[0]) if client else "invalid",
+            window,
+            has_state=_carries_login_state(scope, context),
+        ),
+    )
+    if retry_after is None:
+        return None
     logger.info("rate limited", extra={"path": scope["path"]})
     return _too_many(scope["path"], retry_after)
 

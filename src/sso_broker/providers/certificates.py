@@ -151,9 +151,18 @@ async def listed(session: AsyncSession, provider_id: uuid.UUID) -> Sequence[Prov
 
 
 async def signing(session: AsyncSession, provider_id: uuid.UUID) -> ProviderCertificate | None:
-    """The certificate that signs: the newest that has not expired."""
-    now = utcnow()
-    return next((c for c in await listed(session, provider_id) if c.not_after > now), None)
+    """The certificate that signs: the newest that has not expired (one row, read at every
+    token request of a provider that signs in with one)."""
+    found: ProviderCertificate | None = await session.scalar(
+        select(ProviderCertificate)
+        .where(
+            ProviderCertificate.provider_id == provider_id,
+            ProviderCertificate.not_after > utcnow(),
+        )
+        .order_by(ProviderCertificate.created_at.desc(), ProviderCertificate.id)
+        .limit(1)
+    )
+    return found
 
 
 async def create(

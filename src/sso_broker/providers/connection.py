@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +28,7 @@ from sso_broker.http import ResponseTooLarge, TransportError
 from sso_broker.idp import Adapter
 from sso_broker.idp.base import Actionable
 from sso_broker.providers.models import SSOProvider
-from sso_broker.ratelimit import WINDOW_SECONDS, Limit
+from sso_broker.ratelimit import Limit, take
 from sso_broker.sso.client_auth import client_authentication
 from sso_broker.sso.discovery import DiscoveryError, ProviderMetadata, overall_deadline
 from sso_broker.sso.service import TENANT_MOVED, post_to_token_endpoint
@@ -60,18 +58,20 @@ def _failed(name: str, actionable: Actionable) -> Check:
 async def check_rate(context: AppContext, provider: SSOProvider) -> None:
     """Refuses a test beyond :data:`TESTS_PER_MINUTE` for this provider, or
     :data:`COMPANY_TESTS_PER_MINUTE` for all of its company's (``429``): many providers, or
-    one deleted and made again, must not multiply what the service asks of a host."""
+    one deleted and made again, must not multiply what the service asks of a host. Counted
+    as every rate limit is (``ratelimit.take``), store outage included."""
     if not context.settings.rate_limit_enabled:
         return
-    now = time.time()
-    window = int(now // WINDOW_SECONDS)
-    window_end = (window + 1) * WINDOW_SECONDS
-    limits = [
-        Limit(f"provider-test:{provider.id}:{window}", TESTS_PER_MINUTE),
-        Limit(f"provider-test:company:{provider.company_id}:{window}", COMPANY_TESTS_PER_MINUTE),
-    ]
-    if not await context.counters.allow(limits, window, window_end):
-        retry_after = max(1, math.ceil(window_end - now))
+    retry_after = await take(
+        context,
+        lambda window: [
+            Limit(f"provider-test:{provider.id}:{window}", TESTS_PER_MINUTE),
+            Limit(
+                f"provider-test:company:{provider.company_id}:{window}", COMPANY_TESTS_PER_MINUTE
+            ),
+        ],
+    )
+    if retry_after is not None:
         raise RateLimited(
             f"Too many connection tests this minute (at most {TESTS_PER_MINUTE} of a provider, "
             f"{COMPANY_TESTS_PER_MINUTE} of a company's); test again in {retry_after} seconds.",

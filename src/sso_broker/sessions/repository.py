@@ -17,7 +17,7 @@ from sso_broker.sessions.models import SignInSession
 from sso_broker.users.models import Role, User
 
 if TYPE_CHECKING:
-    from sso_broker.sessions.service import Principal
+    from sso_broker.sessions.service import PrincipalSession, PrincipalUser
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +35,10 @@ class SessionUser:
     revoked_at: datetime | None
 
     @classmethod
-    def of(cls, user: User, sign_in: SignInSession) -> SessionUser:
+    def of(
+        cls, user: User | PrincipalUser, sign_in: SignInSession | PrincipalSession
+    ) -> SessionUser:
+        """From the rows as the ORM or the hot paths' principal query read them."""
         return cls(
             user_id=user.id,
             company_id=user.company_id,
@@ -47,11 +50,3 @@ class SessionUser:
             expires_at=sign_in.expires_at,
             revoked_at=sign_in.revoked_at,
         )
-
-    @classmethod
-    def of_principal(cls, principal: Principal) -> SessionUser:
-        user, sign_in = principal.user, principal.session
-        return cls(
-            user.id, user.company_id, user.email, user.name, user.role, sign_in.id,
-            sign_in.provider_id, sign_in.expires_at, sign_in.revoked_at,
-        )  # fmt: skip

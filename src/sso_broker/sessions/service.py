@@ -308,7 +308,11 @@ def _token_pair(
 
 
 def _subject(spent: Spent) -> SessionUser | None:
-    return None if spent.principal is None else SessionUser.of_principal(spent.principal)
+    return (
+        None
+        if spent.principal is None
+        else SessionUser.of(spent.principal.user, spent.principal.session)
+    )
 
 
 async def exchange_login_code(

@@ -110,7 +110,11 @@ async def load_provider(context: AppContext, provider_id: uuid.UUID) -> SSOProvi
         # Only the log hears of it: an unknown id belongs to no company's audit log, and a
         # bot must not fill the database (the id is a UUID, so the log line is bounded).
         raise SignInError(SignInErrorCode.PROVIDER_NOT_FOUND, f"no provider {provider_id}")
-    credentials(provider)
+    try:
+        credentials(provider)
+    except SignInError as e:
+        e.provider_type = provider.type  # for the failure's log line (browser.py)
+        raise
     return provider
 
 
@@ -203,12 +207,7 @@ async def initiate(
     The login code the sign-in ends with is bound to the frontend's PKCE challenge, so only
     the browser holding its verifier can use it. Without one (the My Apps tile, a bookmark),
     the browser is sent to the frontend's start page, which makes one and comes back."""
-    try:
-        provider = await load_provider(context, provider_id)
-    except SignInError as e:
-        known = await cached_provider(context, provider_id)
-        e.provider_type = None if known is None else known.type
-        raise
+    provider = await load_provider(context, provider_id)
     try:
         return await _initiate(
             context, provider, code_challenge=code_challenge,

@@ -2,10 +2,10 @@
 
 Initiate writes nothing to the database: the state, nonce, PKCE verifier, the frontend's
 own PKCE challenge (which the login code is bound to, README *Security model*) and
-``return_to`` are encrypted and authenticated (Fernet, the service's encryption keys, so any
-replica can open them) into a cookie, one per attempt. The callback opens the cookie named after the
-``state`` it receives, checks it, and records the state's hash as consumed, so a replayed
-authorization response finds it used.
+``return_to`` are encrypted and authenticated (Fernet, with keys derived from the service's
+encryption keys, so any replica can open them) into a cookie, one per attempt. The callback
+opens the cookie named after the ``state`` it receives, checks it, and records the state's
+hash as consumed, so a replayed authorization response finds it used.
 
 One browser holds at most :data:`MAX_ATTEMPTS` of them within :data:`COOKIE_BUDGET` bytes:
 each initiate expires the oldest beyond that, so a page that keeps opening ``/initiate``
