@@ -204,6 +204,19 @@ class TestTheCredentials:
         assert codes(body) == ["ok", "ok", "not_verified"]
         assert (await stored_or_fail(context, provider.id)).last_error is not None
 
+    async def test_a_hostile_providers_words_are_cut_short(
+        self,
+        client: httpx.AsyncClient,
+        admin: dict[str, str],
+        factory: Factory,
+        tenant: Tenant,
+        entra: FakeEntra,
+    ) -> None:
+        entra.token_error = (400, {"error": "x" * 10_000})
+        body = await run_test(client, admin, await entra_provider(factory, tenant))
+        assert body["checks"][2]["code"] == "not_verified"
+        assert len(body["checks"][2]["detail"]) < 300
+
     async def test_a_plain_openid_provider_is_judged_by_rfc_6749_alone(
         self,
         client: httpx.AsyncClient,

@@ -199,7 +199,10 @@ async def _client_credentials(
     if status == 200 and error is None and not isinstance(document.get("access_token"), str):
         return _unavailable("answered 200 without an access token")
     verdict = adapter.credentials_verdict(status, error, provider_code)
-    said = f"{error or status}{f', {provider_code}' if provider_code else ''}"
+    # The provider's own words, bounded: a hostile one must not fill the answer (as the
+    # sign-in's own messages cut them).
+    shown = (error or str(status))[:64]
+    said = f"{shown!r}{f', {provider_code}' if provider_code else ''}"
     if verdict.proven is True:
         how = "issued a token" if error is None else f"refused only the grant itself ({said})"
         what = "certificate" if "client_assertion" in auth.fields else "secret"
