@@ -181,3 +181,31 @@ class TestCertificateWarnings:
             item(provider.id), json={"client_auth_method": "client_secret"}, headers=admin
         )
         assert (await client.get(item(provider.id), headers=admin)).json()["warnings"] == []
+
+
+async def test_secret_based_providers_cost_the_list_no_certificate_query(
+    client: httpx.AsyncClient,
+    admin: dict[str, str],
+    factory: Factory,
+    tenant: Tenant,
+    context: AppContext,
+) -> None:
+    """Only providers that sign in with a certificate have certificate warnings: a list of
+    secret-based ones reads no certificates (the admin list's cost, README *Performance*)."""
+    from sqlalchemy import event
+
+    await factory.provider(tenant.company, client_id=CLIENT_ID, client_secret=SECRET)
+    seen: list[str] = []
+
+    def record(*args: Any) -> None:
+        seen.append(str(args[2]))
+
+    engine = context.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        for path in ("/api/v1/sso-providers",):
+            assert (await client.get(path, headers=admin)).status_code == 200
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert seen, "the list was read"
+    assert not [sql for sql in seen if "provider_certificates" in sql]

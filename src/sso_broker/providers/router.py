@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import APIRouter, Response, status
@@ -27,8 +28,14 @@ from sso_broker.providers.warnings import latest_certificates
 router = APIRouter(prefix="/api/v1/sso-providers", tags=["SSO providers"])
 
 
+def _signing_with_keys(providers: Iterable[SSOProvider]) -> list[uuid.UUID]:
+    """The providers whose warnings depend on their certificates: only those that sign in
+    with one, so a list of secret-based providers costs no second query."""
+    return [p.id for p in providers if p.client_auth_method == certificates.PRIVATE_KEY_JWT]
+
+
 async def _read(session: AsyncSession, provider: SSOProvider, settings: Settings) -> ProviderRead:
-    until = await latest_certificates(session, [provider.id])
+    until = await latest_certificates(session, _signing_with_keys([provider]))
     return ProviderRead.build(provider, settings, until.get(provider.id))
 
 
@@ -42,7 +49,7 @@ async def list_providers(
     principal: CurrentAdmin, session: ReadSessionDep, settings: SettingsDep
 ) -> ProviderList:
     providers = await service.list_for_company(session, principal.user.company_id)
-    until = await latest_certificates(session, [p.id for p in providers])
+    until = await latest_certificates(session, _signing_with_keys(providers))
     return ProviderList(items=[ProviderRead.build(p, settings, until.get(p.id)) for p in providers])
 
 
