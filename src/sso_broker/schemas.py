@@ -1,9 +1,9 @@
-"""Base models shared by the API's request bodies."""
+"""Base models shared by the API's request bodies, and the page every list answers with."""
 
 from __future__ import annotations
 
 import unicodedata
-from typing import Annotated, Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Generic, Self, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -11,6 +11,7 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Field,
     StringConstraints,
     model_validator,
 )
@@ -89,3 +90,15 @@ class PatchBody(StrictBody):
             if field in self.model_fields_set and getattr(self, field) is None:
                 raise ValueError(f"{field} cannot be null; leave it out to keep the current value")
         return self
+
+
+Item = TypeVar("Item")
+
+
+class Page(BaseModel, Generic[Item]):
+    """One page of a list (``paging.py``); subclass it per item type, so OpenAPI names it."""
+
+    items: list[Item]
+    next_cursor: str | None = Field(
+        description="Pass it as `cursor` for the next page; null on the last page."
+    )

@@ -1,36 +1,27 @@
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from sso_broker import paging
 from sso_broker.audit import service
 from sso_broker.audit.schemas import AuditEventPage, AuditEventRead
 from sso_broker.audit.service import EventType
 from sso_broker.deps import CurrentAdmin, ReadSessionDep
-from sso_broker.errors import AUTHORIZATION_ERRORS, ErrorCode, InvalidInput, error_responses
+from sso_broker.errors import AUTHORIZATION_ERRORS, ErrorCode, error_responses
+from sso_broker.paging import Keyset
 from sso_broker.schemas import IsoDateTime
 
 router = APIRouter(prefix="/api/v1/audit-events", tags=["Audit log"])
 
 
-def _encode_cursor(at: datetime, event_id: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(f"{at.isoformat()}|{event_id}".encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        at, event_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        before = datetime.fromisoformat(at), uuid.UUID(event_id)
-    except (binascii.Error, UnicodeDecodeError, ValueError) as e:
-        raise InvalidInput("cursor is not one this API gave out; start again without it.") from e
-    if before[0].tzinfo is None:  # we only give out aware ones; a naive one cannot be compared
-        raise InvalidInput("cursor is not one this API gave out; start again without it.")
-    return before
+# Newest first: the key is (created_at, id), descending (``service.list_events``).
+EVENTS = Keyset[tuple[datetime, uuid.UUID]](
+    "audit-events", paging.time_and_id, paging.read_time_and_id
+)
 
 
 @router.get(
@@ -45,8 +36,8 @@ async def list_audit_events(
     event_type: Annotated[list[EventType] | None, Query(alias="type")] = None,
     since: IsoDateTime | None = None,
     until: IsoDateTime | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: paging.Limit = paging.LIMIT_DEFAULT,
+    cursor: paging.Cursor = None,
 ) -> AuditEventPage:
     events = await service.list_events(
         session,
@@ -54,12 +45,10 @@ async def list_audit_events(
         types=[t.value for t in event_type or []],
         since=since,
         until=until,
-        before=_decode_cursor(cursor) if cursor else None,
+        before=EVENTS.after(cursor),
         limit=limit + 1,
     )
-    page = list(events[:limit])
-    more = len(events) > limit
+    page, next_cursor = EVENTS.page(events, limit, lambda e: (e.created_at, e.id))
     return AuditEventPage(
-        items=[AuditEventRead.model_validate(event) for event in page],
-        next_cursor=_encode_cursor(page[-1].created_at, page[-1].id) if more and page else None,
+        items=[AuditEventRead.model_validate(event) for event in page], next_cursor=next_cursor
     )

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from sso_broker.schemas import Page
+
 
 class AuditEventRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -22,6 +24,5 @@ class AuditEventRead(BaseModel):
     details: dict[str, Any] | None
 
 
-class AuditEventPage(BaseModel):
-    items: list[AuditEventRead]
-    next_cursor: str | None
+class AuditEventPage(Page[AuditEventRead]):
+    """A page of the audit log, newest first."""
