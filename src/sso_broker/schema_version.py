@@ -6,4 +6,4 @@ them (``cli.py``); ``tests/test_migrations.py`` holds this to Alembic's own head
 migration without it here fails the tests.
 """
 
-HEAD_REVISION = "c3d5e7f9a1b4"
+HEAD_REVISION = "98ff4229c528"

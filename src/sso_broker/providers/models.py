@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, String, Text
+from sqlalchemy import JSON, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sso_broker.database import Base, IdMixin, TimestampMixin, utcnow
@@ -16,10 +16,10 @@ CLIENT_ID_MAX = 255
 
 class SSOProvider(IdMixin, TimestampMixin, Base):
     __tablename__ = "sso_providers"
+    # The list pages in creation order (``repository.page``).
+    __table_args__ = (Index("ix_sso_providers_company_created", "company_id", "created_at", "id"),)
 
-    company_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("companies.id", ondelete="CASCADE"), index=True
-    )
+    company_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
     type: Mapped[str] = mapped_column(String(32))
     name: Mapped[str] = mapped_column(String(DISPLAY_NAME_MAX))
     base_url: Mapped[str] = mapped_column(String(BASE_URL_MAX))

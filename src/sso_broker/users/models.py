@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from enum import StrEnum
 
-from sqlalchemy import Enum, ForeignKey, String, UniqueConstraint
+from sqlalchemy import Enum, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sso_broker.database import Base, IdMixin, TimestampMixin
@@ -21,7 +21,13 @@ class Role(StrEnum):
 
 class User(IdMixin, TimestampMixin, Base):
     __tablename__ = "users"
-    __table_args__ = (UniqueConstraint("company_id", "email_normalized"),)
+    # The list pages by email (``repository.page``): the unique constraint's index serves a
+    # company's page and the email filter, this one a provider's page (and the provider's
+    # deletion, which clears sso_provider_id).
+    __table_args__ = (
+        UniqueConstraint("company_id", "email_normalized"),
+        Index("ix_users_provider_email", "sso_provider_id", "email_normalized"),
+    )
 
     company_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("companies.id", ondelete="CASCADE"), index=True
@@ -41,5 +47,5 @@ class User(IdMixin, TimestampMixin, Base):
         )
     )
     sso_provider_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("sso_providers.id", ondelete="SET NULL"), index=True
+        ForeignKey("sso_providers.id", ondelete="SET NULL")
     )
