@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from sso_broker.errors import SignInError, SignInErrorCode
+from sso_broker.metrics import count_sign_in
 
 # The failures' log lines keep the logger name operators search for.
 logger = logging.getLogger("sso_broker.errors")
@@ -29,6 +30,11 @@ def sign_in_error_redirect(request: Request, code: SignInErrorCode) -> RedirectR
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "no-referrer"
     return response
+
+
+# The routes whose failures are failed sign-ins (sso_broker_sign_ins_total); a failed
+# sign-out is not one.
+_SIGN_IN_STEPS = ("/initiate", "/callback")
 
 
 def _provider_id(request: Request) -> str | None:
@@ -74,6 +80,8 @@ def sign_in_failure(request: Request, exc: Exception) -> RedirectResponse:
         logger.error(
             "sign-in failed unexpectedly", exc_info=exc, extra={**fields, "error": code.value}
         )
+    if request.url.path.endswith(_SIGN_IN_STEPS):
+        count_sign_in(fields["provider_type"], code.value)
     return sign_in_error_redirect(request, code)
 
 

@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     secret_expiry_warning_days: int = Field(default=30, ge=0, le=3650)
     # How long a certificate the service makes for private_key_jwt is valid.
     certificate_validity_days: int = Field(default=365, ge=1, le=3650)
+    # GET /metrics in Prometheus' text format, and each request's timing for it.
+    metrics_enabled: bool = True
+    # After SIGTERM: seconds the requests in flight get to finish before they are cut off.
+    shutdown_grace: float = Field(default=20.0, ge=0, le=3600)
 
     @field_validator("encryption_keys", mode="before")
     @classmethod

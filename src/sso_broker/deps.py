@@ -55,6 +55,8 @@ class AppContext:
     directory: ProviderDirectory
     adapters: Adapters
     counters: Leases
+    # Set on SIGTERM (``lifecycle.py``): /readyz answers 503 while the requests in flight end.
+    draining: bool = False
 
 
 async def get_context(request: Request) -> AppContext:

@@ -16,7 +16,7 @@ The tree::
     ├── InvalidInput              422 validation_error, unsupported_tenant, invalid_base_url,
     │                             invalid_client_id, invalid_client_secret, provider_incomplete,
     │                             sso_provider_not_found
-    ├── ServiceUnavailable        503 database_unavailable
+    ├── ServiceUnavailable        503 database_unavailable, shutting_down
     └── (middleware)              413 request_too_large, 429 rate_limited
 
     SignInError                   a failed browser sign-in: never a body, always a 302 to
@@ -60,6 +60,8 @@ class ErrorCode(StrEnum):
     REQUEST_TOO_LARGE = "request_too_large"
     RATE_LIMITED = "rate_limited"
     DATABASE_UNAVAILABLE = "database_unavailable"
+    # /readyz after SIGTERM: this process finishes what it serves and takes nothing new.
+    SHUTTING_DOWN = "shutting_down"
     SERVER_ERROR = "server_error"
 
 
@@ -227,4 +229,5 @@ STATUS_OF: dict[ErrorCode, int] = {
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.SERVER_ERROR: 500,
     ErrorCode.DATABASE_UNAVAILABLE: 503,
+    ErrorCode.SHUTTING_DOWN: 503,
 }

@@ -193,6 +193,9 @@ class FastPath:
         await pool.open()
         return cls(pool)
 
+    def connections_in_use(self) -> int:
+        return self.pool.size - self.pool.idle
+
     async def close(self) -> None:
         await self.pool.close()
 

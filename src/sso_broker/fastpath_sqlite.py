@@ -261,10 +261,15 @@ class _Lane:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._connection: sqlite3.Connection | None = None
         self._trace: Callable[[str], None] | None = None
+        self.busy = 0  # calls queued or running on the lane's thread
 
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._call, work)
+        self.busy += 1
+        try:
+            return await loop.run_in_executor(self._executor, self._call, work)
+        finally:
+            self.busy -= 1
 
     def trace(self, callback: Callable[[str], None] | None) -> None:
         # On the lane's own thread: the connection may be busy there (the tests' only use).
@@ -319,6 +324,9 @@ class SQLiteFastPath:
         """Calls ``callback`` with every statement sent from now on (the tests count them)."""
         self._reader.trace(callback)
         self._writer.trace(callback)
+
+    def connections_in_use(self) -> int:
+        return min(self._reader.busy, 1) + min(self._writer.busy, 1)
 
     async def close(self) -> None:
         self._closed = True

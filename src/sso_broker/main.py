@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -27,7 +28,9 @@ from sso_broker.health import router as health_router
 from sso_broker.hotpath import HotPath
 from sso_broker.http import IdentityProviderClient
 from sso_broker.idp import adapters_for
+from sso_broker.lifecycle import pool_sampler, watch_for_shutdown
 from sso_broker.logs import configure_logging
+from sso_broker.metrics import worker_exited
 from sso_broker.middleware import FrontMiddleware
 from sso_broker.problems import install_error_handlers
 from sso_broker.providers.router import public_router as provider_keys_router
@@ -138,9 +141,13 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
             await _load_keys(context)
             app.state.context = context
             if serving:
+                watch_for_shutdown(context)
                 _freeze_startup_objects()
-            yield
+            async with pool_sampler(context):
+                yield
         finally:
+            if serving:
+                worker_exited(os.getpid())
             await http.aclose()
             await fast.close()
             if redis is not None:
@@ -159,7 +166,10 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
     install_error_handlers(app, settings.database_url)
     document_errors(app)
     app.add_middleware(
-        FrontMiddleware, frontend_origin=settings.frontend_origin, access_log=settings.access_log
+        FrontMiddleware,
+        frontend_origin=settings.frontend_origin,
+        access_log=settings.access_log,
+        metrics=settings.metrics_enabled,
     )
     # The routers' routes go straight into the app's route list, the sign-in's hottest first
     # (routes are tried in order): an included router is matched twice on every request, its

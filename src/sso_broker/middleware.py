@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sso_broker.errors import ErrorCode
 from sso_broker.logs import clean_request_id, log_access, request_id_var
+from sso_broker.metrics import observe_request
 from sso_broker.problems import problem_response
 from sso_broker.ratelimit import over_limit
 
@@ -66,6 +67,8 @@ class FrontMiddleware:
       otherwise one is made; it is on every answer and every log line of the request.
     * **Access log** (``access_log``): one line a request with the method, the path without
       its query (queries carry codes and states), the status, the duration and the id.
+    * **Metrics** (``metrics``): the request's duration under its route template, method and
+      status (``metrics.py``).
     * **Size limits.** A query string over ``MAX_QUERY_BYTES`` gets 414, a body over
       ``max_bytes`` 413, both ``request_too_large``. The declared ``Content-Length`` is
       checked first and the bytes actually streamed are counted too, so a chunked body
@@ -85,6 +88,7 @@ class FrontMiddleware:
         *,
         frontend_origin: str,
         access_log: bool,
+        metrics: bool = True,
         max_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self.app = app
@@ -98,6 +102,7 @@ class FrontMiddleware:
             max_age=600,
         )
         self.access_log = access_log
+        self.metrics = metrics
         self.max_bytes = max_bytes
 
     @property
@@ -176,6 +181,8 @@ class FrontMiddleware:
             app = self.cors if is_api and has_origin else self.app
             await app(scope, counting_receive, send_with_headers)
         finally:
+            if self.metrics:
+                observe_request(scope, status, time.perf_counter() - started)
             if self.access_log:
                 log_access(scope, status, started, request_id)
             request_id_var.reset(token)

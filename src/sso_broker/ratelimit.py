@@ -43,6 +43,7 @@ from starlette.types import Scope
 from sso_broker.config import Settings
 from sso_broker.database import Base, utcnow
 from sso_broker.errors import ErrorCode, SignInError
+from sso_broker.metrics import RATE_LIMITED
 from sso_broker.problems import is_database_unavailable, problem_response
 from sso_broker.sso.state import cookie_name, open_state, remember_opened
 
@@ -317,6 +318,7 @@ async def over_limit(scope: Scope) -> Response | None:
     if retry_after is None:
         return None
     logger.info("rate limited", extra={"path": scope["path"]})
+    RATE_LIMITED.labels("token" if scope["path"] == TOKEN_PATH else "sign_in").inc()
     return _too_many(scope["path"], retry_after)
 
 

@@ -27,6 +27,7 @@ from sso_broker.errors import RateLimited
 from sso_broker.http import ResponseTooLarge, TransportError
 from sso_broker.idp import Adapter
 from sso_broker.idp.base import Actionable
+from sso_broker.metrics import RATE_LIMITED
 from sso_broker.providers.models import SSOProvider
 from sso_broker.ratelimit import Limit, take
 from sso_broker.sso.client_auth import client_authentication
@@ -72,6 +73,7 @@ async def check_rate(context: AppContext, provider: SSOProvider) -> None:
         ],
     )
     if retry_after is not None:
+        RATE_LIMITED.labels("connection_test").inc()
         raise RateLimited(
             f"Too many connection tests this minute (at most {TESTS_PER_MINUTE} of a provider, "
             f"{COMPANY_TESTS_PER_MINUTE} of a company's); test again in {retry_after} seconds.",

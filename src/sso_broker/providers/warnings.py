@@ -11,7 +11,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -120,3 +121,50 @@ async def expiring_secrets(session: AsyncSession, *, before: datetime) -> Sequen
         .order_by(SSOProvider.client_secret_expires_at, SSOProvider.id)
     )
     return rows.all()
+
+
+async def soonest_expiries(
+    session: AsyncSession,
+) -> tuple[dict[str, datetime], dict[str, datetime]]:
+    """By provider type, when the first enabled provider's client secret expires (of those
+    that sign in with one and told us its expiry), and when the first enabled
+    ``private_key_jwt`` provider's longest-lived certificate expires: the metrics' expiry
+    gauges (README, *Operating sso-broker*). Two aggregate queries, whatever the number of
+    providers."""
+    secrets = await session.execute(
+        select(SSOProvider.type, func.min(SSOProvider.client_secret_expires_at))
+        .where(
+            SSOProvider.enabled.is_(True),
+            SSOProvider.client_auth_method != PRIVATE_KEY_JWT,
+            SSOProvider.client_secret_encrypted.is_not(None),
+            SSOProvider.client_secret_expires_at.is_not(None),
+        )
+        .group_by(SSOProvider.type)
+    )
+    latest = (
+        select(
+            ProviderCertificate.provider_id,
+            func.max(ProviderCertificate.not_after).label("not_after"),
+        )
+        .group_by(ProviderCertificate.provider_id)
+        .subquery()
+    )
+    certificates = await session.execute(
+        select(SSOProvider.type, func.min(latest.c.not_after))
+        .join(latest, latest.c.provider_id == SSOProvider.id)
+        .where(SSOProvider.enabled.is_(True), SSOProvider.client_auth_method == PRIVATE_KEY_JWT)
+        .group_by(SSOProvider.type)
+    )
+    return _aware(secrets.all()), _aware(certificates.all())
+
+
+def _aware(rows: Sequence[Any]) -> dict[str, datetime]:
+    # An aggregate's result carries no column type: SQLite answers its stored text.
+    found: dict[str, datetime] = {}
+    for provider_type, moment in rows:
+        if isinstance(moment, str):
+            moment = datetime.fromisoformat(moment)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        found[provider_type] = moment
+    return found

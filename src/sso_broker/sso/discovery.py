@@ -24,6 +24,7 @@ import jwt
 from sso_broker.errors import SignInError, SignInErrorCode
 from sso_broker.http import IdentityProviderClient, ResponseTooLarge, TransportError
 from sso_broker.idp import Adapter
+from sso_broker.metrics import KEYS_HIT, KEYS_MISS, METADATA_HIT, METADATA_MISS, IdPTimer
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ class ProviderMetadata:
     iss_parameter_supported: bool
     # token_endpoint_auth_methods_supported as published; None when the document has none.
     token_auth_methods: tuple[str, ...] | None = None
+    # The type whose adapter accepted the document: the metrics' label for calls to it.
+    provider_type: str = "unknown"
 
 
 @dataclass(slots=True)
@@ -99,12 +102,15 @@ def overall_deadline(http: IdentityProviderClient) -> float:
     return http.timeout or 10.0
 
 
-async def _get_json(http: IdentityProviderClient, url: str) -> tuple[int, Any]:
+async def _get_json(
+    http: IdentityProviderClient, url: str, provider_type: str, endpoint: str
+) -> tuple[int, Any]:
     try:
         async with asyncio.timeout(overall_deadline(http)):
-            status, body = await http.fetch(
-                "GET", url, limit=MAX_DOCUMENT_BYTES, headers={"Accept": "application/json"}
-            )
+            with IdPTimer(provider_type, endpoint):
+                status, body = await http.fetch(
+                    "GET", url, limit=MAX_DOCUMENT_BYTES, headers={"Accept": "application/json"}
+                )
     except ResponseTooLarge as e:
         raise DiscoveryError(f"{urlsplit(url).path} answered with an oversized document") from e
     except (TransportError, TimeoutError) as e:
@@ -138,7 +144,9 @@ class ProviderDirectory:
             cached = self._metadata.setdefault(key, _Cached())
         now = time.monotonic()
         if cached.metadata is not None and now - cached.fetched_at < METADATA_TTL:
+            METADATA_HIT.inc()
             return cached.metadata
+        METADATA_MISS.inc()
         async with cached.lock:
             now = time.monotonic()
             if cached.metadata is not None and now - cached.fetched_at < METADATA_TTL:
@@ -178,10 +186,10 @@ class ProviderDirectory:
 
     async def fetch_keys(self, metadata: ProviderMetadata) -> dict[str, jwt.PyJWK]:
         """The provider's usable RS256 signing keys as it answers now, past every cache."""
-        return await self._fetch_keys(metadata.jwks_uri)
+        return await self._fetch_keys(metadata)
 
     async def _fetch_metadata(self, adapter: Adapter, base_url: str, url: str) -> ProviderMetadata:
-        status, document = await _get_json(self._http, url)
+        status, document = await _get_json(self._http, url, adapter.name, "metadata")
         if status != 200 or not isinstance(document, dict):
             details = document if isinstance(document, dict) else {}
             raise DiscoveryError(
@@ -205,7 +213,9 @@ class ProviderDirectory:
         key_set = self._keys.setdefault(metadata.issuer, _KeySet())
         found = self._pick(key_set, kid)
         if found is not None and time.monotonic() - key_set.fetched_at < JWKS_TTL:
+            KEYS_HIT.inc()
             return found
+        KEYS_MISS.inc()
         async with key_set.lock:
             found = self._pick(key_set, kid)
             now = time.monotonic()
@@ -223,7 +233,7 @@ class ProviderDirectory:
             if due:
                 key_set.attempted_at = now
                 try:
-                    key_set.keys = await self._fetch_keys(metadata.jwks_uri)
+                    key_set.keys = await self._fetch_keys(metadata)
                     key_set.fetched_at = time.monotonic()
                 except DiscoveryError as e:
                     if not key_set.keys:
@@ -245,8 +255,10 @@ class ProviderDirectory:
             return next(iter(key_set.keys.values())) if len(key_set.keys) == 1 else None
         return key_set.keys.get(kid)
 
-    async def _fetch_keys(self, jwks_uri: str) -> dict[str, jwt.PyJWK]:
-        status, document = await _get_json(self._http, jwks_uri)
+    async def _fetch_keys(self, metadata: ProviderMetadata) -> dict[str, jwt.PyJWK]:
+        status, document = await _get_json(
+            self._http, metadata.jwks_uri, metadata.provider_type, "keys"
+        )
         if status != 200 or not isinstance(document, dict):
             raise DiscoveryError(f"the key set answered {status}")
         keys: dict[str, jwt.PyJWK] = {}
@@ -308,4 +320,5 @@ def check_metadata(adapter: Adapter, base_url: str, document: dict[str, Any]) ->
         token_auth_methods=tuple(m for m in methods if isinstance(m, str))
         if isinstance(methods, list)
         else None,
+        provider_type=adapter.name,
     )

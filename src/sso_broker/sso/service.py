@@ -33,6 +33,7 @@ from sso_broker.hotpath import LinkConflict
 from sso_broker.http import ResponseTooLarge, TransportError
 from sso_broker.idp import Adapter
 from sso_broker.idp.base import Actionable
+from sso_broker.metrics import SUCCEEDED, IdPTimer, count_sign_in
 from sso_broker.providers.certificates import CLIENT_SECRET
 from sso_broker.providers.models import SSOProvider
 from sso_broker.sessions import service as sessions_service
@@ -340,9 +341,14 @@ async def post_to_token_endpoint(
     """One form POST to the provider's token endpoint within the call's total deadline;
     its status and body (at most MAX_TOKEN_RESPONSE bytes)."""
     async with asyncio.timeout(overall_deadline(context.http)):
-        return await context.http.fetch(
-            "POST", metadata.token_endpoint, limit=MAX_TOKEN_RESPONSE, content=body, headers=headers
-        )
+        with IdPTimer(metadata.provider_type, "token"):
+            return await context.http.fetch(
+                "POST",
+                metadata.token_endpoint,
+                limit=MAX_TOKEN_RESPONSE,
+                content=body,
+                headers=headers,
+            )
 
 
 async def _exchange_code(
@@ -446,12 +452,14 @@ async def complete(
             async with session_scope(context.sessionmaker) as session:
                 await state.purge_expired(session)
                 await sessions_service.purge_expired(session)
-        return await _complete(context, provider, params, login)
+        target = await _complete(context, provider, params, login)
     except SignInError as e:
         if provider is not None:  # an unknown provider belongs to no company's audit log
             e.provider_type = provider.type
             await record_failure(context, provider, e, stage="callback")
         raise
+    count_sign_in(provider.type, SUCCEEDED)
+    return target
 
 
 async def _complete(
