@@ -52,11 +52,6 @@ FAMILIES = {
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
 SERIES = {name + suffix for name, kind in FAMILIES.items() for suffix in SUFFIXES[kind]}
 
-# Settings the manifests set before the code that reads them has landed (issue 12's graceful
-# shutdown adds SSO_BROKER_SHUTDOWN_GRACE). Remove a name once Settings has it.
-PENDING_SETTINGS = {"shutdown_grace"}
-
-
 # --- loading ---------------------------------------------------------------------------------
 
 
@@ -202,7 +197,7 @@ def test_no_service_link_variables_reach_the_settings() -> None:
 
 def test_every_sso_broker_variable_is_a_setting() -> None:
     """Settings ignore unknown variables, so a misspelt one would be silently dropped."""
-    known = set(Settings.model_fields) | PENDING_SETTINGS
+    known = set(Settings.model_fields)
     for kind, spec in pod_specs():
         for container in containers(spec):
             for name in env(container):
