@@ -13,6 +13,9 @@ path, what the service reads of Entra:
   once; answers an access token and an RS256 ID token for the ``login_hint`` email;
 * ``GET /{tenant}/oauth2/v2.0/logout``: back to ``post_logout_redirect_uri``.
 
+For the tests of slow and hung providers, ``POST /_control/token-delay?seconds=S`` makes this
+process's token endpoint wait ``S`` seconds before it answers (``0``: at once again).
+
 Codes are sealed (HMAC) rather than stored, so any process can redeem any process's code; a
 byte per code in an anonymous shared memory map, written by whichever process redeems it,
 makes each code work once across processes (process ``i`` of ``n`` issues slots ``i``,
@@ -24,6 +27,7 @@ Run: ``python -m bench.fake_idp --port P --authority http://127.0.0.1:P [--worke
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -119,6 +123,7 @@ class IdentityProvider:
         header = {"typ": "JWT", "alg": "RS256", "kid": self.kid}
         self.jwt_header = b64url(json.dumps(header, separators=(",", ":")).encode())
         self.issued = 0
+        self.token_delay = 0.0
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -135,6 +140,11 @@ class IdentityProvider:
             return
         parts = scope["path"].split("/")
         method = scope["method"]
+        if method == "POST" and scope["path"] == "/_control/token-delay":
+            query = parse_qs(scope["query_string"].decode("latin-1"))
+            self.token_delay = float(query.get("seconds", ["0"])[0])
+            await self._send(send, 204, b"", b"text/plain")
+            return
         # ['', tenant, ...rest]
         tenant = parts[1].lower() if len(parts) > 2 else ""
         rest = "/".join(parts[2:])
@@ -153,6 +163,8 @@ class IdentityProvider:
                 body += message.get("body", b"")
                 if not message.get("more_body"):
                     break
+            if self.token_delay:
+                await asyncio.sleep(self.token_delay)
             status, document = self._token(tenant, body)
             await self._json(send, status, document)
         elif method == "GET" and rest == "oauth2/v2.0/logout":

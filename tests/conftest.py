@@ -35,8 +35,9 @@ from sso_broker.sessions import service as sessions_service
 from sso_broker.users.models import Role
 from sso_broker.users.repository import normalize_email
 
-# The fake Entra tenant (`entra` fixture) for every test that signs someone in.
-pytest_plugins = ["tests.fixtures.entra"]
+# The fake Entra tenant (`entra` fixture) for every test that signs someone in; the bench's
+# identity provider as a process (`identity_provider`) for tests of served processes.
+pytest_plugins = ["tests.fixtures.entra", "tests.served"]
 
 POSTGRES_URL = os.environ.get("SSO_BROKER_TEST_POSTGRES_URL", "").strip()
 BACKENDS = ["sqlite", "postgres"] if POSTGRES_URL else ["sqlite"]

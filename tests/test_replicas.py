@@ -4,8 +4,6 @@ within the bound the README promises (one second), on both databases."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,31 +12,10 @@ import httpx
 import pytest
 
 from sso_broker.caches import MAX_STALENESS
-from tests.conftest import TEST_KEY, Database, _empty_tables
-from tests.e2e.stack import Broker, free_port, in_thread, stop, wait_for
+from tests.conftest import Database, _empty_tables
+from tests.e2e.stack import Broker, free_port, in_thread
 from tests.pkce import PKCE
-
-REPO = Path(__file__).resolve().parents[1]
-TENANT = "3f2b9c1e-8d47-4a6b-9e21-5c0d7f4a1b28"
-CLIENT = "0c6e8a51-2b3d-4f7e-9a1c-6d5e4f3a2b10"
-
-
-@pytest.fixture
-def identity_provider(tmp_path: Path) -> Iterator[str]:
-    """The bench's light Entra stand-in, as a process of its own."""
-    port = free_port()
-    process = subprocess.Popen(  # noqa: S603 - our own module
-        [sys.executable, "-m", "bench.fake_idp", "--port", str(port)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "idp.log").open("ab"),
-    )
-    authority = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(f"{authority}/{TENANT}/v2.0/.well-known/openid-configuration", process=process)
-        yield authority
-    finally:
-        stop(process)
+from tests.served import CLIENT, TENANT, broker_env
 
 
 @pytest.fixture
@@ -46,17 +23,7 @@ def replicas(
     database: Database, identity_provider: str, tmp_path: Path
 ) -> Iterator[tuple[Broker, Broker]]:
     first_port, second_port = free_port(), free_port()
-    env = {
-        "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
-        "SSO_BROKER_DATABASE_URL": database.url,
-        "SSO_BROKER_ENCRYPTION_KEYS": TEST_KEY,
-        # Replicas behind one load balancer share one public URL (the session JWTs' iss).
-        "SSO_BROKER_PUBLIC_URL": f"http://127.0.0.1:{first_port}",
-        "SSO_BROKER_FRONTEND_URL": "http://127.0.0.1:3000",
-        "SSO_BROKER_ENTRA_AUTHORITY": identity_provider,
-        "SSO_BROKER_RATE_LIMIT_ENABLED": "false",
-        "SSO_BROKER_ACCESS_LOG": "false",
-    }
+    env = broker_env(database, identity_provider, first_port)
     brokers = (
         Broker(env=env, port=first_port, log=tmp_path / "first.log"),
         Broker(env=env, port=second_port, log=tmp_path / "second.log"),

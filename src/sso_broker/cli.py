@@ -266,6 +266,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
     _migrate_in_child(settings)
+    if args.workers > 1:
+        _share_metrics_between_workers()
     uvicorn.run(
         "sso_broker.main:create_served_app",
         factory=True,
@@ -278,7 +280,34 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
         log_config=None,
         proxy_headers=True,
         server_header=False,
+        # SIGTERM: stop accepting, let the requests in flight finish within the grace, exit
+        # (README, *Graceful shutdown*; /readyz says 503 meanwhile: lifecycle.py).
+        timeout_graceful_shutdown=settings.shutdown_grace,
     )
+
+
+def _share_metrics_between_workers() -> None:
+    """Points prometheus-client's multiprocess mode at an empty folder before the workers
+    start, so a scrape of any worker reports all of them (README, *Metrics*): the operator's
+    ``PROMETHEUS_MULTIPROC_DIR``, emptied of an earlier run's files, or a fresh folder under
+    ``$TMPDIR`` (the only writable place of a read-only root filesystem), removed at exit."""
+    import atexit
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from sso_broker.metrics import MULTIPROCESS_DIR
+
+    given = os.environ.get(MULTIPROCESS_DIR)
+    if given:
+        folder = Path(given)
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):
+            stale.unlink()
+        return
+    made = tempfile.mkdtemp(prefix="sso-broker-metrics-")
+    os.environ[MULTIPROCESS_DIR] = made
+    atexit.register(shutil.rmtree, made, ignore_errors=True)
 
 
 async def _noop(_sessionmaker: Any, _box: SecretBox) -> None:
