@@ -11,6 +11,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -20,9 +21,11 @@ from sso_broker.database import session_scope, utcnow
 from sso_broker.deps import AppContext
 from sso_broker.models import SSOProvider
 from sso_broker.providers.models import ProviderCertificate
-from tests.conftest import Database, Factory, make_settings
+from tests.conftest import Database, Factory, _empty_tables, make_settings
+from tests.e2e.stack import Broker, free_port, in_thread
 from tests.fixtures.entra import FakeEntra
 from tests.pkce import PKCE, code_grant
+from tests.served import broker_env, login_code_of, seed, to_the_callback
 from tests.sso.helpers import login_code, setup, sign_in
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -243,3 +246,50 @@ class TestSwitchedOff:
         after = await scrape(client)
         healthz = {"route": "/healthz", "method": "GET", "status": "200"}
         assert grew(before, after, "sso_broker_http_request_duration_seconds_count", **healthz) == 0
+
+
+class TestSeveralWorkers:
+    def test_any_worker_reports_every_worker(
+        self, database: Database, identity_provider: str, tmp_path: Path
+    ) -> None:
+        """``serve --workers 2``: the kernel spreads requests over both workers, and whichever
+        answers the scrape counts all of them (multiprocess mode)."""
+        port = free_port()
+        broker = Broker(
+            env=broker_env(database, identity_provider, port),
+            port=port,
+            log=tmp_path / "broker.log",
+            workers=2,
+        )
+        broker.start()
+        try:
+            seeded = seed(broker)
+            with httpx.Client(base_url=broker.url, timeout=10) as browser:
+                login_code_of(browser.get(to_the_callback(browser, seeded.provider, seeded.email)))
+            # New connections each, so both workers answer some of them.
+            for _ in range(40):
+                assert httpx.get(f"{broker.url}/healthz").status_code == 200
+            totals = set()
+            for _ in range(6):
+                text = httpx.get(f"{broker.url}/metrics").text
+                samples = {
+                    (sample.name, frozenset(sample.labels.items())): sample.value
+                    for family in text_string_to_metric_families(text)
+                    for sample in family.samples
+                }
+                healthz = {"route": "/healthz", "method": "GET", "status": "200"}
+                totals.add(
+                    (
+                        value(samples, "sso_broker_http_request_duration_seconds_count", **healthz),
+                        value(
+                            samples, "sso_broker_sign_ins_total", type="entra", outcome="succeeded"
+                        ),
+                    )
+                )
+                assert ("sso_broker_db_connections_in_use", frozenset()) in samples
+            assert totals == {(40.0, 1.0)}, totals
+            started = broker.log.read_text().count("Application startup complete.")
+            assert started == 2, started
+        finally:
+            broker.stop()
+            in_thread(lambda: _empty_tables(database.url))

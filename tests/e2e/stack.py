@@ -73,6 +73,7 @@ class Broker:
     port: int
     log: Path
     process: subprocess.Popen[bytes] | None = None
+    workers: int = 1
 
     @property
     def url(self) -> str:
@@ -81,7 +82,10 @@ class Broker:
     def start(self) -> None:
         handle = self.log.open("ab")
         self.process = subprocess.Popen(  # noqa: S603 - our own console script
-            [str(Path(sys.executable).parent / "sso-broker"), "serve", "--port", str(self.port)],
+            [
+                str(Path(sys.executable).parent / "sso-broker"),
+                *("serve", "--port", str(self.port), "--workers", str(self.workers)),
+            ],
             env=self.env,
             stdout=handle,
             stderr=handle,
