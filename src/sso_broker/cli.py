@@ -24,7 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from sso_broker import __version__
 from sso_broker.companies import service as companies_service
 from sso_broker.config import Settings
-from sso_broker.crypto import EncryptionKeyError, SecretBox
+from sso_broker.crypto import EncryptionKeyError, SecretBox, load_encryption_keys
 from sso_broker.database import create_engine, create_sessionmaker, session_scope, utcnow
 from sso_broker.errors import AppError
 from sso_broker.logs import configure_logging
@@ -33,6 +33,7 @@ from sso_broker.users.models import Role
 
 # Each command imports what only it needs: a command's start-up is most of its time, and a
 # script that makes fifty users waits for fifty of them (README, *Command line*).
+# ``tests/test_cli.py`` lists what ``create-company`` must not load.
 
 logger = logging.getLogger("sso_broker.cli")
 
@@ -57,27 +58,41 @@ async def _at_head(engine: Any) -> bool:
         return False
 
 
-async def _with_database(
-    settings: Settings, work: Callable[[Any, SecretBox], Awaitable[None]]
-) -> None:
-    """Migrates when a migration is pending, then runs ``work(sessionmaker, box)`` and
-    disposes of the engine."""
-    # The tables' models, so the ORM can resolve every foreign key a command's rows have
-    # (sso_broker.models would bring the rate limiter and the web stack along).
+def _load_models() -> None:
+    """Every table's model, so the ORM can resolve every foreign key a command's rows have
+    (sso_broker.models would bring the rate limiter and the web stack along). A command that
+    writes only companies skips them: 6 % of its start-up, their mappers' set-up included."""
     import sso_broker.audit.models
     import sso_broker.providers.models
     import sso_broker.sessions.models
     import sso_broker.sso.models  # noqa: F401
 
+
+async def _with_keys(settings: Settings, work: Callable[[Any, list[str]], Awaitable[None]]) -> None:
+    """Migrates when a migration is pending, checks the encryption keys (in embedded mode,
+    creating the key file on first use), then runs ``work(sessionmaker, keys)`` and disposes
+    of the engine."""
     engine = create_engine(settings)
     try:
         if not await _at_head(engine):
             from sso_broker.migrate import migrate  # Alembic loads only when it has work
 
             await migrate(engine)
-        await work(create_sessionmaker(engine), SecretBox.from_settings(settings))
+        await work(create_sessionmaker(engine), load_encryption_keys(settings))
     finally:
         await engine.dispose()
+
+
+async def _with_database(
+    settings: Settings, work: Callable[[Any, SecretBox], Awaitable[None]]
+) -> None:
+    """``_with_keys`` for a command that encrypts or decrypts: ``work(sessionmaker, box)``.
+    The box loads cryptography, which the other commands do without."""
+
+    async def with_box(sessionmaker: Any, keys: list[str]) -> None:
+        await work(sessionmaker, SecretBox(keys))
+
+    await _with_keys(settings, with_box)
 
 
 def _uuid(value: str) -> uuid.UUID:
@@ -88,25 +103,27 @@ def _uuid(value: str) -> uuid.UUID:
 
 
 async def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> None:
-    async def work(_sessionmaker: Any, _box: SecretBox) -> None:
+    async def work(_sessionmaker: Any, _keys: list[str]) -> None:
         logger.info("database is at the newest schema")
 
-    await _with_database(settings, work)
+    await _with_keys(settings, work)
     _emit({"status": "migrated"})
 
 
 async def cmd_create_company(settings: Settings, args: argparse.Namespace) -> None:
-    async def work(sessionmaker: Any, _box: SecretBox) -> None:
+    async def work(sessionmaker: Any, _keys: list[str]) -> None:
         async with session_scope(sessionmaker) as session:
             company = await companies_service.create(session, args.name)
             _emit({"id": str(company.id), "name": company.name})
 
-    await _with_database(settings, work)
+    await _with_keys(settings, work)
 
 
 async def cmd_create_user(settings: Settings, args: argparse.Namespace) -> None:
     from sso_broker.users import service as users_service
     from sso_broker.users.schemas import UserCreate, UserRead
+
+    _load_models()
 
     try:
         data = UserCreate(
@@ -118,13 +135,13 @@ async def cmd_create_user(settings: Settings, args: argparse.Namespace) -> None:
         )
         raise CommandError(f"invalid user: {problems}") from e
 
-    async def work(sessionmaker: Any, _box: SecretBox) -> None:
+    async def work(sessionmaker: Any, _keys: list[str]) -> None:
         async with session_scope(sessionmaker) as session:
             await companies_service.get(session, args.company)
             user = await users_service.create(session, args.company, data, actor=None)
             _emit(UserRead.model_validate(user).model_dump(mode="json"))
 
-    await _with_database(settings, work)
+    await _with_keys(settings, work)
 
 
 async def cmd_issue_token(settings: Settings, args: argparse.Namespace) -> None:
@@ -132,6 +149,7 @@ async def cmd_issue_token(settings: Settings, args: argparse.Namespace) -> None:
     from sso_broker.sessions.tokens import KeyRing, ensure_signing_key
     from sso_broker.users import repository as users_repository
 
+    _load_models()
     ttl = args.ttl if args.ttl is not None else settings.access_token_ttl
     if not 60 <= ttl <= MAX_TOKEN_TTL:
         raise CommandError(f"--ttl must be between 60 and {MAX_TOKEN_TTL} seconds")
@@ -165,6 +183,8 @@ async def cmd_rotate_keys(settings: Settings, _args: argparse.Namespace) -> None
     """Re-encrypts every stored secret under the first key of SSO_BROKER_ENCRYPTION_KEYS."""
     from sso_broker.providers.models import ProviderCertificate, SSOProvider
     from sso_broker.sessions.models import SigningKey, SignInSession
+
+    _load_models()
 
     async def work(sessionmaker: Any, box: SecretBox) -> None:
         counts = {"client_secrets": 0, "signing_keys": 0, "id_tokens": 0, "certificate_keys": 0}
@@ -207,11 +227,12 @@ async def cmd_expiring_secrets(settings: Settings, args: argparse.Namespace) -> 
     healthy*)."""
     from sso_broker.providers.warnings import expiring_secrets
 
+    _load_models()
     days = settings.secret_expiry_warning_days if args.days is None else args.days
     if not 0 <= days <= 3650:
         raise CommandError("--days must be between 0 and 3650")
 
-    async def work(sessionmaker: Any, _box: SecretBox) -> None:
+    async def work(sessionmaker: Any, _keys: list[str]) -> None:
         async with session_scope(sessionmaker) as session:
             found = await expiring_secrets(session, before=utcnow() + timedelta(days=days))
             _emit(
@@ -228,7 +249,7 @@ async def cmd_expiring_secrets(settings: Settings, args: argparse.Namespace) -> 
                 }
             )
 
-    await _with_database(settings, work)
+    await _with_keys(settings, work)
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -16,15 +16,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from jwt.algorithms import ECAlgorithm
+from typing import TYPE_CHECKING, Any
 
 from sso_broker.config import Settings
+
+# cryptography and PyJWT load when a key is first used, not on import: a command that only
+# reads the keys (``sso-broker create-company``) never needs them (README, *Command line*).
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 SIGNING_ALGORITHM = "ES256"
 
@@ -65,6 +64,8 @@ def _load_or_create_key_file(path: Path) -> list[str]:
     except FileExistsError:
         pass
     else:
+        from cryptography.fernet import Fernet
+
         with os.fdopen(fd, "w", encoding="ascii") as handle:
             handle.write(Fernet.generate_key().decode("ascii") + "\n")
     lines = path.read_text(encoding="ascii").split()
@@ -99,6 +100,8 @@ class SecretBox:
     """Encrypts and decrypts small secrets; the first key encrypts, all keys decrypt."""
 
     def __init__(self, keys: list[str]) -> None:
+        from cryptography.fernet import Fernet, MultiFernet
+
         if not keys:
             raise EncryptionKeyError("at least one encryption key is required")
         self._keys = keys
@@ -107,6 +110,9 @@ class SecretBox:
     def derive(self, purpose: bytes, key: str | None = None) -> bytes:
         """A 256-bit key of its own for ``purpose`` (HKDF over the first key, or ``key``):
         what is not encryption at rest never shares the encryption key."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
         material = base64.urlsafe_b64decode(key or self._keys[0])
         return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(material)
 
@@ -126,6 +132,8 @@ class SecretBox:
         return self._fernet.encrypt(plaintext.encode("utf-8")).decode("ascii")
 
     def decrypt(self, token: str) -> str:
+        from cryptography.fernet import InvalidToken
+
         try:
             return self._fernet.decrypt(token.encode("ascii")).decode("utf-8")
         except InvalidToken as e:
@@ -137,6 +145,8 @@ class SecretBox:
 
     def rotate(self, token: str) -> str:
         """Re-encrypts ``token`` under the first key (for key rotation)."""
+        from cryptography.fernet import InvalidToken
+
         try:
             return self._fernet.rotate(token.encode("ascii")).decode("ascii")
         except InvalidToken as e:
@@ -154,12 +164,17 @@ class SigningKeyMaterial:
 
 
 def public_jwk(public_key: ec.EllipticCurvePublicKey, kid: str) -> dict[str, Any]:
+    from jwt.algorithms import ECAlgorithm
+
     jwk: dict[str, Any] = json.loads(ECAlgorithm.to_jwk(public_key))
     jwk.update({"kid": kid, "use": "sig", "alg": SIGNING_ALGORITHM})
     return jwk
 
 
 def generate_signing_key() -> SigningKeyMaterial:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     private_key = ec.generate_private_key(ec.SECP256R1())
     public_der = private_key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -180,6 +195,9 @@ def generate_signing_key() -> SigningKeyMaterial:
 
 
 def load_private_key(pem: str) -> ec.EllipticCurvePrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     key = serialization.load_pem_private_key(pem.encode("ascii"), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise DecryptionError("a stored signing key is not an EC private key")
