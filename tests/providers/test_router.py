@@ -484,7 +484,7 @@ class TestList:
     ) -> None:
         response = await client.get(BASE, headers=admin)
         assert response.status_code == 200
-        assert response.json() == {"items": []}
+        assert response.json() == {"items": [], "next_cursor": None}
 
     async def test_list_returns_the_providers_in_creation_order(
         self, client: httpx.AsyncClient, admin: dict[str, str]
@@ -495,7 +495,7 @@ class TestList:
         ]
         response = await client.get(BASE, headers=admin)
         assert response.status_code == 200
-        assert response.json() == {"items": created}
+        assert response.json() == {"items": created, "next_cursor": None}
 
     async def test_list_orders_by_creation_time_not_by_id(
         self,
@@ -650,7 +650,7 @@ class TestDelete:
         assert await raw_secret_columns(context) == []
 
         assert_problem(await client.get(item(enabled_provider.id), headers=admin), 404, "not_found")
-        assert (await client.get(BASE, headers=admin)).json() == {"items": []}
+        assert (await client.get(BASE, headers=admin)).json() == {"items": [], "next_cursor": None}
 
     async def test_delete_twice_is_404_the_second_time(
         self, client: httpx.AsyncClient, provider: SSOProvider, admin: dict[str, str]
@@ -784,7 +784,10 @@ class TestCrossCompany:
         assert listed == [theirs]
 
         assert (await client.get(item(mine["id"]), headers=admin)).json() == mine
-        assert (await client.get(BASE, headers=admin)).json() == {"items": [mine]}
+        assert (await client.get(BASE, headers=admin)).json() == {
+            "items": [mine],
+            "next_cursor": None,
+        }
         row = await stored_or_fail(context, mine["id"])
         assert row.client_secret_encrypted is not None
         assert context.box.decrypt(row.client_secret_encrypted) == SECRET

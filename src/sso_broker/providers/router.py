@@ -2,15 +2,18 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Response, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from sso_broker import paging
 from sso_broker.config import Settings
 from sso_broker.deps import ContextDep, CurrentAdmin, ReadSessionDep, SessionDep, SettingsDep
 from sso_broker.errors import AUTHORIZATION_ERRORS, ErrorCode, NotFound, error_responses
 from sso_broker.idp import adapters_for
+from sso_broker.paging import Keyset
 from sso_broker.providers import certificates, connection, service
 from sso_broker.providers.models import ProviderCertificate, SSOProvider
 from sso_broker.providers.schemas import (
@@ -27,6 +30,11 @@ from sso_broker.providers.warnings import latest_certificates
 
 router = APIRouter(prefix="/api/v1/sso-providers", tags=["SSO providers"])
 
+# Oldest first: the key is (created_at, id) (``repository.page``).
+PROVIDERS = Keyset[tuple[datetime, uuid.UUID]](
+    "sso-providers", paging.time_and_id, paging.read_time_and_id
+)
+
 
 def _signing_with_keys(providers: Iterable[SSOProvider]) -> list[uuid.UUID]:
     """The providers whose warnings depend on their certificates: only those that sign in
@@ -41,16 +49,26 @@ async def _read(session: AsyncSession, provider: SSOProvider, settings: Settings
 
 @router.get(
     "",
-    summary="List the company's SSO providers",
+    summary="List the company's SSO providers, oldest first, a page at a time",
     response_model=ProviderList,
-    responses=error_responses(*AUTHORIZATION_ERRORS),
+    responses=error_responses(*AUTHORIZATION_ERRORS, ErrorCode.VALIDATION_ERROR),
 )
 async def list_providers(
-    principal: CurrentAdmin, session: ReadSessionDep, settings: SettingsDep
+    principal: CurrentAdmin,
+    session: ReadSessionDep,
+    settings: SettingsDep,
+    limit: paging.Limit = paging.LIMIT_DEFAULT,
+    cursor: paging.Cursor = None,
 ) -> ProviderList:
-    providers = await service.list_for_company(session, principal.user.company_id)
-    until = await latest_certificates(session, _signing_with_keys(providers))
-    return ProviderList(items=[ProviderRead.build(p, settings, until.get(p.id)) for p in providers])
+    providers = await service.page(
+        session, principal.user.company_id, after=PROVIDERS.after(cursor), limit=limit + 1
+    )
+    page, next_cursor = PROVIDERS.page(providers, limit, lambda p: (p.created_at, p.id))
+    until = await latest_certificates(session, _signing_with_keys(page))
+    return ProviderList(
+        items=[ProviderRead.build(p, settings, until.get(p.id)) for p in page],
+        next_cursor=next_cursor,
+    )
 
 
 @router.post(

@@ -15,7 +15,7 @@ from sso_broker.providers.models import (
     SSOProvider,
 )
 from sso_broker.providers.warnings import certificate_warnings, secret_warnings
-from sso_broker.schemas import DisplayName, PatchBody, StrictBody
+from sso_broker.schemas import DisplayName, Page, PatchBody, StrictBody
 
 CLIENT_SECRET_MAX = 1024
 ProviderName = DisplayName
@@ -196,5 +196,5 @@ class ConnectionTest(BaseModel):
     checks: list[CheckRead]
 
 
-class ProviderList(BaseModel):
-    items: list[ProviderRead]
+class ProviderList(Page[ProviderRead]):
+    """A page of the company's SSO providers, oldest first."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -38,8 +39,15 @@ async def get(session: AsyncSession, company_id: uuid.UUID, provider_id: uuid.UU
     return provider
 
 
-async def list_for_company(session: AsyncSession, company_id: uuid.UUID) -> Sequence[SSOProvider]:
-    return await repository.list_for_company(session, company_id)
+async def page(
+    session: AsyncSession,
+    company_id: uuid.UUID,
+    *,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> Sequence[SSOProvider]:
+    """A page of the company's providers, oldest first."""
+    return await repository.page(session, company_id, after=after, limit=limit)
 
 
 async def create(

@@ -4,7 +4,7 @@ import string
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sso_broker.users.models import User
@@ -34,8 +34,42 @@ async def get_by_email(session: AsyncSession, company_id: uuid.UUID, email: str)
     )
 
 
-async def list_for_company(session: AsyncSession, company_id: uuid.UUID) -> Sequence[User]:
-    result = await session.scalars(
-        select(User).where(User.company_id == company_id).order_by(User.email_normalized)
+def page_query(
+    company_id: uuid.UUID,
+    *,
+    email: str | None = None,
+    sso_provider_id: uuid.UUID | None = None,
+    after: str | None = None,
+    limit: int,
+) -> Select[User]:
+    """A page of the company's users by email (normalized), starting after ``after``.
+
+    Email order is what administrators expect of a people list, and it is total: the
+    normalized email is unique in a company. Each variant reads one index range, however
+    many users there are: the unique (company_id, email_normalized) index, or
+    (sso_provider_id, email_normalized) for a provider's users (``tests/users/
+    test_paging.py`` holds the plans).
+    """
+    query = select(User).where(User.company_id == company_id)
+    if email is not None:
+        query = query.where(User.email_normalized == normalize_email(email))
+    if sso_provider_id is not None:
+        query = query.where(User.sso_provider_id == sso_provider_id)
+    if after is not None:
+        query = query.where(User.email_normalized > after)
+    return query.order_by(User.email_normalized).limit(limit)
+
+
+async def page(
+    session: AsyncSession,
+    company_id: uuid.UUID,
+    *,
+    email: str | None = None,
+    sso_provider_id: uuid.UUID | None = None,
+    after: str | None = None,
+    limit: int,
+) -> Sequence[User]:
+    query = page_query(
+        company_id, email=email, sso_provider_id=sso_provider_id, after=after, limit=limit
     )
-    return result.all()
+    return (await session.scalars(query)).all()

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Query, Response, status
 
+from sso_broker import paging
 from sso_broker.deps import CurrentPrincipal, CurrentUserManager, ReadSessionDep, SessionDep
 from sso_broker.errors import AUTHORIZATION_ERRORS, ErrorCode, error_responses
+from sso_broker.paging import Keyset
 from sso_broker.users import service
+from sso_broker.users.models import EMAIL_MAX
 from sso_broker.users.schemas import (
     UserCreate,
     UserList,
@@ -18,16 +22,46 @@ from sso_broker.users.schemas import (
 
 router = APIRouter(prefix="/api/v1/users", tags=["Users"])
 
+# By normalized email, unique in a company (``repository.page``).
+USERS = Keyset[str]("users", paging.text, paging.read_text)
+
 
 @router.get(
     "",
-    summary="List the company's users",
+    summary="List the company's users by email, a page at a time",
     response_model=UserList,
-    responses=error_responses(*AUTHORIZATION_ERRORS),
+    responses=error_responses(
+        *AUTHORIZATION_ERRORS, ErrorCode.VALIDATION_ERROR, ErrorCode.SSO_PROVIDER_NOT_FOUND
+    ),
 )
-async def list_users(principal: CurrentUserManager, session: ReadSessionDep) -> UserList:
-    users = await service.list_for_company(session, principal.user.company_id)
-    return UserList(items=[UserRead.model_validate(u) for u in users])
+async def list_users(
+    principal: CurrentUserManager,
+    session: ReadSessionDep,
+    email: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=EMAIL_MAX,
+            description="Only the user with this email (compared as emails are: ASCII letters "
+            "in any case).",
+        ),
+    ] = None,
+    sso_provider_id: Annotated[
+        uuid.UUID | None, Query(description="Only the users who sign in with this provider.")
+    ] = None,
+    limit: paging.Limit = paging.LIMIT_DEFAULT,
+    cursor: paging.Cursor = None,
+) -> UserList:
+    users = await service.page(
+        session,
+        principal.user.company_id,
+        email=email,
+        sso_provider_id=sso_provider_id,
+        after=USERS.after(cursor),
+        limit=limit + 1,
+    )
+    page, next_cursor = USERS.page(users, limit, lambda u: u.email_normalized)
+    return UserList(items=[UserRead.model_validate(u) for u in page], next_cursor=next_cursor)
 
 
 @router.post(

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
-from sso_broker.schemas import DisplayName, PatchBody, StrictBody
+from sso_broker.schemas import DisplayName, Page, PatchBody, StrictBody
 from sso_broker.users.models import EMAIL_MAX, Role
 
 
@@ -56,8 +56,8 @@ class UserRead(BaseModel):
     updated_at: datetime
 
 
-class UserList(BaseModel):
-    items: list[UserRead]
+class UserList(Page[UserRead]):
+    """A page of the company's users, by email."""
 
 
 class UserSession(BaseModel):

@@ -116,8 +116,22 @@ async def get(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID) 
     return user
 
 
-async def list_for_company(session: AsyncSession, company_id: uuid.UUID) -> Sequence[User]:
-    return await repository.list_for_company(session, company_id)
+async def page(
+    session: AsyncSession,
+    company_id: uuid.UUID,
+    *,
+    email: str | None,
+    sso_provider_id: uuid.UUID | None,
+    after: str | None,
+    limit: int,
+) -> Sequence[User]:
+    """A page of the company's users by email; a provider that is not the company's answers
+    as one that does not exist (``422 sso_provider_not_found``, as a body naming it does)."""
+    await _check_provider(session, company_id, sso_provider_id)
+    return await repository.page(
+        session, company_id, email=email, sso_provider_id=sso_provider_id, after=after,
+        limit=limit,
+    )  # fmt: skip
 
 
 async def create(
