@@ -84,17 +84,31 @@ async function adminPage() {
   await renderProviders();
 }
 
+/** Every provider of the company: the list comes a page at a time (`next_cursor`). */
+async function allProviders() {
+  const providers = [];
+  let cursor = null;
+  do {
+    const query = new URLSearchParams({ limit: "200" });
+    if (cursor) query.set("cursor", cursor);
+    const page = await authorized(`/api/v1/sso-providers?${query}`);
+    providers.push(...page.items);
+    cursor = page.next_cursor;
+  } while (cursor);
+  return providers;
+}
+
 async function renderProviders() {
   const section = $("admin");
-  let list;
+  let providers;
   try {
-    list = await authorized("/api/v1/sso-providers");
+    providers = await allProviders();
   } catch (error) {
     return showProblem(error);
   }
   section.replaceChildren();
-  if (list.items.length === 0) section.append(createForm());
-  for (const provider of list.items) section.append(providerCard(provider));
+  if (providers.length === 0) section.append(createForm());
+  for (const provider of providers) section.append(providerCard(provider));
 }
 
 function createForm() {
