@@ -99,13 +99,20 @@ _gate_held: ContextVar[bool] = ContextVar("sso_broker_write_gate_held", default=
 
 
 class WriteGate:
-    """Queues this process's SQLite writers, first come first served.
+    """Queues this process's ORM units of work on SQLite, first come first served.
 
     SQLite lets one writer in at a time and makes the others sleep and retry (its busy
     handler naps up to 100 ms, in no order): at ten concurrent sign-ins that put the slowest
     at 1.5 s (README, *Performance*). Queued here, each waits only for the writes ahead of
-    it. PostgreSQL needs no gate. A task already inside the gate passes straight through,
-    so nested units of work cannot deadlock.
+    it. The hot paths' writes do not pass here: they queue on their own writer thread
+    (``fastpath_sqlite.py``), where a turn costs no trip through the event loop, and meet
+    the ORM's rarer writes at SQLite's lock. PostgreSQL needs no gate. A task already inside
+    the gate passes straight through, so nested units of work cannot deadlock.
+
+    The ORM's transactions need no BEGIN IMMEDIATE: the driver begins one only before the
+    first INSERT, UPDATE or DELETE, whose lock SQLite then waits for with its busy handler
+    (the reads before it run on their own), so no transaction ever holds a read snapshot it
+    has to upgrade to a write, the case a busy timeout cannot resolve.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
