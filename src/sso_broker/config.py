@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     # GET /metrics in Prometheus' text format, and each request's timing for it.
     metrics_enabled: bool = True
     # After SIGTERM: seconds the requests in flight get to finish before they are cut off.
-    shutdown_grace: float = Field(default=20.0, ge=0, le=3600)
+    shutdown_grace: int = Field(default=20, ge=0, le=3600)
 
     @field_validator("encryption_keys", mode="before")
     @classmethod
