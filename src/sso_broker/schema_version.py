@@ -6,4 +6,4 @@ them (``cli.py``); ``tests/test_migrations.py`` holds this to Alembic's own head
 migration without it here fails the tests.
 """
 
-HEAD_REVISION = "98ff4229c528"
+HEAD_REVISION = "a57a200465e5"

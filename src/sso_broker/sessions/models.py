@@ -64,7 +64,8 @@ class LoginCode(Base):
     # The frontend's PKCE challenge from the initiate (S256, 43 characters): the code is
     # traded only with its verifier. A code without one (made before it was required) never is.
     code_challenge: Mapped[str | None] = mapped_column(String(43))
-    expires_at: Mapped[datetime]
+    # Indexed for the housekeeping purge, which deletes by it (sessions/service.py).
+    expires_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class RefreshToken(Base):
@@ -77,5 +78,6 @@ class RefreshToken(Base):
         ForeignKey("sign_in_sessions.id", ondelete="CASCADE"), index=True
     )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    expires_at: Mapped[datetime]
+    # Indexed for the housekeeping purge, which deletes by it (sessions/service.py).
+    expires_at: Mapped[datetime] = mapped_column(index=True)
     used_at: Mapped[datetime | None]

@@ -21,7 +21,7 @@ from sso_broker.audit.service import EventType
 from sso_broker.caches import Caches, ReadStamp
 from sso_broker.config import Settings
 from sso_broker.crypto import token_hash
-from sso_broker.database import session_scope, utcnow
+from sso_broker.database import expired_rows, session_scope, utcnow
 from sso_broker.errors import ErrorCode, InvalidGrant, NotAuthenticated
 from sso_broker.hotpath import HotPath, Spent
 from sso_broker.sessions.models import LoginCode, RefreshToken, SignInSession
@@ -520,7 +520,8 @@ async def grant(
 
 
 async def purge_expired(session: AsyncSession) -> None:
-    """Housekeeping: login codes and refresh tokens past their end are of no use to anyone."""
+    """Housekeeping: login codes and refresh tokens past their end are of no use to anyone.
+    At most ``PURGE_BATCH`` of each at a time, found by index (``database.PURGE_BATCH``)."""
     now = utcnow()
-    await session.execute(delete(LoginCode).where(LoginCode.expires_at < now))
-    await session.execute(delete(RefreshToken).where(RefreshToken.expires_at < now))
+    await session.execute(expired_rows(LoginCode.code_hash, LoginCode.expires_at, now))
+    await session.execute(expired_rows(RefreshToken.token_hash, RefreshToken.expires_at, now))

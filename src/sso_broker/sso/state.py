@@ -25,11 +25,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sso_broker.crypto import DecryptionError, SecretBox, token_hash
-from sso_broker.database import utcnow
+from sso_broker.database import expired_rows, utcnow
 from sso_broker.errors import SignInError, SignInErrorCode
 from sso_broker.hotpath import HotPath
 from sso_broker.sso.models import ConsumedState
@@ -193,4 +192,7 @@ async def consume(fast: HotPath, login: LoginState) -> None:
 
 
 async def purge_expired(session: AsyncSession) -> None:
-    await session.execute(delete(ConsumedState).where(ConsumedState.expires_at < utcnow()))
+    """Housekeeping: used states past their end, at most ``PURGE_BATCH`` at a time."""
+    await session.execute(
+        expired_rows(ConsumedState.state_hash, ConsumedState.expires_at, utcnow())
+    )
