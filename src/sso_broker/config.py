@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(default=10, ge=1, le=200)
     database_timeout: float = Field(default=5.0, gt=0, le=60)
     http_timeout: float = Field(default=10.0, gt=0, le=120)
+    # A provider's circuit breaker (sso/breaker.py): this many timeouts, failed connections
+    # or 5xx answers in a row open it (0: never), and its sign-ins then fail at once, but for
+    # one probe each time this many seconds have passed.
+    idp_breaker_failures: int = Field(default=3, ge=0, le=1000)
+    idp_breaker_open_seconds: float = Field(default=10.0, gt=0, le=3600)
     # Rate limits, per minute. Counters live in Redis when SSO_BROKER_REDIS_URL names one,
     # otherwise in the database: either way every replica counts against the same limit.
     redis_url: SecretStr | None = None

@@ -25,6 +25,7 @@ from sso_broker.ratelimit import Leases
 from sso_broker.sessions import service as sessions_service
 from sso_broker.sessions.service import Principal
 from sso_broker.sessions.tokens import KeyRing
+from sso_broker.sso.breaker import Breakers
 from sso_broker.sso.discovery import ProviderDirectory
 from sso_broker.users.models import Role
 
@@ -53,6 +54,8 @@ class AppContext:
     keyring: KeyRing
     http: IdentityProviderClient
     directory: ProviderDirectory
+    # Each provider's circuit breaker in this process (sso/breaker.py).
+    breakers: Breakers
     adapters: Adapters
     counters: Leases
     # Set on SIGTERM (``lifecycle.py``): /readyz answers 503 while the requests in flight end.

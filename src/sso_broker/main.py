@@ -38,6 +38,7 @@ from sso_broker.providers.router import router as providers_router
 from sso_broker.ratelimit import counter_store
 from sso_broker.sessions.router import router as sessions_router
 from sso_broker.sessions.tokens import KeyRing, ensure_signing_key
+from sso_broker.sso.breaker import Breakers
 from sso_broker.sso.discovery import ProviderDirectory
 from sso_broker.sso.router import router as sso_router
 from sso_broker.users.router import router as users_router
@@ -134,6 +135,7 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
             keyring=KeyRing(settings, box),
             http=http,
             directory=ProviderDirectory(http),
+            breakers=Breakers(settings.idp_breaker_failures, settings.idp_breaker_open_seconds),
             adapters=adapters_for(settings.adapter_config),
             counters=counters,
         )

@@ -69,6 +69,19 @@ CACHE_REQUESTS = Counter(
     "Lookups in the per-process caches of provider metadata and signing keys.",
     ["cache", "result"],
 )
+IDP_CIRCUIT_OPENED = Counter(
+    "sso_broker_idp_circuit_open",
+    "Times a provider's circuit breaker opened (its calls timed out, failed to connect or "
+    "answered 5xx too often in a row), by provider type; each replica counts its own.",
+    ["type"],
+)
+IDP_CIRCUITS_OPEN = Gauge(
+    "sso_broker_idp_circuits_open",
+    "Circuit breakers open now (a provider's sign-ins fail at once but for one probe now "
+    "and then), by provider type; each process has one per provider, all workers summed.",
+    ["type"],
+    multiprocess_mode="livesum",
+)
 DB_CONNECTIONS_IN_USE = Gauge(
     "sso_broker_db_connections_in_use",
     "Database connections checked out of the pools (all workers together).",

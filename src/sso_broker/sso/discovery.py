@@ -6,7 +6,9 @@ refreshed after :data:`METADATA_TTL` (and a stale copy keeps serving while the p
 down); a key set is fetched again on an unknown ``kid`` at most once per
 :data:`JWKS_REFETCH_INTERVAL` per issuer, so a key rotation between two sign-ins works and a
 flood of forged kids does not hammer the provider. What a type accepts as its metadata (its
-issuer, where its endpoints may live) is its adapter's say (``idp/``).
+issuer, where its endpoints may live) is its adapter's say (``idp/``). A sign-in passes its
+provider's circuit breaker (``breaker.py``): a fetch the caches need goes through it, and while
+it is open a stale copy serves, or :class:`CircuitOpen` says at once that there is none.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from sso_broker.errors import SignInError, SignInErrorCode
 from sso_broker.http import IdentityProviderClient, ResponseTooLarge, TransportError
 from sso_broker.idp import Adapter
 from sso_broker.metrics import KEYS_HIT, KEYS_MISS, METADATA_HIT, METADATA_MISS, IdPTimer
+from sso_broker.sso.breaker import Breaker, CircuitOpen, guarded
 
 logger = logging.getLogger(__name__)
 
@@ -103,14 +106,23 @@ def overall_deadline(http: IdentityProviderClient) -> float:
 
 
 async def _get_json(
-    http: IdentityProviderClient, url: str, provider_type: str, endpoint: str
+    http: IdentityProviderClient,
+    url: str,
+    provider_type: str,
+    endpoint: str,
+    breaker: Breaker | None = None,
 ) -> tuple[int, Any]:
-    try:
+    """GETs a JSON document through ``breaker`` (CircuitOpen when it is open)."""
+
+    async def get() -> tuple[int, bytes]:
         async with asyncio.timeout(overall_deadline(http)):
             with IdPTimer(provider_type, endpoint):
-                status, body = await http.fetch(
+                return await http.fetch(
                     "GET", url, limit=MAX_DOCUMENT_BYTES, headers={"Accept": "application/json"}
                 )
+
+    try:
+        status, body = await guarded(breaker, get)
     except ResponseTooLarge as e:
         raise DiscoveryError(f"{urlsplit(url).path} answered with an oversized document") from e
     except (TransportError, TimeoutError) as e:
@@ -130,9 +142,11 @@ class ProviderDirectory:
         self._metadata: dict[tuple[str, str], _Cached] = {}
         self._keys: dict[str, _KeySet] = {}
 
-    async def metadata(self, adapter: Adapter, base_url: str) -> ProviderMetadata:
-        """The provider's metadata, fetched at most once per TTL; stale copies serve on
-        failure."""
+    async def metadata(
+        self, adapter: Adapter, base_url: str, breaker: Breaker | None = None
+    ) -> ProviderMetadata:
+        """The provider's metadata, fetched at most once per TTL (through ``breaker``); stale
+        copies serve on failure, and while the breaker is open."""
         # Per type and exact (stored, normalised) base URL: what a document is accepted as
         # (its tenant, the endpoints trusted) is its type's judgement, so an oidc provider
         # pointed at an Entra tenant's URL must not stand in for the Entra provider's checks;
@@ -166,8 +180,12 @@ class ProviderDirectory:
                     )
             try:
                 metadata = await self._fetch_metadata(
-                    adapter, base_url, adapter.discovery_url(base_url)
+                    adapter, base_url, adapter.discovery_url(base_url), breaker
                 )
+            except CircuitOpen:
+                if cached.metadata is not None:
+                    return cached.metadata
+                raise
             except DiscoveryError as e:
                 cached.failed_at, cached.failure = time.monotonic(), e
                 if cached.metadata is not None:
@@ -188,8 +206,10 @@ class ProviderDirectory:
         """The provider's usable RS256 signing keys as it answers now, past every cache."""
         return await self._fetch_keys(metadata)
 
-    async def _fetch_metadata(self, adapter: Adapter, base_url: str, url: str) -> ProviderMetadata:
-        status, document = await _get_json(self._http, url, adapter.name, "metadata")
+    async def _fetch_metadata(
+        self, adapter: Adapter, base_url: str, url: str, breaker: Breaker | None = None
+    ) -> ProviderMetadata:
+        status, document = await _get_json(self._http, url, adapter.name, "metadata", breaker)
         if status != 200 or not isinstance(document, dict):
             details = document if isinstance(document, dict) else {}
             raise DiscoveryError(
@@ -201,8 +221,11 @@ class ProviderDirectory:
             )
         return check_metadata(adapter, base_url, document)
 
-    async def signing_key(self, metadata: ProviderMetadata, kid: str | None) -> jwt.PyJWK:
-        """The issuer's key for ``kid`` (or its only key when the token names none).
+    async def signing_key(
+        self, metadata: ProviderMetadata, kid: str | None, breaker: Breaker | None = None
+    ) -> jwt.PyJWK:
+        """The issuer's key for ``kid`` (or its only key when the token names none), fetched
+        through ``breaker`` when it must be.
 
         An unknown kid fetches the key set again at once, and then not again for the refetch
         interval: a rotation between two sign-ins works, a flood of forged kids costs the
@@ -219,6 +242,8 @@ class ProviderDirectory:
         async with key_set.lock:
             found = self._pick(key_set, kid)
             now = time.monotonic()
+            # Put back when the breaker refuses the fetch: a refused fetch is no attempt.
+            attempted, unknown_kid = key_set.attempted_at, key_set.unknown_kid_at
             if not key_set.keys:
                 due = True
             elif found is None:
@@ -233,8 +258,12 @@ class ProviderDirectory:
             if due:
                 key_set.attempted_at = now
                 try:
-                    key_set.keys = await self._fetch_keys(metadata)
+                    key_set.keys = await self._fetch_keys(metadata, breaker)
                     key_set.fetched_at = time.monotonic()
+                except CircuitOpen as e:
+                    key_set.attempted_at, key_set.unknown_kid_at = attempted, unknown_kid
+                    if not key_set.keys:
+                        raise SignInError(SignInErrorCode.IDP_ERROR, str(e)) from e
                 except DiscoveryError as e:
                     if not key_set.keys:
                         raise SignInError(SignInErrorCode.IDP_ERROR, e.reason) from e
@@ -255,9 +284,11 @@ class ProviderDirectory:
             return next(iter(key_set.keys.values())) if len(key_set.keys) == 1 else None
         return key_set.keys.get(kid)
 
-    async def _fetch_keys(self, metadata: ProviderMetadata) -> dict[str, jwt.PyJWK]:
+    async def _fetch_keys(
+        self, metadata: ProviderMetadata, breaker: Breaker | None = None
+    ) -> dict[str, jwt.PyJWK]:
         status, document = await _get_json(
-            self._http, metadata.jwks_uri, metadata.provider_type, "keys"
+            self._http, metadata.jwks_uri, metadata.provider_type, "keys", breaker
         )
         if status != 200 or not isinstance(document, dict):
             raise DiscoveryError(f"the key set answered {status}")

@@ -21,6 +21,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlencode
 
+import jwt
 from sqlalchemy import update
 
 from sso_broker.audit import service as audit
@@ -38,6 +39,7 @@ from sso_broker.providers.certificates import CLIENT_SECRET
 from sso_broker.providers.models import SSOProvider
 from sso_broker.sessions import service as sessions_service
 from sso_broker.sso import id_token, repository, state
+from sso_broker.sso.breaker import Breaker, Breakers, CircuitOpen, guarded
 from sso_broker.sso.client_auth import client_authentication
 from sso_broker.sso.discovery import DiscoveryError, ProviderMetadata, overall_deadline
 from sso_broker.sso.identity import choose_account, not_provisioned
@@ -59,6 +61,19 @@ TENANT_MOVED = Actionable(
     "signed users in from: if that is intended, paste the new Directory (tenant) ID as "
     "base_url; otherwise someone has taken the domain over.",
 )
+
+
+def not_answering(adapter: Adapter, breakers: Breakers) -> Actionable:
+    """``last_error`` of a provider whose circuit breaker opened (``breaker.py``)."""
+    return Actionable(
+        "idp_not_answering",
+        f"The identity provider ({adapter.default_display_name}) is not answering: "
+        f"{breakers.failures} calls to it in a row timed out, could not connect or were "
+        "answered with a server error (5xx). Its sign-ins fail at once (idp_error) while it "
+        f"does not answer, and one is let through every {breakers.open_seconds:g} s to try "
+        "again; the first that gets an answer ends this. Check the provider's status page, "
+        "and that this service can reach it.",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +156,10 @@ def adapter_of(context: AppContext, provider: SSOProvider) -> Adapter:
     return context.adapters[provider.type]
 
 
+def breaker_of(context: AppContext, provider: SSOProvider) -> Breaker:
+    return context.breakers.of(provider.id, provider.type)
+
+
 async def provider_metadata(
     context: AppContext, provider: SSOProvider, *, record: bool = True
 ) -> ProviderMetadata:
@@ -148,7 +167,11 @@ async def provider_metadata(
     unless ``record`` is off (an initiate writes nothing)."""
     adapter = adapter_of(context, provider)
     try:
-        metadata = await context.directory.metadata(adapter, provider.base_url)
+        metadata = await context.directory.metadata(
+            adapter, provider.base_url, breaker_of(context, provider)
+        )
+    except CircuitOpen as e:
+        raise SignInError(SignInErrorCode.IDP_ERROR, f"discovery failed: {e}") from e
     except DiscoveryError as e:
         actionable = adapter.discovery_failed(e.status, e.provider_code)
         if record and actionable is not None and not e.cached:
@@ -336,19 +359,28 @@ def _check_iss(params: CallbackParams, metadata: ProviderMetadata) -> None:
 
 
 async def post_to_token_endpoint(
-    context: AppContext, metadata: ProviderMetadata, body: bytes, headers: dict[str, str]
+    context: AppContext,
+    metadata: ProviderMetadata,
+    body: bytes,
+    headers: dict[str, str],
+    breaker: Breaker | None = None,
 ) -> tuple[int, bytes]:
-    """One form POST to the provider's token endpoint within the call's total deadline;
+    """One form POST to the provider's token endpoint within the call's total deadline,
+    through its circuit breaker when given (:class:`CircuitOpen` at once while it is open);
     its status and body (at most MAX_TOKEN_RESPONSE bytes)."""
-    async with asyncio.timeout(overall_deadline(context.http)):
-        with IdPTimer(metadata.provider_type, "token"):
-            return await context.http.fetch(
-                "POST",
-                metadata.token_endpoint,
-                limit=MAX_TOKEN_RESPONSE,
-                content=body,
-                headers=headers,
-            )
+
+    async def post() -> tuple[int, bytes]:
+        async with asyncio.timeout(overall_deadline(context.http)):
+            with IdPTimer(metadata.provider_type, "token"):
+                return await context.http.fetch(
+                    "POST",
+                    metadata.token_endpoint,
+                    limit=MAX_TOKEN_RESPONSE,
+                    content=body,
+                    headers=headers,
+                )
+
+    return await guarded(breaker, post)
 
 
 async def _exchange_code(
@@ -378,7 +410,11 @@ async def _exchange_code(
         code_verifier=login.code_verifier,
     )
     try:
-        status, answer = await post_to_token_endpoint(context, metadata, body, headers)
+        status, answer = await post_to_token_endpoint(
+            context, metadata, body, headers, breaker_of(context, provider)
+        )
+    except CircuitOpen as e:
+        raise SignInError(SignInErrorCode.IDP_ERROR, f"token endpoint not called: {e}") from e
     except ResponseTooLarge as e:
         raise SignInError(
             SignInErrorCode.TOKEN_EXCHANGE_FAILED, "token endpoint answered an oversized document"
@@ -456,10 +492,28 @@ async def complete(
     except SignInError as e:
         if provider is not None:  # an unknown provider belongs to no company's audit log
             e.provider_type = provider.type
+            await _report_not_answering(context, provider)
             await record_failure(context, provider, e, stage="callback")
         raise
     count_sign_in(provider.type, SUCCEEDED)
     return target
+
+
+async def _report_not_answering(context: AppContext, provider: SSOProvider) -> None:
+    """Says in the provider's ``last_error`` that its breaker opened, once per opening (the
+    first failed callback after it does); a failure to write it is logged, never allowed to
+    replace the sign-in's own error."""
+    breaker = context.breakers.peek(provider.id)
+    if breaker is None or not breaker.take_unreported():
+        return
+    try:
+        actionable = not_answering(adapter_of(context, provider), context.breakers)
+        await record_error(context, provider.id, actionable, None)
+    except Exception as e:
+        breaker.unreported = True  # the next failed callback tries again
+        logger.warning(
+            "could not record a provider's last_error", extra={"error": type(e).__name__}
+        )
 
 
 async def _complete(
@@ -478,6 +532,11 @@ async def _complete(
     if not params.code or len(params.code) > 8192:
         raise SignInError(SignInErrorCode.IDP_ERROR, "the authorization response has no code")
     tokens = await _exchange_code(context, provider, metadata, params.code, login)
+    breaker = breaker_of(context, provider)
+
+    async def signing_key(metadata: ProviderMetadata, kid: str | None) -> jwt.PyJWK:
+        return await context.directory.signing_key(metadata, kid, breaker)
+
     claims = await id_token.validate(
         tokens["id_token"],
         metadata=metadata,
@@ -486,7 +545,7 @@ async def _complete(
         access_token=tokens.get("access_token")
         if isinstance(tokens.get("access_token"), str)
         else None,
-        signing_key=context.directory.signing_key,
+        signing_key=signing_key,
         adapter=adapter,
     )
 
