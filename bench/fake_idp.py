@@ -14,7 +14,8 @@ path, what the service reads of Entra:
 * ``GET /{tenant}/oauth2/v2.0/logout``: back to ``post_logout_redirect_uri``.
 
 For the tests of slow and hung providers, ``POST /_control/token-delay?seconds=S`` makes this
-process's token endpoint wait ``S`` seconds before it answers (``0``: at once again).
+process's token endpoint wait ``S`` seconds before it answers (``0``: at once again);
+``&tenant=T`` makes only tenant ``T``'s wait, so one provider hangs while another answers.
 
 Codes are sealed (HMAC) rather than stored, so any process can redeem any process's code; a
 byte per code in an anonymous shared memory map, written by whichever process redeems it,
@@ -124,6 +125,7 @@ class IdentityProvider:
         self.jwt_header = b64url(json.dumps(header, separators=(",", ":")).encode())
         self.issued = 0
         self.token_delay = 0.0
+        self.tenant_delays: dict[str, float] = {}
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -142,7 +144,12 @@ class IdentityProvider:
         method = scope["method"]
         if method == "POST" and scope["path"] == "/_control/token-delay":
             query = parse_qs(scope["query_string"].decode("latin-1"))
-            self.token_delay = float(query.get("seconds", ["0"])[0])
+            seconds = float(query.get("seconds", ["0"])[0])
+            if "tenant" in query:
+                self.tenant_delays[query["tenant"][0].lower()] = seconds
+            else:
+                self.token_delay = seconds
+                self.tenant_delays.clear()
             await self._send(send, 204, b"", b"text/plain")
             return
         # ['', tenant, ...rest]
@@ -163,8 +170,9 @@ class IdentityProvider:
                 body += message.get("body", b"")
                 if not message.get("more_body"):
                     break
-            if self.token_delay:
-                await asyncio.sleep(self.token_delay)
+            delay = self.tenant_delays.get(tenant, self.token_delay)
+            if delay:
+                await asyncio.sleep(delay)
             status, document = self._token(tenant, body)
             await self._json(send, status, document)
         elif method == "GET" and rest == "oauth2/v2.0/logout":

@@ -43,9 +43,13 @@ def identity_provider(tmp_path: Path) -> Iterator[str]:
         stop(process)
 
 
-def set_token_delay(authority: str, seconds: float) -> None:
-    """How long the stand-in's token endpoint waits before it answers."""
-    answer = httpx.post(f"{authority}/_control/token-delay", params={"seconds": seconds})
+def set_token_delay(authority: str, seconds: float, tenant: str | None = None) -> None:
+    """How long the stand-in's token endpoint waits before it answers: for every tenant, or
+    only for ``tenant``."""
+    params: dict[str, str | float] = {"seconds": seconds}
+    if tenant is not None:
+        params["tenant"] = tenant
+    answer = httpx.post(f"{authority}/_control/token-delay", params=params)
     assert answer.status_code == 204, answer.text
 
 
@@ -109,7 +113,7 @@ def to_the_callback(client: httpx.Client, provider: str, email: str) -> str:
     (the login-state cookie is in ``client``'s jar)."""
     started = client.get(f"/sso/{provider}/initiate", params={**PKCE, "login_hint": email})
     assert started.status_code == 302, started.text
-    signed_in = httpx.get(started.headers["location"])
+    signed_in = client.get(started.headers["location"])  # an absolute URL: the provider
     assert signed_in.status_code == 302, signed_in.text
     return signed_in.headers["location"]
 
