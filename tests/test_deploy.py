@@ -46,6 +46,8 @@ FAMILIES = {
     "sso_broker_rate_limited": "counter",
     "sso_broker_cache_requests": "counter",
     "sso_broker_db_connections_in_use": "gauge",
+    "sso_broker_idp_circuit_open": "counter",
+    "sso_broker_idp_circuits_open": "gauge",
     "sso_broker_client_secret_expiry_seconds": "gauge",
     "sso_broker_certificate_expiry_seconds": "gauge",
 }
