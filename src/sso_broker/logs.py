@@ -13,9 +13,10 @@ import time
 import weakref
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from starlette.types import Scope
+if TYPE_CHECKING:  # the command line logs too, and has no use for the web stack
+    from starlette.types import Scope
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
