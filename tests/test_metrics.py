@@ -293,3 +293,14 @@ class TestSeveralWorkers:
         finally:
             broker.stop()
             in_thread(lambda: _empty_tables(database.url))
+
+
+class TestMethods:
+    async def test_an_unusual_method_is_other_and_mints_nothing(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        for name in ("FROB", "PURGE1", "PURGE2"):
+            await client.request(name, "/healthz")
+        values = label_values(await scrape(client))
+        assert "OTHER" in values
+        assert not values & {"FROB", "PURGE1", "PURGE2"}

@@ -107,10 +107,16 @@ def observe_request(scope: Scope, status: int, seconds: float) -> None:
     key = (template, scope["method"], status)
     child = _request_children.get(key)
     if child is None:
-        child = _request_children.setdefault(
-            key, REQUEST_DURATION.labels(template, scope["method"], str(status))
-        )
+        # The method is the client's to choose: any but the standard ones is "other", so a
+        # client cannot mint series (nor grow this map) at will.
+        method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+        child = REQUEST_DURATION.labels(template, method, str(status))
+        if method == scope["method"]:
+            _request_children[key] = child
     child.observe(seconds)
+
+
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 
 
 def count_sign_in(provider_type: str | None, outcome: str) -> None:
