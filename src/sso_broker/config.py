@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
-from sso_broker.idp.base import AdapterConfig
+if TYPE_CHECKING:  # the identity-provider types are the server's, not the command line's
+    from sso_broker.idp.base import AdapterConfig
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./var/sso-broker.db"
 KEY_FILE_NAME = "encryption.keys"
@@ -189,6 +190,8 @@ class Settings(BaseSettings):
 
     @cached_property
     def adapter_config(self) -> AdapterConfig:
+        from sso_broker.idp.base import AdapterConfig
+
         return AdapterConfig(
             entra_authority=self.entra_authority_base,
             pingone_authority=str(self.pingone_authority).rstrip("/"),
