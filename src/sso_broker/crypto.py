@@ -96,6 +96,14 @@ def token_hash(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
+def _invalid_token() -> type[Exception]:
+    """cryptography's ``InvalidToken``. An ``except`` clause evaluates its class only when an
+    exception arrives, so a decryption that succeeds runs no import statement for it."""
+    from cryptography.fernet import InvalidToken
+
+    return InvalidToken
+
+
 class SecretBox:
     """Encrypts and decrypts small secrets; the first key encrypts, all keys decrypt."""
 
@@ -132,11 +140,9 @@ class SecretBox:
         return self._fernet.encrypt(plaintext.encode("utf-8")).decode("ascii")
 
     def decrypt(self, token: str) -> str:
-        from cryptography.fernet import InvalidToken
-
         try:
             return self._fernet.decrypt(token.encode("ascii")).decode("utf-8")
-        except InvalidToken as e:
+        except _invalid_token() as e:
             raise DecryptionError(
                 "a stored secret cannot be decrypted with the configured encryption keys; "
                 "keep the old key in SSO_BROKER_ENCRYPTION_KEYS (after the new one) until "
@@ -145,11 +151,9 @@ class SecretBox:
 
     def rotate(self, token: str) -> str:
         """Re-encrypts ``token`` under the first key (for key rotation)."""
-        from cryptography.fernet import InvalidToken
-
         try:
             return self._fernet.rotate(token.encode("ascii")).decode("ascii")
-        except InvalidToken as e:
+        except _invalid_token() as e:
             raise DecryptionError("a stored secret cannot be decrypted for rotation") from e
 
 
