@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from sso_broker.errors import SignInError, SignInErrorCode
 from sso_broker.metrics import count_sign_in
+from sso_broker.problems import outage_cause, outage_log
 
 # The failures' log lines keep the logger name operators search for.
 logger = logging.getLogger("sso_broker.errors")
@@ -50,7 +51,9 @@ def sign_in_failure(request: Request, exc: Exception) -> RedirectResponse:
 
     One line per failure an operator can search by provider, type and code (the request id
     comes with every line); no secret and no email, which the audit log's who covers (README,
-    *Logs*)."""
+    *Logs*). A database outage is ``temporarily_unavailable`` and the outage's warning without
+    traceback (``problems.OutageLog``); only an error nobody expected is ``server_error``,
+    logged with its traceback."""
     fields: dict[str, Any] = {
         "path": request.url.path,
         "provider_id": _provider_id(request),
@@ -74,6 +77,13 @@ def sign_in_failure(request: Request, exc: Exception) -> RedirectResponse:
         code = SignInErrorCode.INVALID_STATE
         logger.info(
             "sign-in failed", extra={**fields, "error": code.value, "reason": "unreadable request"}
+        )
+    elif (cause := outage_cause(exc)) is not None:
+        # The database cannot serve now: a line without traceback, as the API's 503 logs
+        # (problems.OutageLog), and the browser told to try again in a moment.
+        code = SignInErrorCode.TEMPORARILY_UNAVAILABLE
+        outage_log.warning(
+            "database unavailable", cause, path=fields["path"], provider_id=fields["provider_id"]
         )
     else:
         code = SignInErrorCode.SERVER_ERROR

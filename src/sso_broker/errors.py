@@ -79,6 +79,9 @@ class SignInErrorCode(StrEnum):
     SERVER_ERROR = "server_error"
     # The initiate carried a PKCE challenge we cannot use (malformed, or not S256).
     INVALID_REQUEST = "invalid_request"
+    # The database cannot serve now (an outage, a restart): OAuth's own name for it (RFC
+    # 6749, 4.1.2.1). Try again in a moment; ``server_error`` stays a bug's alone.
+    TEMPORARILY_UNAVAILABLE = "temporarily_unavailable"
 
 
 class SignInError(Exception):

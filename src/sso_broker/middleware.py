@@ -14,12 +14,15 @@ from collections.abc import Iterable
 
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sso_broker.browser import sign_in_failure
 from sso_broker.errors import ErrorCode
 from sso_broker.logs import clean_request_id, log_access, request_id_var
 from sso_broker.metrics import observe_request
-from sso_broker.problems import problem_response
+from sso_broker.problems import answer_unhandled, problem_response
 from sso_broker.ratelimit import over_limit
 
 MAX_BODY_BYTES = 64 * 1024
@@ -60,6 +63,14 @@ def _set_headers(
     return result
 
 
+def _answer_escaped(scope: Scope, exc: Exception) -> Response:
+    """What the routes would have answered: a browser route the redirect to the sign-in error
+    page, the API a problem (503 for an outage, 500 for a bug, logged as such)."""
+    if scope["path"].startswith("/sso/"):
+        return sign_in_failure(Request(scope), exc)
+    return answer_unhandled(scope["path"], exc)
+
+
 class FrontMiddleware:
     """Every request's way in and every answer's way out, before and after the routes.
 
@@ -80,6 +91,10 @@ class FrontMiddleware:
       personal data); browser routes set ``no-store`` and ``no-referrer`` themselves. No
       frame restriction is set globally: Entra loads the front-channel logout URL in a
       hidden frame.
+    * **Nothing escapes to the server**: an error raised in front of the routes (the
+      limiter) or that no handler took is answered as the routes answer theirs, a redirect
+      on a browser route and a problem on the API (503 when the database is out, without a
+      traceback), never a crash the server logs with one (README, *Database outages*).
     """
 
     def __init__(
@@ -138,11 +153,13 @@ class FrontMiddleware:
             added = [_NOSNIFF, (_REQUEST_ID, request_id.encode("latin-1"))]
             names = _OTHER_NAMES
         status = 500
+        answered = False
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
                 status = message["status"]
+                answered = True
                 message["headers"] = _set_headers(message.get("headers", ()), added, names)
             await send(message)
 
@@ -180,6 +197,13 @@ class FrontMiddleware:
             # nothing to answer (and API answers are never cached, so no Vary is needed).
             app = self.cors if is_api and has_origin else self.app
             await app(scope, counting_receive, send_with_headers)
+        except Exception as e:
+            if answered:  # the answer is on its way: the server can only cut it short
+                raise
+            # Nothing reaches the server as a crash (it would log a traceback for an outage,
+            # and the browser would see JSON): the limiter in front of the routes, or an
+            # error no handler took, is answered here as the routes answer theirs.
+            await _answer_escaped(scope, e)(scope, receive, send_with_headers)
         finally:
             if self.metrics:
                 observe_request(scope, status, time.perf_counter() - started)

@@ -44,7 +44,7 @@ from sso_broker.config import Settings
 from sso_broker.database import Base, utcnow
 from sso_broker.errors import ErrorCode, SignInError
 from sso_broker.metrics import RATE_LIMITED
-from sso_broker.problems import is_database_unavailable, problem_response
+from sso_broker.problems import outage_cause, outage_log, problem_response
 from sso_broker.sso.state import cookie_name, open_state, remember_opened
 
 if TYPE_CHECKING:  # imported when a Redis URL is set: 7 MB the embedded default need not load
@@ -285,12 +285,12 @@ async def take(context: Any, limits_for: Callable[[int], list[Limit]]) -> int | 
     try:
         allowed = await context.counters.allow(limits, window, window_end)
     except Exception as e:
-        if not is_database_unavailable(e) and not _is_redis_error(e):
+        cause = e if _is_redis_error(e) else outage_cause(e)
+        if cause is None:
             raise
-        logger.warning(
-            "rate limiter unavailable; request let through",
-            extra={"error": type(e).__name__},
-        )
+        # The request's own failure (if the database is down for it too) logs its line;
+        # both share the outage's budget of lines (problems.OutageLog).
+        outage_log.warning("rate limiter unavailable; request let through", cause)
         return None
     return None if allowed else max(1, math.ceil(window_end - now))
 
