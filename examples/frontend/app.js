@@ -56,6 +56,8 @@ const SIGN_IN_ERRORS = {
     "Ask your administrator to add you.",
   server_error: "Something went wrong on our side. Please try again in a moment.",
   invalid_request: "The sign-in could not be started. Please start signing in again.",
+  temporarily_unavailable:
+    "The sign-in service is temporarily unavailable. Please try again in a moment.",
 };
 const GENERIC_SIGN_IN_ERROR =
   "Signing in did not work. Please try again or contact your administrator.";
