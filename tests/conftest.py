@@ -81,6 +81,8 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         "rate_limit_enabled": False,
         "entra_authority": "https://login.entra.test",  # tests.fixtures.entra.AUTHORITY
         "access_log": True,
+        # No background purge deleting rows under a test (tests/test_housekeeping.py runs it).
+        "housekeeping_interval": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]

@@ -15,7 +15,6 @@ from sso_broker.deps import AppContext
 from sso_broker.fastpath import FastPath
 from sso_broker.fastpath_sqlite import SQLiteFastPath
 from sso_broker.providers.models import SSOProvider
-from sso_broker.sso import service as sso_service
 from sso_broker.users.models import Role
 from tests.conftest import Factory
 from tests.fixtures.entra import CLIENT_ID, CLIENT_SECRET, TENANT_ID, EntraUser, FakeEntra
@@ -138,7 +137,6 @@ async def test_callback_and_token_statements(
     statement: the callback consumes the state, resolves the user and writes the session,
     its login code and the audit event; the token exchange spends the code and writes the
     first refresh token in one statement (one transaction on SQLite)."""
-    monkeypatch.setattr(sso_service, "PURGE_PROBABILITY", 0.0)  # housekeeping, now and then
     provider, person = await _provider_with_user(factory)
     seen: dict[str, list[str]] = {}
     for attempt in ("first", "again"):
@@ -193,7 +191,6 @@ async def test_refresh_is_one_statement(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A refresh marks the token used, reads its session and stores the next token at once."""
-    monkeypatch.setattr(sso_service, "PURGE_PROBABILITY", 0.0)
     provider, person = await _provider_with_user(factory)
     started = await client.get(f"/sso/{provider.id}/initiate", params=PKCE)
     finished = await client.get(entra.authorize(started.headers["location"], user=person))

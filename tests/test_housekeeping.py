@@ -5,6 +5,7 @@ refresh tokens, while sign-ins and token requests waited for it (README, *Perfor
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from datetime import timedelta
 
@@ -12,14 +13,15 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.dialects import sqlite
 
-from sso_broker import database
+from sso_broker import database, housekeeping
 from sso_broker.database import expired_rows, session_scope, utcnow
 from sso_broker.deps import AppContext
+from sso_broker.main import create_app
 from sso_broker.sessions import service as sessions_service
 from sso_broker.sessions.models import LoginCode, RefreshToken
 from sso_broker.sso import state
 from sso_broker.sso.models import ConsumedState
-from tests.conftest import Database, Factory
+from tests.conftest import Database, Factory, make_settings
 
 BATCH = 5
 EXPIRED = BATCH + 3  # rows past their end in each table
@@ -92,3 +94,37 @@ async def test_on_sqlite_a_purge_reads_only_the_expired_rows_by_index(
             table = key.class_.__tablename__
             assert any(f"INDEX ix_{table}_expires_at (expires_at<?)" in d for d in details), details
             assert not any(d.startswith(f"SCAN {table}") for d in details), details
+
+
+async def test_a_round_clears_a_backlog_of_several_batches(
+    context: AppContext, factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(database, "PURGE_BATCH", BATCH)
+    await _fill(context, factory)
+    rounds = await housekeeping.purge_expired(context)
+    assert rounds == 2  # a full batch, then the rest
+    assert await _counts(context) == [LIVE] * 3
+
+
+async def test_each_process_purges_in_the_background(
+    database: Database, factory: Factory, context: AppContext
+) -> None:
+    """Off the request path: a served app's own task, every interval (here about a second)."""
+    await _fill(context, factory)
+    app = create_app(make_settings(database.url, housekeeping_interval=1))
+    async with app.router.lifespan_context(app):
+        for _ in range(50):
+            if await _counts(context) == [LIVE] * 3:
+                break
+            await asyncio.sleep(0.1)
+    assert await _counts(context) == [LIVE] * 3
+
+
+async def test_no_purge_when_the_interval_is_zero(
+    database: Database, factory: Factory, context: AppContext
+) -> None:
+    await _fill(context, factory)
+    app = create_app(make_settings(database.url, housekeeping_interval=0))
+    async with app.router.lifespan_context(app):
+        await asyncio.sleep(0.3)
+    assert await _counts(context) == [EXPIRED + LIVE] * 3

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     certificate_validity_days: int = Field(default=365, ge=1, le=3650)
     # GET /metrics in Prometheus' text format, and each request's timing for it.
     metrics_enabled: bool = True
+    # Seconds between each process's purges of expired login states, codes and refresh
+    # tokens (housekeeping.py); 0: none (another process or a cron job must do it then).
+    housekeeping_interval: int = Field(default=60, ge=0, le=86_400)
     # After SIGTERM: seconds the requests in flight get to finish before they are cut off.
     shutdown_grace: int = Field(default=20, ge=0, le=3600)
 

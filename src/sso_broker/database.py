@@ -141,13 +141,12 @@ def write_gate(engine: AsyncEngine) -> WriteGate:
     return gate
 
 
-# The most rows a housekeeping purge deletes from one table at a time. The purge runs inside
-# sign-ins (``sso/service.py``), and on SQLite its transaction holds the one write lock that
-# every sign-in and token request needs: deleting every expired row at once read whole tables
-# under it, 1.1 s at 2 million refresh tokens and up to 4.6 s at 7 million, until token
-# requests waited out the busy timeout and answered 503 (README, *Performance*). Found by an
-# index on the expiry, 500 rows cost 15-20 ms at most; at 2 % of sign-ins that is room for
-# 10 expired rows of each table per sign-in, and a backlog goes at that pace.
+# The most rows a housekeeping purge deletes from one table in one transaction
+# (``housekeeping.py``). On SQLite that transaction holds the one write lock every sign-in
+# and token request needs: deleting every expired row at once read whole tables under it,
+# 1.1 s at 2 million refresh tokens and up to 4.6 s at 7 million, until token requests waited
+# out the busy timeout and answered 503 (README, *Performance*). Found by an index on the
+# expiry, 500 rows cost 15-20 ms at most, and a backlog goes batch after batch.
 PURGE_BATCH = 500
 
 

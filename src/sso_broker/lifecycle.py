@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import signal
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from types import FrameType
 from typing import Any
 
@@ -65,7 +65,14 @@ async def pool_sampler(context: AppContext) -> AsyncIterator[None]:
             metrics.DB_CONNECTIONS_IN_USE.set(connections_in_use(context))
             await asyncio.sleep(POOL_SAMPLE_SECONDS)
 
-    task = asyncio.create_task(sample())
+    async with in_background(sample):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def in_background(work: Callable[[], Coroutine[Any, Any, None]]) -> AsyncIterator[None]:
+    """Runs ``work()`` as a task of its own while the block runs, and cancels it after."""
+    task = asyncio.create_task(work())
     try:
         yield
     finally:

@@ -26,6 +26,7 @@ from sso_broker.database import (
 from sso_broker.deps import AppContext
 from sso_broker.health import router as health_router
 from sso_broker.hotpath import HotPath
+from sso_broker.housekeeping import housekeeping
 from sso_broker.http import IdentityProviderClient
 from sso_broker.idp import adapters_for
 from sso_broker.lifecycle import pool_sampler, watch_for_shutdown
@@ -145,7 +146,7 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
             if serving:
                 watch_for_shutdown(context)
                 _freeze_startup_objects()
-            async with pool_sampler(context):
+            async with pool_sampler(context), housekeeping(context):
                 yield
         finally:
             if serving:

@@ -519,9 +519,13 @@ async def grant(
         raise
 
 
-async def purge_expired(session: AsyncSession) -> None:
-    """Housekeeping: login codes and refresh tokens past their end are of no use to anyone.
-    At most ``PURGE_BATCH`` of each at a time, found by index (``database.PURGE_BATCH``)."""
+async def purge_expired(session: AsyncSession) -> int:
+    """Housekeeping (``housekeeping.py``): login codes and refresh tokens past their end are
+    of no use to anyone. At most ``PURGE_BATCH`` of each at a time, found by index
+    (``database.PURGE_BATCH``); the most that went from one table."""
     now = utcnow()
-    await session.execute(expired_rows(LoginCode.code_hash, LoginCode.expires_at, now))
-    await session.execute(expired_rows(RefreshToken.token_hash, RefreshToken.expires_at, now))
+    codes = await session.execute(expired_rows(LoginCode.code_hash, LoginCode.expires_at, now))
+    tokens = await session.execute(
+        expired_rows(RefreshToken.token_hash, RefreshToken.expires_at, now)
+    )
+    return max(int(getattr(codes, "rowcount", 0)), int(getattr(tokens, "rowcount", 0)))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -53,7 +52,6 @@ SCOPES = "openid profile email offline_access"
 PROMPTS = frozenset({"login", "none", "consent", "select_account"})
 MAX_HINT = 256
 MAX_TOKEN_RESPONSE = 64 * 1024
-PURGE_PROBABILITY = 0.02
 
 TENANT_MOVED = Actionable(
     "tenant_changed",
@@ -484,10 +482,6 @@ async def complete(
         )
         # One statement, committed on its own before anything else can fail.
         await state.consume(context.fast, login)
-        if random.random() < PURGE_PROBABILITY:  # noqa: S311 - housekeeping only
-            async with session_scope(context.sessionmaker) as session:
-                await state.purge_expired(session)
-                await sessions_service.purge_expired(session)
         target = await _complete(context, provider, params, login)
     except SignInError as e:
         if provider is not None:  # an unknown provider belongs to no company's audit log

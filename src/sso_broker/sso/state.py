@@ -191,8 +191,10 @@ async def consume(fast: HotPath, login: LoginState) -> None:
         raise SignInError(SignInErrorCode.INVALID_STATE, "the login state was already used")
 
 
-async def purge_expired(session: AsyncSession) -> None:
-    """Housekeeping: used states past their end, at most ``PURGE_BATCH`` at a time."""
-    await session.execute(
+async def purge_expired(session: AsyncSession) -> int:
+    """Housekeeping (``housekeeping.py``): used states past their end, at most
+    ``PURGE_BATCH`` at a time; how many went."""
+    result = await session.execute(
         expired_rows(ConsumedState.state_hash, ConsumedState.expires_at, utcnow())
     )
+    return int(getattr(result, "rowcount", 0))
