@@ -168,8 +168,20 @@ class TestCursor:
             (PROVIDERS, forged("sso-providers", "yesterday", str(uuid.uuid4()))),
             (PROVIDERS, forged("sso-providers", "2026-01-01T00:00:00+00:00", "not-a-uuid")),
             (AUDIT, forged("audit-events", "2026-01-01T00:00:00", str(uuid.uuid4()))),
+            # Text no stored key holds; PostgreSQL cannot even compare with NUL (was a 500).
+            (USERS, forged("users", "a\u0000@example.com")),
+            (USERS, b64(b'["users", "\\ud800@example.com"]')),
         ],
-        ids=["users-extra", "providers-short", "naive", "not-a-time", "not-an-id", "audit-naive"],
+        ids=[
+            "users-extra",
+            "providers-short",
+            "naive",
+            "not-a-time",
+            "not-an-id",
+            "audit-naive",
+            "users-nul",
+            "users-lone-surrogate",
+        ],
     )
     async def test_a_key_of_the_wrong_shape_is_422(
         self, client: httpx.AsyncClient, make_tenant: Any, path: str, cursor: str

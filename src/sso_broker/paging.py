@@ -121,4 +121,9 @@ def text(key: str) -> list[str]:
 
 def read_text(parts: list[str]) -> str:
     (value,) = parts  # ValueError unless exactly one
+    # Keys we give out are stored text: never NUL (PostgreSQL refuses it: a 500, not a 422)
+    # nor a lone surrogate (not UTF-8; JSON can still spell one).
+    if "\x00" in value:
+        raise ValueError("NUL in a key")
+    value.encode()  # UnicodeEncodeError, a ValueError, for a lone surrogate
     return value

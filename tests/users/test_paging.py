@@ -187,8 +187,11 @@ class TestFilters:
         answer = await client.get(USERS, headers=admin, params={"email": "\u212aim@example.com"})
         assert answer.json()["items"] == []
 
-    @pytest.mark.parametrize("email", ["", "a" * 255 + "@example.com"])
-    async def test_an_empty_or_overlong_email_is_422(
+    # NUL reached PostgreSQL as a 500; no email holds a control character.
+    @pytest.mark.parametrize(
+        "email", ["", "a" * 255 + "@example.com", "\x00", "a\x00@example.com", "a\n@example.com"]
+    )
+    async def test_an_empty_overlong_or_control_character_email_is_422(
         self, client: httpx.AsyncClient, make_tenant: MakeTenant, email: str
     ) -> None:
         tenant = await make_tenant("Contoso")

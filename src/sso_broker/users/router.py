@@ -4,11 +4,13 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
+from pydantic import AfterValidator
 
 from sso_broker import paging
 from sso_broker.deps import CurrentPrincipal, CurrentUserManager, ReadSessionDep, SessionDep
 from sso_broker.errors import AUTHORIZATION_ERRORS, ErrorCode, error_responses
 from sso_broker.paging import Keyset
+from sso_broker.schemas import refuse_control_characters
 from sso_broker.users import service
 from sso_broker.users.models import EMAIL_MAX
 from sso_broker.users.schemas import (
@@ -45,6 +47,8 @@ async def list_users(
             description="Only the user with this email (compared as emails are: ASCII letters "
             "in any case).",
         ),
+        # No email holds one, and PostgreSQL cannot even compare with NUL (a 500, not a 422).
+        AfterValidator(refuse_control_characters),
     ] = None,
     sso_provider_id: Annotated[
         uuid.UUID | None, Query(description="Only the users who sign in with this provider.")
