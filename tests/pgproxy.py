@@ -66,7 +66,12 @@ class PgProxy:
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.close()
+            server = self._server
+
+            async def close() -> None:  # on the proxy's loop: asyncio's Server is not thread-safe
+                server.close()
+
+            self._call(close())
         self.cut()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
