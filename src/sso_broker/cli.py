@@ -296,6 +296,9 @@ class MigrationFailed(Exception):
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
+    # Neither is used: no route is a WebSocket (ws="none" below) and serve never reloads.
+    # Unloaded, each worker holds 1-1.2 MB less at its peak (README, *Performance*).
+    sys.modules.setdefault("watchfiles", None)  # type: ignore[arg-type]
     import uvicorn
 
     _migrate_in_child(settings)
@@ -313,6 +316,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
         log_config=None,
         proxy_headers=True,
         server_header=False,
+        ws="none",
         # SIGTERM: stop accepting, let the requests in flight finish within the grace, exit
         # (README, *Graceful shutdown*; /readyz says 503 meanwhile: lifecycle.py).
         timeout_graceful_shutdown=settings.shutdown_grace,
