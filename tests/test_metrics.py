@@ -227,6 +227,20 @@ class TestExpiry:
         certificate = value(samples, "sso_broker_certificate_expiry_seconds", type="okta")
         assert abs(certificate - timedelta(days=60).total_seconds()) < 120
 
+        # Read at most every EXPIRY_READ_SECONDS, however often scraped (no credentials).
+        await factory.provider(
+            company, client_secret="s", client_secret_expires_at=now + timedelta(days=1),
+            enabled=True,
+        )  # fmt: skip
+        cached = value(
+            await scrape(client), "sso_broker_client_secret_expiry_seconds", type="entra"
+        )
+        assert abs(cached - timedelta(days=3).total_seconds()) < 120
+        assert context.expiry_read is not None
+        context.expiry_read = (context.expiry_read[0] - 31, *context.expiry_read[1:])
+        fresh = value(await scrape(client), "sso_broker_client_secret_expiry_seconds", type="entra")
+        assert abs(fresh - timedelta(days=1).total_seconds()) < 120
+
 
 class TestSwitchedOff:
     async def test_no_route_and_no_timing_when_disabled(

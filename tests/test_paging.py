@@ -169,6 +169,9 @@ class TestCursor:
             (PROVIDERS, forged("sso-providers", "2026-01-01T00:00:00+00:00", "not-a-uuid")),
             (AUDIT, forged("audit-events", "2026-01-01T00:00:00", str(uuid.uuid4()))),
             # Text no stored key holds; PostgreSQL cannot even compare with NUL (was a 500).
+            # Aware, but its UTC is before the calendar: overflowed at the query (was a 500).
+            (PROVIDERS, forged("sso-providers", "0001-01-01T00:00:00+14:00", str(uuid.uuid4()))),
+            (AUDIT, forged("audit-events", "0001-01-01T00:00:00+14:00", str(uuid.uuid4()))),
             (USERS, forged("users", "a\u0000@example.com")),
             (USERS, b64(b'["users", "\\ud800@example.com"]')),
         ],
@@ -179,6 +182,8 @@ class TestCursor:
             "not-a-time",
             "not-an-id",
             "audit-naive",
+            "providers-before-the-calendar",
+            "audit-before-the-calendar",
             "users-nul",
             "users-lone-surrogate",
         ],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -60,6 +61,9 @@ class AppContext:
     counters: Leases
     # Set on SIGTERM (``lifecycle.py``): /readyz answers 503 while the requests in flight end.
     draining: bool = False
+    # The metrics' last reading of credential expiries: (monotonic time, secrets, certificates)
+    # by provider type (``health.py``).
+    expiry_read: tuple[float, dict[str, datetime], dict[str, datetime]] | None = None
 
 
 async def get_context(request: Request) -> AppContext:

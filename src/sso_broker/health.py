@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from fastapi import APIRouter
 from fastapi.responses import Response
@@ -79,9 +80,19 @@ def connections_in_use(context: AppContext) -> int:
     return int(checked_out) + context.fast.connections_in_use()
 
 
+# The expiry gauges' reading serves the scrapes of this long: /metrics takes no credentials
+# (README, *Metrics*), so however often it is asked, it costs the database two aggregate
+# queries a process per interval, and expiries move in days.
+EXPIRY_READ_SECONDS = 30.0
+
+
 async def _expiry(context: AppContext) -> metrics.Collector | None:
-    """The credential-expiry gauges, read now; none when the database does not answer (the
-    process's own metrics still do: a scrape must tell about an outage, not fail with it)."""
+    """The credential-expiry gauges, read at most every ``EXPIRY_READ_SECONDS``; none when
+    the database does not answer (the process's own metrics still do: a scrape must tell
+    about an outage, not fail with it)."""
+    read = context.expiry_read
+    if read is not None and time.monotonic() - read[0] < EXPIRY_READ_SECONDS:
+        return metrics.Expiry(read[1], read[2], utcnow())
     try:
         async with (
             asyncio.timeout(context.settings.database_timeout),
@@ -93,4 +104,5 @@ async def _expiry(context: AppContext) -> metrics.Collector | None:
             raise
         logger.warning("metrics without the expiry gauges: the database does not answer")
         return None
+    context.expiry_read = (time.monotonic(), secrets, certificates)
     return metrics.Expiry(secrets, certificates, utcnow())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -22,6 +23,8 @@ from typing import Any
 from sso_broker import metrics
 from sso_broker.deps import AppContext
 from sso_broker.health import connections_in_use
+
+logger = logging.getLogger(__name__)
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -62,7 +65,10 @@ async def pool_sampler(context: AppContext) -> AsyncIterator[None]:
 
     async def sample() -> None:
         while True:
-            metrics.DB_CONNECTIONS_IN_USE.set(connections_in_use(context))
+            try:
+                metrics.DB_CONNECTIONS_IN_USE.set(connections_in_use(context))
+            except Exception:  # a gauge must never stop the sampling, nor the shutdown
+                logger.exception("could not sample the database pools for the metrics")
             await asyncio.sleep(POOL_SAMPLE_SECONDS)
 
     async with in_background(sample):

@@ -19,7 +19,7 @@ import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Generic, TypeVar
 
 from fastapi import Query
@@ -89,7 +89,7 @@ class Keyset(Generic[Key]):
                 raise ValueError("another list's cursor")
             return self.load(parts[1:])
         # RecursionError: JSON nested a thousand deep.
-        except (binascii.Error, ValueError, TypeError, RecursionError) as e:
+        except (binascii.Error, ValueError, TypeError, RecursionError, OverflowError) as e:
             raise _refused(self.list_name) from e
 
     def page(
@@ -112,7 +112,9 @@ def read_time_and_id(parts: list[str]) -> tuple[datetime, uuid.UUID]:
     at = datetime.fromisoformat(at_text)
     if at.tzinfo is None:  # we only give out aware ones; a naive one cannot be compared
         raise ValueError("naive time")
-    return at, uuid.UUID(id_text)
+    # In UTC now, as stored: a time whose UTC falls outside the calendar (year 1 at +14:00)
+    # would otherwise overflow at the query, a 500 (OverflowError, caught as malformed).
+    return at.astimezone(UTC), uuid.UUID(id_text)
 
 
 def text(key: str) -> list[str]:
