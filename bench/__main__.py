@@ -79,10 +79,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--limiter", type=_csv(("off", "db", "redis")), default=["off", "db", "redis"]
     )
     parser.add_argument("--scale", type=_csv(tuple(SCALES)), default=["small"])
+    parser.add_argument(
+        "--rows", type=_csv(ROWS_OFF), default=list(ROWS_OFF), help="e.g. signin (to iterate fast)"
+    )
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per row")
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per row")
     parser.add_argument("--concurrency", type=int, default=10, help="browsers / connections")
-    parser.add_argument("--idp-workers", type=int, default=1, help="fake IdP processes")
+    parser.add_argument("--idp-workers", type=int, default=2, help="fake IdP processes")
     parser.add_argument("--rng-seed", type=int, default=1, help="picks the hot providers/users")
     parser.add_argument(
         "--smoke", action="store_true", help="SQLite, 1 worker, small, limiter off, ~1 s a row"
@@ -456,7 +459,7 @@ def run_config(
         "limiter": config.limiter,
     }
     try:
-        for name in config.rows:
+        for name in (row for row in config.rows if row in run.args.rows):
             profiler = profile_row(run, server.pid, f"{label}-{name}")
             if name == "initiate":
                 challenge = pkce_pair()[1]  # the dashboard's PKCE challenge

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
+import random
+from collections.abc import Callable
 
 import jwt
 import pytest
 
-from sso_broker.jws import MAX_HEADER_LENGTH, MalformedToken, unverified_header
+from sso_broker.jws import MAX_HEADER_LENGTH, MalformedToken, decoder, unverified_header
 
 
 def segment(value: object) -> str:
@@ -37,3 +39,55 @@ def test_the_header_of_a_real_token_is_read() -> None:
 def test_malformed_tokens_are_refused(token: str) -> None:
     with pytest.raises(MalformedToken):
         unverified_header(token)
+
+
+def _segments() -> list[bytes]:
+    """Every kind of segment PyJWT's check tells apart: canonical, padded rightly and
+    wrongly, non-canonical last characters, foreign characters, every length modulo 4."""
+    rng = random.Random(8)
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    foreign = b"+/=.!~ \x00\xff\xe9"
+    found = [b"", b"=", b"==", b"===", b"A", b"AA", b"AAA", b"AAAA", b"AB==", b"AB=", b"ABC="]
+    for _ in range(4000):
+        data = rng.randbytes(rng.randrange(0, 40))
+        canonical = base64.urlsafe_b64encode(data).rstrip(b"=")
+        found.append(canonical)
+        found.append(base64.urlsafe_b64encode(data))  # with its padding
+        found.append(canonical + b"=" * rng.randrange(1, 4))
+        chars = bytearray(canonical or b"A")
+        chars[rng.randrange(len(chars))] = rng.choice(alphabet + foreign)
+        found.append(bytes(chars))
+        found.append(bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 9))))
+    return found
+
+
+def _outcome(check: Callable[[bytes, str], bytes], segment: bytes) -> object:
+    try:
+        return check(segment, "payload")
+    except jwt.DecodeError as e:
+        return ("refused", str(e))
+
+
+def test_the_decoder_checks_segments_exactly_as_pyjwt_does() -> None:
+    """``jws.decoder`` swaps PyJWT's per-character alphabet loop for a regular expression
+    (its docstring); every segment must fare the same, value or message."""
+    fast = decoder._jws._decode_base64url_segment
+    assert type(decoder._jws) is not jwt.PyJWS, "the decoder is PyJWT's own again"
+    reference = jwt.PyJWS._decode_base64url_segment
+    differing = [
+        segment
+        for segment in _segments()
+        if _outcome(fast, segment) != _outcome(reference, segment)
+    ]
+    assert differing == []
+
+
+def test_the_decoder_verifies_and_refuses_as_jwt_decode() -> None:
+    token = jwt.encode({"sub": "x"}, "k" * 32, algorithm="HS256")
+    assert decoder.decode(token, "k" * 32, algorithms=["HS256"]) == {"sub": "x"}
+    header, payload, signature = token.split(".")
+    for forged in (f"{header}.{payload}!.{signature}", f"{header}.{payload}.{signature}A"):
+        with pytest.raises(jwt.DecodeError):
+            decoder.decode(forged, "k" * 32, algorithms=["HS256"])
+    with pytest.raises(jwt.InvalidSignatureError):
+        decoder.decode(token, "w" * 32, algorithms=["HS256"])

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sso_broker.config import Settings
 from sso_broker.crypto import SIGNING_ALGORITHM, SecretBox, generate_signing_key, load_private_key
 from sso_broker.errors import ErrorCode, NotAuthenticated
-from sso_broker.jws import MalformedToken, unverified_header
+from sso_broker.jws import MalformedToken, decoder, unverified_header
 from sso_broker.sessions.models import SigningKey
 
 # An unknown kid (a key made by another replica since we loaded ours) reloads the key set
@@ -171,7 +171,7 @@ class KeyRing:
         if key is None:
             raise invalid
         try:
-            claims = jwt.decode(
+            claims = decoder.decode(
                 token,
                 key,
                 algorithms=[SIGNING_ALGORITHM],

@@ -21,7 +21,7 @@ import jwt
 
 from sso_broker.errors import SignInError, SignInErrorCode
 from sso_broker.idp import Adapter
-from sso_broker.jws import MalformedToken, unverified_header
+from sso_broker.jws import MalformedToken, decoder, unverified_header
 from sso_broker.sso.discovery import ProviderMetadata
 
 ALGORITHM = "RS256"
@@ -77,7 +77,7 @@ def check_signature(token: str, key: jwt.PyJWK) -> dict[str, Any]:
     """The signature must verify with the provider's published key (checked before any
     claim)."""
     try:
-        claims: dict[str, Any] = jwt.decode(
+        claims: dict[str, Any] = decoder.decode(
             token,
             key,
             algorithms=[ALGORITHM],
