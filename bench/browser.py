@@ -1,7 +1,8 @@
-"""Closed-loop "browsers" (aiohttp) for the flows that carry state, and a fallback route driver.
+"""Closed-loop "browsers" (``lean_http``) for the flows that carry state, and a fallback route
+driver.
 
-Each browser has its own ``ClientSession`` (its own keep-alive connections and its own cookie
-jar), follows no redirect by itself: it reads every ``Location``, checks it, and requests it,
+Each browser has its own keep-alive connections and its own cookie jar, follows no redirect
+by itself: it reads every ``Location``, checks it, and requests it,
 so the login-state cookie the service set at initiate is what the jar sends to the callback.
 
 A run starts ``concurrency`` browsers, lets them warm up, then measures a window: what
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import math
 import secrets
 import time
@@ -24,13 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-import aiohttp
-from yarl import URL
-
 from bench.common import CLIENT_SECRET, FRONTEND_URL, HotUser
+from bench.lean_http import CookieJar, LeanClient, Reply
 from bench.procs import CLOCK_TICKS, Meter
 
-REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30)
+REQUEST_TIMEOUT_S = 30.0
+_JSON = {"Content-Type": "application/json"}
+_FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
 class FlowError(Exception):
@@ -104,7 +106,7 @@ async def closed_loop(
                 result.errors[f"{e.step}: {e.reason}"] += 1
                 await asyncio.sleep(0.01)
                 continue
-            except (aiohttp.ClientError, TimeoutError) as e:
+            except OSError as e:  # TimeoutError and LeanHTTPError too
                 result.errors[f"transport: {type(e).__name__}"] += 1
                 await asyncio.sleep(0.01)
                 continue
@@ -131,15 +133,6 @@ async def closed_loop(
     return result
 
 
-def _session() -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        cookie_jar=aiohttp.CookieJar(unsafe=True),  # cookies of 127.0.0.1 too
-        timeout=REQUEST_TIMEOUT,
-        connector=aiohttp.TCPConnector(limit=4, ttl_dns_cache=None),
-        auto_decompress=False,
-    )
-
-
 def pkce_pair() -> tuple[str, str]:
     """A fresh PKCE verifier and its S256 challenge (RFC 7636)."""
     verifier = secrets.token_urlsafe(64)
@@ -147,10 +140,10 @@ def pkce_pair() -> tuple[str, str]:
     return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def _location(response: aiohttp.ClientResponse, step: str, prefix: str) -> str:
-    if response.status != 302:
-        raise FlowError(step, f"status {response.status}")
-    location = response.headers.get("Location", "")
+def _location(reply: Reply, step: str, prefix: str) -> str:
+    if reply.status != 302:
+        raise FlowError(step, f"status {reply.status}")
+    location = reply.headers.get("location", "")
     if not location.startswith(prefix):
         query = parse_qs(urlsplit(location).query)
         error = query.get("error", [""])[0]
@@ -163,34 +156,48 @@ def _query(url: str) -> dict[str, str]:
 
 
 class Browser:
-    """One browser: its own connections and cookie jar; signs its users in, one at a time."""
+    """One browser: its own connections and cookie jar; signs its users in, one at a time.
+
+    It speaks through ``lean_http`` rather than aiohttp: on this 2-core machine the
+    generator's own CPU competed with the service it measured (``lean_http.py``)."""
 
     def __init__(self, service: str, idp: str, users: Sequence[HotUser]) -> None:
         self.service = service.rstrip("/")
         self.idp = idp.rstrip("/")
         self.users = list(users)
         self.turn = 0
-        self.session: aiohttp.ClientSession | None = None
+        self.to_service = LeanClient(self.service, timeout=REQUEST_TIMEOUT_S)
+        self.to_idp = LeanClient(self.idp, timeout=REQUEST_TIMEOUT_S)
+        self.jar = CookieJar()  # the service's cookies (the IdP sets none)
         self.tokens: dict[str, str] = {}  # user id → latest access token
         self.refresh_token: str | None = None
 
     async def __aenter__(self) -> Browser:
-        self.session = _session()
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
-        if self.session is not None:
-            await self.session.close()
+        await self.to_service.aclose()
+        await self.to_idp.aclose()
 
     def _next_user(self) -> HotUser:
         user = self.users[self.turn % len(self.users)]
         self.turn += 1
         return user
 
+    async def _get_service(self, url: str, headers: dict[str, str] | None = None) -> Reply:
+        reply = await self.to_service.request(
+            "GET", url, headers={**self.jar.header(), **(headers or {})}
+        )
+        self.jar.update(reply.cookies)
+        return reply
+
+    async def _post_json(self, path: str, document: dict[str, str]) -> Reply:
+        return await self.to_service.request(
+            "POST", path, headers=_JSON, body=json.dumps(document).encode()
+        )
+
     async def sign_in(self) -> dict[str, float]:
         """initiate → IdP authorize → callback → token (login code) → me."""
-        assert self.session is not None  # noqa: S101
-        http = self.session
         user = self._next_user()
         steps: dict[str, float] = {}
         started = time.perf_counter()
@@ -199,16 +206,13 @@ class Browser:
         # As the dashboard does: a fresh PKCE pair per sign-in, the challenge at initiate and
         # the verifier with the login code (README, *Signing in*).
         verifier, challenge = pkce_pair()
-        url = f"{self.service}/sso/{user.provider_id}/initiate?" + urlencode(
+        url = f"/sso/{user.provider_id}/initiate?" + urlencode(
             {"login_hint": user.email, "code_challenge": challenge, "code_challenge_method": "S256"}
         )
-        async with http.get(URL(url, encoded=True), allow_redirects=False) as response:
-            await response.read()
-            to_idp = _location(
-                response, "initiate", f"{self.idp}/{user.tenant}/oauth2/v2.0/authorize?"
-            )
-            if "set-cookie" not in response.headers:
-                raise FlowError("initiate", "no login-state cookie")
+        reply = await self._get_service(url)
+        to_idp = _location(reply, "initiate", f"{self.idp}/{user.tenant}/oauth2/v2.0/authorize?")
+        if not reply.cookies:
+            raise FlowError("initiate", "no login-state cookie")
         query = _query(to_idp)
         callback = f"{self.service}/sso/{user.provider_id}/callback"
         if query.get("client_id") != user.client_id or query.get("redirect_uri") != callback:
@@ -218,40 +222,36 @@ class Browser:
         steps["initiate"] = (time.perf_counter() - mark) * 1000
 
         mark = time.perf_counter()
-        async with http.get(URL(to_idp, encoded=True), allow_redirects=False) as response:
-            await response.read()
-            back = _location(response, "authorize", callback + "?")
+        reply = await self.to_idp.request("GET", to_idp)
+        back = _location(reply, "authorize", callback + "?")
         steps["authorize"] = (time.perf_counter() - mark) * 1000
 
         mark = time.perf_counter()
-        async with http.get(URL(back, encoded=True), allow_redirects=False) as response:
-            await response.read()
-            done = _location(response, "callback", f"{FRONTEND_URL}/sso/complete?code=")
+        reply = await self._get_service(back)
+        done = _location(reply, "callback", f"{FRONTEND_URL}/sso/complete?code=")
         code = _query(done)["code"]
         steps["callback"] = (time.perf_counter() - mark) * 1000
 
         mark = time.perf_counter()
-        async with http.post(
-            f"{self.service}/api/v1/auth/token",
-            json={"grant_type": "login_code", "code": code, "code_verifier": verifier},
-        ) as response:
-            body = await response.read()
-            if response.status != 200:
-                raise FlowError("token", f"status {response.status}")
-            tokens = await response.json(content_type=None)
+        reply = await self._post_json(
+            "/api/v1/auth/token",
+            {"grant_type": "login_code", "code": code, "code_verifier": verifier},
+        )
+        if reply.status != 200:
+            raise FlowError("token", f"status {reply.status}")
+        tokens = reply.json()
         if not isinstance(tokens, dict) or tokens.get("token_type") != "Bearer":
-            raise FlowError("token", f"not a token response: {body[:60]!r}")
+            raise FlowError("token", f"not a token response: {reply.body[:60]!r}")
         access, self.refresh_token = tokens["access_token"], tokens["refresh_token"]
         steps["token"] = (time.perf_counter() - mark) * 1000
 
         mark = time.perf_counter()
-        async with http.get(
-            f"{self.service}/api/v1/auth/me", headers={"Authorization": f"Bearer {access}"}
-        ) as response:
-            await response.read()
-            if response.status != 200:
-                raise FlowError("me", f"status {response.status}")
-            me = await response.json(content_type=None)
+        reply = await self.to_service.request(
+            "GET", "/api/v1/auth/me", headers={"Authorization": f"Bearer {access}"}
+        )
+        if reply.status != 200:
+            raise FlowError("me", f"status {reply.status}")
+        me = reply.json()
         if me.get("user", {}).get("email") != user.email or me["user"].get("id") != user.id:
             raise FlowError("me", "signed in as someone else")
         steps["me"] = (time.perf_counter() - mark) * 1000
@@ -261,31 +261,27 @@ class Browser:
 
     async def refresh(self) -> dict[str, float]:
         """One link of this browser's rotating refresh-token chain."""
-        assert self.session is not None  # noqa: S101
         if self.refresh_token is None:
             await self.sign_in()
         mark = time.perf_counter()
-        async with self.session.post(
-            f"{self.service}/api/v1/auth/token",
-            json={"grant_type": "refresh_token", "refresh_token": self.refresh_token},
-        ) as response:
-            await response.read()
-            if response.status != 200:
-                self.refresh_token = None  # the chain is broken: sign in again
-                raise FlowError("refresh", f"status {response.status}")
-            tokens = await response.json(content_type=None)
-        self.refresh_token = tokens["refresh_token"]
+        reply = await self._post_json(
+            "/api/v1/auth/token",
+            {"grant_type": "refresh_token", "refresh_token": self.refresh_token or ""},
+        )
+        if reply.status != 200:
+            self.refresh_token = None  # the chain is broken: sign in again
+            raise FlowError("refresh", f"status {reply.status}")
+        self.refresh_token = reply.json()["refresh_token"]
         ms = (time.perf_counter() - mark) * 1000
         return {"refresh": ms, "total": ms}
 
     async def idp_pair(self) -> dict[str, float]:
         """The IdP alone: what the service asks of it per sign-in (authorize, then token)."""
-        assert self.session is not None  # noqa: S101
         user = self._next_user()
         verifier, challenge = pkce_pair()
         redirect_uri = f"http://127.0.0.1:9/sso/{user.provider_id}/callback"
         state = secrets.token_urlsafe(32)
-        base = f"{self.idp}/{user.tenant}/oauth2/v2.0"
+        base = f"/{user.tenant}/oauth2/v2.0"
         url = f"{base}/authorize?" + urlencode(
             {
                 "response_type": "code",
@@ -301,9 +297,8 @@ class Browser:
             }
         )
         started = time.perf_counter()
-        async with self.session.get(URL(url, encoded=True), allow_redirects=False) as response:
-            await response.read()
-            back = _location(response, "authorize", redirect_uri + "?")
+        reply = await self.to_idp.request("GET", url)
+        back = _location(reply, "authorize", redirect_uri + "?")
         query = _query(back)
         if query.get("state") != state:
             raise FlowError("authorize", "state not returned")
@@ -317,11 +312,12 @@ class Browser:
             "client_secret": CLIENT_SECRET,
             "code_verifier": verifier,
         }
-        async with self.session.post(f"{base}/token", data=form) as response:
-            await response.read()
-            if response.status != 200:
-                raise FlowError("token", f"status {response.status}")
-            document = await response.json(content_type=None)
+        reply = await self.to_idp.request(
+            "POST", f"{base}/token", headers=_FORM, body=urlencode(form).encode()
+        )
+        if reply.status != 200:
+            raise FlowError("token", f"status {reply.status}")
+        document = reply.json()
         if not isinstance(document.get("id_token"), str):
             raise FlowError("token", "no id_token")
         done = time.perf_counter()
@@ -388,38 +384,33 @@ async def run_route(
     watch: dict[str, int],
 ) -> Result:
     """The fallback for single routes when wrk is missing: same checks, Python client."""
-    sessions = [_session() for _ in range(concurrency)]
+    clients = [LeanClient(base, timeout=REQUEST_TIMEOUT_S) for _ in range(concurrency)]
     turn = 0
 
-    def flow_for(http: aiohttp.ClientSession) -> Flow:
+    def flow_for(http: LeanClient) -> Flow:
         async def flow() -> dict[str, float]:
             nonlocal turn
             request = requests[turn % len(requests)]
             turn += 1
             started = time.perf_counter()
-            async with http.get(
-                URL(base + request.path, encoded=True),
-                headers=request.headers,
-                allow_redirects=False,
-            ) as response:
-                await response.read()
-                if response.status != expect_status:
-                    raise FlowError("route", f"status {response.status}")
-                if expect_location is not None and not response.headers.get(
-                    "Location", ""
-                ).startswith(expect_location):
-                    raise FlowError("route", "unexpected Location")
+            reply = await http.request("GET", request.path, headers=request.headers)
+            if reply.status != expect_status:
+                raise FlowError("route", f"status {reply.status}")
+            if expect_location is not None and not reply.headers.get("location", "").startswith(
+                expect_location
+            ):
+                raise FlowError("route", "unexpected Location")
             return {"total": (time.perf_counter() - started) * 1000}
 
         return flow
 
     try:
         return await closed_loop(
-            [flow_for(http) for http in sessions], warmup=warmup, duration=duration, watch=watch
+            [flow_for(http) for http in clients], warmup=warmup, duration=duration, watch=watch
         )
     finally:
-        for http in sessions:
-            await http.close()
+        for http in clients:
+            await http.aclose()
 
 
 def summary(result: Result, steps: Sequence[str] = ()) -> dict[str, Any]:
