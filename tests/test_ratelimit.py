@@ -403,8 +403,8 @@ async def test_a_callback_opens_its_login_state_once_with_the_limiter_on(
     database: Database, entra: FakeEntra, factory: Factory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The limiter opens the login-state cookie to choose a bucket; the callback takes that
-    opened state instead of a second Fernet open (README, *Performance*), and still signs in."""
-    from sso_broker.crypto import SecretBox
+    opened state instead of opening it again (README, *Performance*), and still signs in."""
+    from sso_broker.sealing import Sealer
 
     company = await factory.company()
     provider = await factory.provider(
@@ -416,14 +416,14 @@ async def test_a_callback_opens_its_login_state_once_with_the_limiter_on(
         started = await browser.get(f"/sso/{provider.id}/initiate", params=PKCE)
         sealed = next(iter(browser.cookies.values()))
         opened: list[str] = []
-        decrypt = SecretBox.decrypt
+        decrypt = Sealer.decrypt
 
-        def counting(self: SecretBox, token: str) -> str:
+        def counting(self: Sealer, token: str) -> str:
             if token == sealed:
                 opened.append(token)
             return decrypt(self, token)
 
-        monkeypatch.setattr(SecretBox, "decrypt", counting)
+        monkeypatch.setattr(Sealer, "decrypt", counting)
         back = await browser.get(entra.authorize(started.headers["location"], user=person))
     assert "/sso/complete?code=" in back.headers["location"], back.headers["location"]
     assert len(opened) == 1

@@ -115,6 +115,11 @@ class SecretBox:
         self._keys = keys
         self._fernet = MultiFernet([Fernet(key) for key in keys])
 
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The keys, the one that encrypts first."""
+        return tuple(self._keys)
+
     def derive(self, purpose: bytes, key: str | None = None) -> bytes:
         """A 256-bit key of its own for ``purpose`` (HKDF over the first key, or ``key``):
         what is not encryption at rest never shares the encryption key."""

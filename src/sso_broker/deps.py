@@ -23,6 +23,7 @@ from sso_broker.hotpath import HotPath
 from sso_broker.http import IdentityProviderClient
 from sso_broker.idp import Adapters
 from sso_broker.ratelimit import Leases
+from sso_broker.sealing import Sealer
 from sso_broker.sessions import service as sessions_service
 from sso_broker.sessions.service import Principal
 from sso_broker.sessions.tokens import KeyRing
@@ -49,7 +50,7 @@ class AppContext:
     fast: HotPath
     box: SecretBox
     # Seals login-state cookies: keys of its own, derived from the encryption keys.
-    sealer: SecretBox
+    sealer: Sealer
     # Keys refresh-token successors (sessions/service.py), derived from the encryption key.
     successor_key: bytes
     keyring: KeyRing

@@ -37,6 +37,7 @@ from sso_broker.problems import install_error_handlers
 from sso_broker.providers.router import public_router as provider_keys_router
 from sso_broker.providers.router import router as providers_router
 from sso_broker.ratelimit import counter_store
+from sso_broker.sealing import Sealer
 from sso_broker.sessions.router import router as sessions_router
 from sso_broker.sessions.tokens import KeyRing, ensure_signing_key
 from sso_broker.sso.breaker import Breakers
@@ -131,7 +132,7 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
             caches=caches,
             fast=fast,
             box=box,
-            sealer=box.for_purpose(b"sso-broker login-state cookie"),
+            sealer=Sealer.for_purpose(box, b"sso-broker login-state cookie"),
             successor_key=box.derive(b"sso-broker refresh-token successor"),
             keyring=KeyRing(settings, box),
             http=http,

@@ -234,7 +234,7 @@ def _carries_login_state(scope: Scope, context: Any) -> bool:
         opened = open_state(context.sealer, sealed, state=state, provider_id=provider_id)
     except (ValueError, SignInError):
         return False
-    # The callback opens the same cookie: it takes this one instead of a second Fernet open
+    # The callback opens the same cookie: it takes this one instead of opening it again
     # (README, *Performance*; sso/router.py).
     remember_opened(scope, state, sealed, opened)
     return True

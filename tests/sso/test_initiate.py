@@ -814,17 +814,17 @@ async def test_a_hostile_cookie_flood_is_expired_without_opening_it(
 ) -> None:
     """Cookies named like login states are the browser's to invent: an initiate opens at
     most a few of them, and expires every one that does not open."""
-    from sso_broker.crypto import SecretBox
+    from sso_broker.sealing import Sealer
 
     provider = await enabled_provider(factory)
     opened: list[str] = []
-    decrypt = SecretBox.decrypt
+    decrypt = Sealer.decrypt
 
-    def counting(self: SecretBox, token: str) -> str:
+    def counting(self: Sealer, token: str) -> str:
         opened.append(token)
         return decrypt(self, token)
 
-    monkeypatch.setattr(SecretBox, "decrypt", counting)
+    monkeypatch.setattr(Sealer, "decrypt", counting)
     forged = "; ".join(f"__Host-sso_login_{i:016x}=garbage{i}" for i in range(200))
     response = await client.get(
         f"/sso/{provider.id}/initiate", params=PKCE, headers={"Cookie": forged}

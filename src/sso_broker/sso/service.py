@@ -462,7 +462,7 @@ async def complete(
     """Finishes a sign-in and returns the frontend URL with a one-time login code.
 
     ``opened`` is the login state already opened from exactly this ``state`` and cookie in
-    this request (``state.opened_before``), which spares a second Fernet open.
+    this request (``state.opened_before``), which spares opening it again.
 
     The state is consumed in its own transaction first, so a failure later on (a rejected
     code, a bad token) still leaves it used: an authorization response works once.

@@ -2,10 +2,10 @@
 
 Initiate writes nothing to the database: the state, nonce, PKCE verifier, the frontend's
 own PKCE challenge (which the login code is bound to, README *Security model*) and
-``return_to`` are encrypted and authenticated (Fernet, with keys derived from the service's
-encryption keys, so any replica can open them) into a cookie, one per attempt. The callback
-opens the cookie named after the ``state`` it receives, checks it, and records the state's
-hash as consumed, so a replayed authorization response finds it used.
+``return_to`` are encrypted and authenticated (AES-GCM-SIV, ``sealing.py``, with keys
+derived from the service's encryption keys, so any replica can open them) into a cookie, one
+per attempt. The callback opens the cookie named after the ``state`` it receives, checks it,
+and records the state's hash as consumed, so a replayed authorization response finds it used.
 
 One browser holds at most :data:`MAX_ATTEMPTS` of them within :data:`COOKIE_BUDGET` bytes:
 each initiate expires the oldest beyond that, so a page that keeps opening ``/initiate``
@@ -27,10 +27,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from sso_broker.crypto import DecryptionError, SecretBox, token_hash
+from sso_broker.crypto import DecryptionError, token_hash
 from sso_broker.database import expired_rows, utcnow
 from sso_broker.errors import SignInError, SignInErrorCode
 from sso_broker.hotpath import HotPath
+from sso_broker.sealing import Sealer
 from sso_broker.sso.models import ConsumedState
 
 STATE_TTL = timedelta(minutes=10)
@@ -67,7 +68,7 @@ class LoginState:
             expires_at=utcnow() + STATE_TTL,
         )
 
-    def seal(self, box: SecretBox) -> str:
+    def seal(self, box: Sealer) -> str:
         payload = {
             "s": self.state,
             "n": self.nonce,
@@ -86,7 +87,7 @@ def cookie_name(state: str, *, secure: bool) -> str:
     return (HOST_PREFIX if secure else "") + COOKIE_PREFIX + token_hash(state)[:16]
 
 
-def _expiry(box: SecretBox, sealed: str) -> float:
+def _expiry(box: Sealer, sealed: str) -> float:
     """When a sealed state expires; 0 (oldest of all) for one we cannot open."""
     try:
         return float(json.loads(box.decrypt(sealed))["e"])
@@ -95,7 +96,7 @@ def _expiry(box: SecretBox, sealed: str) -> float:
 
 
 def stale_attempts(
-    box: SecretBox, cookies: Mapping[str, str], *, secure: bool, new_size: int
+    box: Sealer, cookies: Mapping[str, str], *, secure: bool, new_size: int
 ) -> list[str]:
     """The login-state cookies to expire so that, with a new one of ``new_size`` bytes, the
     browser keeps at most :data:`MAX_ATTEMPTS` within :data:`COOKIE_BUDGET`: newest first."""
@@ -118,7 +119,7 @@ def stale_attempts(
 
 
 def open_state(
-    box: SecretBox, sealed: str | None, *, state: str | None, provider_id: uuid.UUID
+    box: Sealer, sealed: str | None, *, state: str | None, provider_id: uuid.UUID
 ) -> LoginState:
     """Opens the cookie and checks it belongs to this ``state`` and provider and is unexpired.
 
