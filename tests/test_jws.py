@@ -48,6 +48,9 @@ def _segments() -> list[bytes]:
     alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
     foreign = b"+/=.!~ \x00\xff\xe9"
     found = [b"", b"=", b"==", b"===", b"A", b"AA", b"AAA", b"AAAA", b"AB==", b"AB=", b"ABC="]
+    # More than two "=" where the length is a multiple of 4: only the padding-count rule
+    # refuses these (base64 alone would read b"" and b"\0\0\0").
+    found += [b"====", b"AAAA====", b"AA======", b"AAA=====", b"AAAAAAAA===="]
     for _ in range(4000):
         data = rng.randbytes(rng.randrange(0, 40))
         canonical = base64.urlsafe_b64encode(data).rstrip(b"=")
@@ -86,8 +89,24 @@ def test_the_decoder_verifies_and_refuses_as_jwt_decode() -> None:
     token = jwt.encode({"sub": "x"}, "k" * 32, algorithm="HS256")
     assert decoder.decode(token, "k" * 32, algorithms=["HS256"]) == {"sub": "x"}
     header, payload, signature = token.split(".")
-    for forged in (f"{header}.{payload}!.{signature}", f"{header}.{payload}.{signature}A"):
-        with pytest.raises(jwt.DecodeError):
+    for forged in (f"{header}.{payload}!.{signature}", f"{header}.{payload}.{signature}=="):
+        with pytest.raises(jwt.DecodeError, match="padding"):
             decoder.decode(forged, "k" * 32, algorithms=["HS256"])
     with pytest.raises(jwt.InvalidSignatureError):
         decoder.decode(token, "w" * 32, algorithms=["HS256"])
+
+
+def test_the_decoder_uses_its_own_segment_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should a PyJWT upgrade stop calling the override (a renamed attribute, another code
+    path), PyJWT's own slower check would apply and nothing would fail: this notices."""
+    calls: list[bytes] = []
+    check = type(decoder._jws)._decode_base64url_segment
+
+    def counting(segment: bytes, name: str) -> bytes:
+        calls.append(segment)
+        return check(segment, name)
+
+    monkeypatch.setattr(type(decoder._jws), "_decode_base64url_segment", staticmethod(counting))
+    token = jwt.encode({"sub": "x"}, "k" * 32, algorithm="HS256")
+    decoder.decode(token, "k" * 32, algorithms=["HS256"])
+    assert len(calls) == 3  # header, payload, signature

@@ -31,7 +31,11 @@ from sso_broker.crypto import DecryptionError, SecretBox
 PREFIX = "v2."
 NONCE_BYTES = 12
 TAG_BYTES = 16
+# Far above any login state (``state.MAX_COOKIE_LENGTH`` is 4096): the cost of refusing a
+# hostile value stays bounded whoever calls.
+MAX_TOKEN_LENGTH = 8192
 _TOKEN = re.compile(r"v2\.[A-Za-z0-9_-]+")
+_FERNET = re.compile(r"gAAAAA[A-Za-z0-9_-]+={0,2}")
 
 
 class Sealer:
@@ -53,16 +57,17 @@ class Sealer:
     def encrypt(self, plaintext: str) -> str:
         nonce = os.urandom(NONCE_BYTES)
         sealed = self._ciphers[0].encrypt(nonce, plaintext.encode("utf-8"), None)
-        return PREFIX + base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode("ascii")
+        return PREFIX + _encode(nonce + sealed)
 
     def decrypt(self, token: str) -> str:
-        """The plaintext; :class:`DecryptionError` for anything no key of ours sealed."""
+        """The plaintext; :class:`DecryptionError` for anything no key of ours sealed, and for
+        any other spelling of what one did: exactly the string sealed opens."""
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise DecryptionError("not a sealed token")
         if not token.startswith(PREFIX):
-            if self._legacy is None:
-                raise DecryptionError("not a sealed token")
-            return self._legacy.decrypt(token)
-        # Strictly the alphabet: base64's decoder would skip foreign characters, and so open
-        # other strings than the one sealed.
+            return self._open_legacy(token)
+        # Strictly the alphabet, and the canonical encoding (base64's decoder skips foreign
+        # characters and ignores the last character's unused bits): one string per seal.
         if _TOKEN.fullmatch(token) is None:
             raise DecryptionError("not a sealed token")
         body = token[len(PREFIX) :]
@@ -70,7 +75,7 @@ class Sealer:
             raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
         except (binascii.Error, ValueError) as e:
             raise DecryptionError("not a sealed token") from e
-        if len(raw) < NONCE_BYTES + TAG_BYTES:
+        if len(raw) < NONCE_BYTES + TAG_BYTES or _encode(raw) != body:
             raise DecryptionError("not a sealed token")
         nonce, sealed = raw[:NONCE_BYTES], raw[NONCE_BYTES:]
         for cipher in self._ciphers:
@@ -83,3 +88,17 @@ class Sealer:
             except UnicodeDecodeError as e:
                 raise DecryptionError("not a sealed token") from e
         raise DecryptionError("sealed with no key of ours")
+
+    def _open_legacy(self, token: str) -> str:
+        # Only what Fernet itself makes (version byte 0x80, URL-safe base64): Fernet's own
+        # decoder would skip foreign characters, and refuses non-ASCII with a ValueError.
+        if self._legacy is None or _FERNET.fullmatch(token) is None:
+            raise DecryptionError("not a sealed token")
+        try:
+            return self._legacy.decrypt(token)
+        except DecryptionError as e:
+            raise DecryptionError("a Fernet-sealed token no key of ours opens") from e
+
+
+def _encode(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")

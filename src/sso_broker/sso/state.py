@@ -89,6 +89,8 @@ def cookie_name(state: str, *, secure: bool) -> str:
 
 def _expiry(box: Sealer, sealed: str) -> float:
     """When a sealed state expires; 0 (oldest of all) for one we cannot open."""
+    if len(sealed) > MAX_COOKIE_LENGTH:  # as open_state refuses it: never worth opening
+        return 0.0
     try:
         return float(json.loads(box.decrypt(sealed))["e"])
     except (DecryptionError, ValueError, KeyError, TypeError):
