@@ -12,9 +12,10 @@ import pytest
 from cryptography.fernet import Fernet
 
 # Loaded by nothing the service runs: httpx (with its command line's rich and pygments) and
-# authlib only by the tests, Alembic only by the migrating child of `serve` (cli.py), and
-# pydantic's v1 layer by nothing at all (sso_broker/__init__.py).
-NEVER = ("httpx", "rich", "pygments", "authlib", "alembic", "pydantic.v1")
+# authlib only by the tests, Alembic only by the migrating child of `serve` (cli.py),
+# pydantic's v1 layer by nothing at all (sso_broker/__init__.py), and bz2 and lzma, which
+# zipfile and shutil would load for compressed archives, by nothing either (cli.py).
+NEVER = ("httpx", "rich", "pygments", "authlib", "alembic", "pydantic.v1", "bz2", "lzma")
 
 SCRIPT = """
 import json, sys

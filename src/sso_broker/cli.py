@@ -25,6 +25,13 @@ from typing import Any
 # the command exits: the garbage collector would walk them some 160 times meanwhile, for
 # nothing (a tenth of a command's CPU). It pauses while they are made; main() then freezes
 # them out of its sight.
+#
+# bz2 and lzma stay unloaded: SQLAlchemy's importlib.metadata imports zipfile and shutil,
+# which import them only to offer compressed archives, and go without them when the import
+# fails. Nothing here compresses; loaded, they and their C libraries held 0.35 MB of every
+# worker (README, *Performance*; tests/test_memory.py).
+sys.modules.setdefault("bz2", None)  # type: ignore[arg-type]
+sys.modules.setdefault("lzma", None)  # type: ignore[arg-type]
 _collecting = gc.isenabled()
 gc.disable()
 try:
