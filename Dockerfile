@@ -20,8 +20,11 @@ FROM python:3.11-slim AS runtime
 RUN groupadd --system --gid 10001 sso \
     && useradd --system --uid 10001 --gid sso --home-dir /var/lib/sso-broker --create-home sso
 COPY --from=build /opt/venv /opt/venv
+# PYTHONNODEBUGRANGES: code objects without the column of every instruction (tracebacks lose
+# their ^^^ markers, keep file and line): 0.6 MB less per worker (README, *Performance*).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONNODEBUGRANGES=1 \
     PYTHONUNBUFFERED=1 \
     SSO_BROKER_DATABASE_URL=sqlite+aiosqlite:////var/lib/sso-broker/sso-broker.db
 USER sso
