@@ -1,15 +1,21 @@
-"""What the serving process loads. Every module it imports costs each worker memory, so
-what it does not use stays out (README, *Performance*)."""
+"""What the serving process loads and keeps. Every module it imports and every cache it
+fills costs each worker memory, so what it does not use stays out (README, *Performance*)."""
 
 from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
+from sqlalchemy import text
+
+from sso_broker.database import SQLITE_CACHE_SIZE, create_engine, sqlite_on_connect
+from tests.conftest import make_settings
 
 # Loaded by nothing the service runs: httpx (with its command line's rich and pygments) and
 # authlib only by the tests, Alembic only by the migrating child of `serve` (cli.py),
@@ -58,3 +64,22 @@ def test_the_app_loads_neither_test_tools_nor_the_other_databases_driver(
     )
     for name in (*NEVER, other_driver):
         assert name not in loaded, f"{name} is loaded"
+
+
+async def test_every_sqlite_connection_caches_256_kib_of_pages(tmp_path: Path) -> None:
+    """SQLite's default is 2 MB of pages per connection, and an SQLite worker has up to 15 of
+    the pool's and the hot paths' lanes (database.py): each connection of the engine, and
+    each lane, which makes its connections with the same hook, caches 256 KiB."""
+    engine = create_engine(make_settings(f"sqlite+aiosqlite:///{tmp_path}/cache.db"))
+    try:
+        async with engine.connect() as connection:
+            size = await connection.scalar(text("PRAGMA cache_size"))
+    finally:
+        await engine.dispose()
+    assert size == SQLITE_CACHE_SIZE == -256
+    lane = sqlite3.connect(tmp_path / "lane.db")
+    try:
+        sqlite_on_connect(lane, None)
+        assert lane.execute("PRAGMA cache_size").fetchone() == (SQLITE_CACHE_SIZE,)
+    finally:
+        lane.close()
