@@ -167,6 +167,8 @@ class Run:
             SSO_BROKER_ENCRYPTION_KEYS=self.encryption_key,
             SSO_BROKER_ENTRA_AUTHORITY=self.idp_url,
             SSO_BROKER_RATE_LIMIT_ENABLED="false" if limiter == "off" else "true",
+            # As the image runs it (Dockerfile): code objects without column tables.
+            PYTHONNODEBUGRANGES="1",
         )
         if limiter != "off":
             env.update(
