@@ -105,6 +105,30 @@ def overall_deadline(http: IdentityProviderClient) -> float:
     return http.timeout or 10.0
 
 
+async def call_provider(
+    http: IdentityProviderClient,
+    provider_type: str,
+    endpoint: str,
+    method: str,
+    url: str,
+    *,
+    limit: int,
+    headers: dict[str, str],
+    content: bytes | None = None,
+    breaker: Breaker | None = None,
+) -> tuple[int, bytes]:
+    """One request to an identity provider as a sign-in makes it: through ``breaker``
+    (``CircuitOpen`` at once while it is open), within the call's total deadline, timed for
+    the ``idp_request_duration_seconds`` metric under ``endpoint``."""
+
+    async def call() -> tuple[int, bytes]:
+        async with asyncio.timeout(overall_deadline(http)):
+            with IdPTimer(provider_type, endpoint):
+                return await http.fetch(method, url, limit=limit, content=content, headers=headers)
+
+    return await guarded(breaker, call)
+
+
 async def _get_json(
     http: IdentityProviderClient,
     url: str,
@@ -113,16 +137,11 @@ async def _get_json(
     breaker: Breaker | None = None,
 ) -> tuple[int, Any]:
     """GETs a JSON document through ``breaker`` (CircuitOpen when it is open)."""
-
-    async def get() -> tuple[int, bytes]:
-        async with asyncio.timeout(overall_deadline(http)):
-            with IdPTimer(provider_type, endpoint):
-                return await http.fetch(
-                    "GET", url, limit=MAX_DOCUMENT_BYTES, headers={"Accept": "application/json"}
-                )
-
     try:
-        status, body = await guarded(breaker, get)
+        status, body = await call_provider(
+            http, provider_type, endpoint, "GET", url,
+            limit=MAX_DOCUMENT_BYTES, headers={"Accept": "application/json"}, breaker=breaker,
+        )  # fmt: skip
     except ResponseTooLarge as e:
         raise DiscoveryError(f"{urlsplit(url).path} answered with an oversized document") from e
     except (TransportError, TimeoutError) as e:

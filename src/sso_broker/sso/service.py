@@ -10,7 +10,6 @@ one-time login code. What differs by type is asked of the provider's adapter (``
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import uuid
@@ -33,14 +32,14 @@ from sso_broker.hotpath import LinkConflict
 from sso_broker.http import ResponseTooLarge, TransportError
 from sso_broker.idp import Adapter
 from sso_broker.idp.base import Actionable
-from sso_broker.metrics import SUCCEEDED, IdPTimer, count_sign_in
+from sso_broker.metrics import SUCCEEDED, count_sign_in
 from sso_broker.providers.certificates import CLIENT_SECRET
 from sso_broker.providers.models import SSOProvider
 from sso_broker.sessions import service as sessions_service
 from sso_broker.sso import id_token, repository, state
-from sso_broker.sso.breaker import Breaker, Breakers, CircuitOpen, guarded
+from sso_broker.sso.breaker import Breaker, Breakers, CircuitOpen
 from sso_broker.sso.client_auth import client_authentication
-from sso_broker.sso.discovery import DiscoveryError, ProviderMetadata, overall_deadline
+from sso_broker.sso.discovery import DiscoveryError, ProviderMetadata, call_provider
 from sso_broker.sso.identity import choose_account, not_provisioned
 from sso_broker.sso.pkce import S256, is_challenge, s256_code_challenge
 from sso_broker.sso.redirects import safe_return_to
@@ -366,19 +365,10 @@ async def post_to_token_endpoint(
     """One form POST to the provider's token endpoint within the call's total deadline,
     through its circuit breaker when given (:class:`CircuitOpen` at once while it is open);
     its status and body (at most MAX_TOKEN_RESPONSE bytes)."""
-
-    async def post() -> tuple[int, bytes]:
-        async with asyncio.timeout(overall_deadline(context.http)):
-            with IdPTimer(metadata.provider_type, "token"):
-                return await context.http.fetch(
-                    "POST",
-                    metadata.token_endpoint,
-                    limit=MAX_TOKEN_RESPONSE,
-                    content=body,
-                    headers=headers,
-                )
-
-    return await guarded(breaker, post)
+    return await call_provider(
+        context.http, metadata.provider_type, "token", "POST", metadata.token_endpoint,
+        limit=MAX_TOKEN_RESPONSE, content=body, headers=headers, breaker=breaker,
+    )  # fmt: skip
 
 
 async def _exchange_code(
@@ -387,9 +377,10 @@ async def _exchange_code(
     metadata: ProviderMetadata,
     code: str,
     login: state.LoginState,
+    breaker: Breaker,
 ) -> dict[str, Any]:
     """The token request: the PKCE verifier, and the provider's chosen client
-    authentication (``client_auth.py``)."""
+    authentication (``client_auth.py``), through the provider's ``breaker``."""
     client_id = credentials(provider)
     adapter = adapter_of(context, provider)
     auth = await client_authentication(context, provider, client_id, metadata)
@@ -408,9 +399,7 @@ async def _exchange_code(
         code_verifier=login.code_verifier,
     )
     try:
-        status, answer = await post_to_token_endpoint(
-            context, metadata, body, headers, breaker_of(context, provider)
-        )
+        status, answer = await post_to_token_endpoint(context, metadata, body, headers, breaker)
     except CircuitOpen as e:
         raise SignInError(SignInErrorCode.IDP_ERROR, f"token endpoint not called: {e}") from e
     except ResponseTooLarge as e:
@@ -525,8 +514,8 @@ async def _complete(
     _check_idp_error(adapter, params)
     if not params.code or len(params.code) > 8192:
         raise SignInError(SignInErrorCode.IDP_ERROR, "the authorization response has no code")
-    tokens = await _exchange_code(context, provider, metadata, params.code, login)
     breaker = breaker_of(context, provider)
+    tokens = await _exchange_code(context, provider, metadata, params.code, login, breaker)
 
     async def signing_key(metadata: ProviderMetadata, kid: str | None) -> jwt.PyJWK:
         return await context.directory.signing_key(metadata, kid, breaker)
