@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -25,15 +26,16 @@ TENANT = "3f2b9c1e-8d47-4a6b-9e21-5c0d7f4a1b28"
 CLIENT = "0c6e8a51-2b3d-4f7e-9a1c-6d5e4f3a2b10"
 
 
-@pytest.fixture
-def identity_provider(tmp_path: Path) -> Iterator[str]:
-    """The bench's light Entra stand-in (``bench/fake_idp.py``), as a process of its own."""
+@contextmanager
+def running_identity_provider(logs: Path) -> Iterator[str]:
+    """The bench's light Entra stand-in (``bench/fake_idp.py``) as a process of its own, its
+    log in ``logs``: its authority, once it answers."""
     port = free_port()
     process = subprocess.Popen(  # noqa: S603 - our own module
         [sys.executable, "-m", "bench.fake_idp", "--port", str(port)],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "idp.log").open("ab"),
+        stderr=(logs / "idp.log").open("ab"),
     )
     authority = f"http://127.0.0.1:{port}"
     try:
@@ -41,6 +43,12 @@ def identity_provider(tmp_path: Path) -> Iterator[str]:
         yield authority
     finally:
         stop(process)
+
+
+@pytest.fixture
+def identity_provider(tmp_path: Path) -> Iterator[str]:
+    with running_identity_provider(tmp_path) as authority:
+        yield authority
 
 
 def set_token_delay(authority: str, seconds: float, tenant: str | None = None) -> None:

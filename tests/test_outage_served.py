@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -35,10 +33,10 @@ from tests.conftest import (
     _drop_postgres_database,
     make_settings,
 )
-from tests.e2e.stack import Broker, free_port, in_thread, stop, wait_for
+from tests.e2e.stack import Broker, free_port, in_thread
 from tests.pgproxy import Mode, PgProxy
 from tests.pkce import PKCE, code_grant
-from tests.served import REPO, TENANT, broker_env, seed
+from tests.served import broker_env, running_identity_provider, seed
 
 logger = logging.getLogger("sso_broker.tests.served")
 pytestmark = pytest.mark.skipif(not POSTGRES_URL, reason="needs SSO_BROKER_TEST_POSTGRES_URL")
@@ -80,45 +78,43 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     upstream = make_url(url)
     proxy = PgProxy(upstream.host or "127.0.0.1", upstream.port or 5432).start()
     proxied = upstream.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    idp_port = free_port()
-    idp = subprocess.Popen(  # noqa: S603 - our own module
-        [sys.executable, "-m", "bench.fake_idp", "--port", str(idp_port)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp / "idp.log").open("ab"),
-    )
-    authority = f"http://127.0.0.1:{idp_port}"
-    port = free_port()
-    broker = Broker(
-        env=broker_env(
-            Database("postgres", proxied),
-            authority,
-            port,
-            # As deployed: the limiter's counters are in the database too, so every sign-in
-            # and token request meets the outage first in front of its route.
-            SSO_BROKER_RATE_LIMIT_ENABLED="true",
-            SSO_BROKER_RATE_LIMIT_SIGN_IN_PER_IP="1000000",
-            SSO_BROKER_RATE_LIMIT_TOKEN_PER_IP="1000000",
-        ),
-        port=port,
-        log=tmp / "broker.log",
-    )
     try:
-        wait_for(f"{authority}/{TENANT}/v2.0/.well-known/openid-configuration", process=idp)
-        broker.start()
-        seeded = seed(broker)
-        yield Served(
-            broker, proxy, upstream.database or "", seeded.provider, seeded.email, seeded.admin
-        )
+        with running_identity_provider(tmp) as authority:
+            port = free_port()
+            broker = Broker(
+                env=broker_env(
+                    Database("postgres", proxied),
+                    authority,
+                    port,
+                    # As deployed: the limiter's counters are in the database too, so every
+                    # sign-in and token request meets the outage first in front of its route.
+                    SSO_BROKER_RATE_LIMIT_ENABLED="true",
+                    SSO_BROKER_RATE_LIMIT_SIGN_IN_PER_IP="1000000",
+                    SSO_BROKER_RATE_LIMIT_TOKEN_PER_IP="1000000",
+                ),
+                port=port,
+                log=tmp / "broker.log",
+            )
+            try:
+                broker.start()
+                seeded = seed(broker)
+                yield Served(
+                    broker,
+                    proxy,
+                    upstream.database or "",
+                    seeded.provider,
+                    seeded.email,
+                    seeded.admin,
+                )
+            finally:
+                broker.stop()
+                # The served process's log goes through the suite's secret check too.
+                if broker.log.exists():
+                    for line in broker.log.read_text(errors="replace").splitlines():
+                        logger.debug(line)
     finally:
-        broker.stop()
-        stop(idp)
         proxy.stop()
         in_thread(lambda: _drop_postgres_database(url))
-        # The served process's log goes through the suite's secret check too (conftest).
-        if broker.log.exists():
-            for line in broker.log.read_text(errors="replace").splitlines():
-                logger.debug(line)
 
 
 @dataclass

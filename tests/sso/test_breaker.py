@@ -26,7 +26,7 @@ from sso_broker.http import ConnectError, ReadTimeout, ResponseTooLarge
 from sso_broker.main import create_app
 from sso_broker.sso.breaker import Breaker, Breakers, CircuitOpen, guarded
 from sso_broker.sso.discovery import METADATA_TTL
-from tests.conftest import PUBLIC_URL, Database, Factory, _empty_tables, make_settings
+from tests.conftest import Database, Factory, _empty_tables, asgi_client, make_settings
 from tests.fixtures.entra import FakeEntra, error_body
 from tests.pkce import PKCE
 from tests.sso.conftest import FakeClock, TenantDirectory
@@ -100,8 +100,7 @@ def ifactory(icontext: AppContext) -> Factory:
 
 @pytest.fixture
 async def iclient(impatient_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=impatient_app)
-    async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as client:
+    async with asgi_client(impatient_app) as client:
         yield client
 
 
@@ -113,8 +112,7 @@ class Browsers:
 
     async def sign_in(self, entra: FakeEntra, s: Setup) -> tuple[httpx.Response, float]:
         """A whole sign-in; the callback's answer and how long it took."""
-        transport = httpx.ASGITransport(app=self.app)
-        async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as client:
+        async with asgi_client(self.app) as client:
             started = await start(client, s.provider)
             back = entra.authorize(started.location, user=s.person)
             began = time.perf_counter()
