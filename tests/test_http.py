@@ -1,7 +1,7 @@
 """The identity-provider HTTP client (sso_broker/http.py) against real sockets: the unit
-tests' respx mock replaces its one network method, so what aiohttp does underneath (and how
-its failures reach the callers as the client's own exceptions, named as httpx's were) is
-checked here."""
+tests' respx mock replaces its one network method, so what the client does underneath
+(connections, keep-alive, proxies, TLS, limits, and how failures reach the callers as the
+client's own exceptions, named as httpx's were) is checked here."""
 
 from __future__ import annotations
 
@@ -9,10 +9,7 @@ import asyncio
 import datetime
 import ipaddress
 import json
-import os
 import ssl
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -62,6 +59,14 @@ def _header(head: bytes, name: bytes) -> bytes | None:
         if key.strip().lower() == name.lower():
             return value.strip()
     return None
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test names the proxies it means: none of the machine's own."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
 
 
 @pytest.fixture
@@ -128,9 +133,6 @@ async def test_a_proxy_in_the_environment_is_used(
 ) -> None:
     """As httpx did: HTTP(S)_PROXY is honoured (read once, when the session opens)."""
     proxy, seen, _ = json_server
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
     monkeypatch.setenv("HTTP_PROXY", proxy)
     async with IdentityProviderClient(timeout=5) as client:
         status, _ = await client.fetch("POST", "http://login.entra.test/t/token", limit=LIMIT)
@@ -146,9 +148,6 @@ async def test_all_proxy_is_used_no_proxy_bypasses_and_netrc_is_never_sent(
     """ALL_PROXY counts as httpx counted it; NO_PROXY exempts a host; and no credentials
     from a ~/.netrc are ever attached to an identity provider's request."""
     proxy, seen, _ = json_server
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
     netrc = tmp_path / "netrc"
     netrc.write_text("machine login.entra.test login leaked password secret\n")
     netrc.chmod(0o600)
@@ -336,27 +335,19 @@ async def test_certificates_are_checked_against_the_bundle_or_ssl_cert_file(
             assert await client.fetch("GET", url, limit=LIMIT) == (200, b"{}")
 
 
-def test_aiohttps_unused_default_contexts_trust_nothing_and_ours_the_bundle() -> None:
-    """http.py imports aiohttp without the CA bundles of its default contexts (memory): in a
-    fresh interpreter they verify against nothing, so falling back on one fails closed,
-    while the client's own context holds certifi's bundle. Nothing else imports ssl's
-    default paths differently afterwards."""
-    script = (
-        "import json, ssl\n"
-        "before = ssl.create_default_context().cert_store_stats()['x509_ca']\n"
-        "import sso_broker.http as h, aiohttp.connector as c\n"
-        "after = ssl.create_default_context().cert_store_stats()['x509_ca']\n"
-        "print(json.dumps([c._SSL_CONTEXT_VERIFIED.cert_store_stats()['x509_ca'],"
-        " h._ssl_context().cert_store_stats()['x509_ca'], before, after]))\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
-    answer = subprocess.run(  # noqa: S603 - this interpreter, a fixed script
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
-    )
-    aiohttp_default, ours, before, after = json.loads(answer.stdout)
-    assert aiohttp_default == 0
-    assert ours > 100
-    assert after == before, "ssl's default paths are loaded as before, once aiohttp is in"
+async def test_the_bundle_is_loaded_at_the_first_https_call_only(
+    json_server: tuple[str, list[tuple[bytes, bytes]], list[int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The client's TLS context trusts certifi's bundle, and is made only when a provider is
+    called over https (memory, README *Performance*): plain-HTTP calls never load it."""
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    url, _, _ = json_server
+    async with IdentityProviderClient(timeout=5) as client:
+        await client.fetch("POST", f"{url}/token", limit=LIMIT, content=b"a=1")
+        assert client._tls is None
+        assert client._tls_context().cert_store_stats()["x509_ca"] > 100
 
 
 async def test_a_url_that_is_not_http_is_an_unsupported_protocol() -> None:
@@ -412,3 +403,275 @@ async def test_public_only_never_connects_to_an_internal_address(
 )
 def test_what_counts_as_public(address: str, public: bool) -> None:
     assert _is_public(address) is public
+
+
+def _counting(answers: list[bytes]) -> tuple[Handler, list[bytes], list[int]]:
+    """A server that answers each request on a connection with the next of ``answers``
+    (the last one repeated), recording request heads and counting connections."""
+    heads: list[bytes] = []
+    connections: list[int] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        try:
+            while True:
+                head, _ = await _read_request(reader)
+                heads.append(head)
+                writer.write(answers[min(len(heads), len(answers)) - 1])
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    return handler, heads, connections
+
+
+async def test_chunked_and_close_delimited_answers_are_read_whole() -> None:
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunked += b'3\r\n{"a\r\n4\r\n": 1\r\n1\r\n}\r\n0\r\n\r\n'
+    handler, _, connections = _counting([chunked])
+    server, url = await _serve(handler)
+    async with server, IdentityProviderClient(timeout=2) as client:
+        for _ in range(2):
+            assert await client.fetch("GET", f"{url}/keys", limit=LIMIT) == (200, b'{"a": 1}')
+    assert connections == [1]
+
+    server, url = await _serve(_answering(b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * 70000))
+    async with server, IdentityProviderClient(timeout=2) as client:
+        assert await client.fetch("GET", f"{url}/keys", limit=10**6) == (200, b"x" * 70000)
+
+
+async def test_connection_close_and_unasked_bytes_retire_a_connection() -> None:
+    """An answer saying ``Connection: close`` is not followed by a reuse; nor is a connection
+    on which the server spoke out of turn while it was idle."""
+    handler, _, connections = _counting(
+        [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"]
+    )
+    server, url = await _serve(handler)
+    async with server, IdentityProviderClient(timeout=2) as client:
+        for _ in range(2):
+            assert await client.fetch("GET", f"{url}/keys", limit=LIMIT) == (200, b"{}")
+    assert len(connections) == 2
+
+    async def chatty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        await asyncio.sleep(0.05)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nforged")
+        await asyncio.sleep(1)
+        writer.close()
+
+    server, url = await _serve(chatty)
+    async with server, IdentityProviderClient(timeout=2) as client:
+        assert await client.fetch("GET", f"{url}/a", limit=LIMIT) == (200, b"{}")
+        await asyncio.sleep(0.2)
+        idle = [c for connections in client._idle.values() for c in connections]
+        assert idle
+        assert all(c.closed for c in idle)
+
+
+async def test_an_idle_connection_is_dropped_after_keepalive() -> None:
+    handler, _, connections = _counting([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"])
+    server, url = await _serve(handler)
+    async with server, IdentityProviderClient(timeout=2, keepalive=0.1) as client:
+        await client.fetch("GET", f"{url}/keys", limit=LIMIT)
+        await client.fetch("GET", f"{url}/keys", limit=LIMIT)
+        assert len(connections) == 1
+        await asyncio.sleep(0.2)
+        await client.fetch("GET", f"{url}/keys", limit=LIMIT)
+    assert len(connections) == 2
+
+
+async def test_informational_answers_are_skipped() -> None:
+    handler, _, _ = _counting(
+        [
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+        ]
+    )
+    server, url = await _serve(handler)
+    async with server, IdentityProviderClient(timeout=2) as client:
+        assert await client.fetch("GET", f"{url}/keys", limit=LIMIT) == (200, b"{}")
+
+
+async def test_no_free_connection_within_the_timeout_is_a_connect_timeout() -> None:
+    async def dribbling(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n")
+        for byte in b"[1,2] ":  # a byte every 0.1 s: never silent for the read timeout
+            await asyncio.sleep(0.1)
+            writer.write(bytes([byte]))
+            await writer.drain()
+        writer.close()
+
+    server, url = await _serve(dribbling)
+    async with server, IdentityProviderClient(timeout=0.25, max_connections=1) as client:
+        first = asyncio.create_task(client.fetch("GET", f"{url}/a", limit=LIMIT))
+        await asyncio.sleep(0.05)
+        with pytest.raises(broker_http.ConnectTimeout, match="no free connection"):
+            await client.fetch("GET", f"{url}/b", limit=LIMIT)
+        assert await first == (200, b"[1,2] ")
+        assert not client._slots.locked(), "the slot was handed back"
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://user:secret@login.entra.test/token", "credentials"),
+        ("http://exa mple.test/token", "not a host name"),
+        ("http://login.entra.test:99999/token", "not a URL"),
+        ("http:///token", "not a host name"),
+    ],
+)
+async def test_urls_the_client_cannot_call_are_refused_before_connecting(
+    url: str, problem: str
+) -> None:
+    async with IdentityProviderClient(timeout=2) as client:
+        with pytest.raises(broker_http.UnsupportedProtocol, match=problem):
+            await client.fetch("GET", url, limit=LIMIT)
+
+
+async def test_a_url_or_header_cannot_add_to_the_request(
+    json_server: tuple[str, list[tuple[bytes, bytes]], list[int]],
+) -> None:
+    """A path from a provider's metadata is escaped into one request target; a header value
+    with a line break is refused before anything is sent."""
+    url, seen, _ = json_server
+    async with IdentityProviderClient(timeout=2) as client:
+        await client.fetch("GET", f"{url}/keys x%0d%0aX-Injected: 1/ü?a=b c#frag", limit=LIMIT)
+        with pytest.raises(broker_http.TransportError, match="header"):
+            await client.fetch(
+                "GET", f"{url}/keys", limit=LIMIT, headers={"Accept": "a\r\nX-Injected: 1"}
+            )
+        with pytest.raises(broker_http.TransportError, match="header"):
+            await client.fetch("GET", f"{url}/keys", limit=LIMIT, headers={"A B": "c"})
+    assert len(seen) == 1
+    assert seen[0][0].split(b"\r\n")[0] == (
+        b"GET /keys%20x%0d%0aX-Injected:%201/%C3%BC?a=b%20c HTTP/1.1"
+    )
+    assert _header(seen[0][0], b"x-injected") is None
+    assert _header(seen[0][0], b"accept-encoding") == b"identity"
+    assert _header(seen[0][0], b"host") == url.split("//", 1)[1].encode()
+
+
+async def _tunnel_proxy(
+    seen: list[bytes], status: bytes = b"200 Connection established"
+) -> tuple[asyncio.Server, str]:
+    """An HTTP proxy that answers CONNECT and then pipes both ways."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head)
+        if not status.startswith(b"200"):
+            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            writer.close()
+            return
+        host, port = head.split(b" ")[1].decode().rsplit(":", 1)
+        upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"HTTP/1.1 " + status + b"\r\n\r\n")
+        await writer.drain()
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+    return await _serve(handle)
+
+
+async def test_https_goes_through_the_proxys_connect_tunnel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTPS through an HTTP proxy: CONNECT (with the proxy URL's credentials for the proxy,
+    never for the provider), then TLS with the provider, certificate checked, inside it."""
+    cert_file, key_file = _self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    handler, heads, _ = _counting([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"])
+    provider = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=context)
+    port = provider.sockets[0].getsockname()[1]
+    seen: list[bytes] = []
+    proxy, proxy_url = await _tunnel_proxy(seen)
+    monkeypatch.setenv("HTTPS_PROXY", proxy_url.replace("//", "//me:p%40ss@"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+    async with provider, proxy, IdentityProviderClient(timeout=2) as client:
+        for _ in range(2):
+            answer = await client.fetch("GET", f"https://127.0.0.1:{port}/keys", limit=LIMIT)
+            assert answer == (200, b"{}")
+    assert len(seen) == 1, "one tunnel, kept alive"
+    assert seen[0].startswith(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\n".encode())
+    assert _header(seen[0], b"proxy-authorization") == b"Basic bWU6cEBzcw=="  # me:p@ss
+    assert heads[0].startswith(b"GET /keys HTTP/1.1\r\n")
+    assert _header(heads[0], b"proxy-authorization") is None
+
+
+async def test_a_proxy_that_refuses_or_is_down_is_a_proxy_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[bytes] = []
+    proxy, proxy_url = await _tunnel_proxy(seen, status=b"407 Proxy Authentication Required")
+    monkeypatch.setenv("HTTPS_PROXY", proxy_url)
+    async with proxy, IdentityProviderClient(timeout=2) as client:
+        with pytest.raises(broker_http.ProxyError, match="407"):
+            await client.fetch("GET", "https://login.entra.test/keys", limit=LIMIT)
+    monkeypatch.setenv("HTTPS_PROXY", proxy_url)  # closed now: nothing listens there
+    async with IdentityProviderClient(timeout=2) as client:
+        with pytest.raises(broker_http.ProxyError):
+            await client.fetch("GET", "https://login.entra.test/keys", limit=LIMIT)
+    monkeypatch.setenv("HTTPS_PROXY", "socks5://127.0.0.1:1080")
+    async with IdentityProviderClient(timeout=2) as client:
+        with pytest.raises(broker_http.ProxyError, match="only http://"):
+            await client.fetch("GET", "https://login.entra.test/keys", limit=LIMIT)
+
+
+async def test_public_only_refuses_an_internal_address_even_through_a_proxy(
+    json_server: tuple[str, list[tuple[bytes, bytes]], list[int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    proxy, seen, _ = json_server
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    async with IdentityProviderClient(timeout=2, public_only=True) as client:
+        with pytest.raises(ConnectError, match="not a public address"):
+            await client.fetch("GET", "http://169.254.169.254/latest/meta-data", limit=LIMIT)
+    assert seen == []
+
+
+async def test_a_second_answer_to_one_request_is_not_read_and_retires_the_connection() -> None:
+    handler, _, connections = _counting(
+        [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged"
+        ]
+    )
+    server, url = await _serve(handler)
+    async with server, IdentityProviderClient(timeout=2) as client:
+        for _ in range(2):
+            assert await client.fetch("GET", f"{url}/keys", limit=LIMIT) == (200, b"{}")
+    assert len(connections) == 2
+
+
+async def test_headers_without_end_are_cut_off() -> None:
+    sent = 0
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        try:
+            while sent < 50_000_000:
+                writer.write(b"X-Filler: " + b"y" * 1000 + b"\r\n")
+                await writer.drain()
+                sent += 1012
+        except ConnectionError:
+            pass
+
+    server, url = await _serve(endless)
+    async with server, IdentityProviderClient(timeout=5) as client:
+        with pytest.raises(broker_http.TransportError, match="head is over"):
+            await client.fetch("GET", f"{url}/keys", limit=LIMIT)
+    assert sent < 10_000_000
