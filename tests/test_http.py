@@ -6,21 +6,16 @@ client's own exceptions, named as httpx's were) is checked here."""
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import json
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from sso_broker import http as broker_http
 from sso_broker.http import ConnectError, IdentityProviderClient, ResponseTooLarge, _is_public
+from tests.tls import server_context
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 LIMIT = 64 * 1024
@@ -273,45 +268,12 @@ async def test_a_silent_server_is_a_read_timeout(answer: bytes) -> None:
         assert asyncio.get_running_loop().time() - began < 2
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
-    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_file, key_file
-
-
 async def test_certificates_are_checked_against_the_bundle_or_ssl_cert_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """As httpx did: certifi's bundle (a self-signed certificate is refused, a
     ConnectError), or the one SSL_CERT_FILE names."""
-    cert_file, key_file = _self_signed(tmp_path)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert_file, key_file)
+    context, cert_file = server_context(tmp_path)
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -589,9 +551,7 @@ async def test_https_goes_through_the_proxys_connect_tunnel(
 ) -> None:
     """HTTPS through an HTTP proxy: CONNECT (with the proxy URL's credentials for the proxy,
     never for the provider), then TLS with the provider, certificate checked, inside it."""
-    cert_file, key_file = _self_signed(tmp_path)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert_file, key_file)
+    context, cert_file = server_context(tmp_path)
     handler, heads, _ = _counting([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"])
     provider = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=context)
     port = provider.sockets[0].getsockname()[1]

@@ -15,8 +15,6 @@ import pytest
 from fastapi import FastAPI
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from sso_broker.database import utcnow
 from sso_broker.deps import AppContext
@@ -29,6 +27,7 @@ from sso_broker.ratelimit import (
     Limit,
     client_key,
 )
+from sso_broker.redis_client import RedisClient, RedisError
 from tests.conftest import PUBLIC_URL, Database, Factory, _empty_tables, make_settings
 from tests.fixtures.entra import CLIENT_ID, CLIENT_SECRET, TENANT_ID, EntraUser, FakeEntra
 from tests.pkce import PKCE, code_grant
@@ -191,10 +190,10 @@ class TestFailures:
 
 
 async def _redis_reachable() -> bool:
-    redis: Redis = Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    redis = RedisClient(REDIS_URL, timeout=1)
     try:
-        return bool(await redis.ping())
-    except (RedisError, OSError):
+        return await redis.execute(("PING",)) == ["PONG"]
+    except RedisError:
         return False
     finally:
         await redis.aclose()
@@ -208,13 +207,13 @@ class TestRedisCounters:
             pytest.skip(f"no Redis at {REDIS_URL}")
         ip, provider = unique_ip(), uuid.uuid4()
         seen: list[str] = []
-        original: Callable[..., Any] = Redis.pipeline
+        original: Callable[..., Any] = RedisClient.execute
 
-        def spy(self: Redis, *args: Any, **kwargs: Any) -> Any:
-            seen.append("pipeline")
+        def spy(self: RedisClient, *args: Any, **kwargs: Any) -> Any:
+            seen.append("round trip")
             return original(self, *args, **kwargs)
 
-        monkeypatch.setattr(Redis, "pipeline", spy)
+        monkeypatch.setattr(RedisClient, "execute", spy)
         async with (
             limited_app(database, redis_url=REDIS_URL) as app,
             client_from(app, ip) as client,

@@ -12,6 +12,8 @@ from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_valida
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from sso_broker.redis_client import RedisAddress
+
 if TYPE_CHECKING:  # the identity-provider types are the server's, not the command line's
     from sso_broker.idp.base import AdapterConfig
 
@@ -116,6 +118,20 @@ class Settings(BaseSettings):
                 f"SSO_BROKER_DATABASE_URL uses driver {url.drivername!r}; use "
                 "'sqlite+aiosqlite' (embedded) or 'postgresql+asyncpg' (production)"
             )
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                RedisAddress.parse(value.get_secret_value())
+            except ValueError as e:  # the message never repeats the URL: it may hold a password
+                raise ValueError(
+                    f"SSO_BROKER_REDIS_URL is not a Redis URL the service can use ({e}); "
+                    "expected redis://[[user]:password@]host[:port][/db], rediss://… (TLS) "
+                    "or unix://[[user]:password@]/path/to/socket[?db=N]"
+                ) from None
         return value
 
     @model_validator(mode="after")
