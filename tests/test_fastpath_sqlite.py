@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from datetime import timedelta
 
 import pytest
 
+from sso_broker import fastpath_sqlite
 from sso_broker.database import utcnow
 from sso_broker.deps import AppContext
 from sso_broker.fastpath_sqlite import SQLiteFastPath
@@ -99,9 +101,10 @@ async def test_a_naive_time_is_refused_not_stored(context: AppContext) -> None:
 async def test_writes_queue_on_the_writer_thread_not_on_the_event_loop(
     context: AppContext,
 ) -> None:
-    """Concurrent hot-path writes are all handed to the writer lane at once, and it commits
-    them one after another while the event loop is busy elsewhere: a write waits for the
-    writes ahead of it, never for the loop to pass a turn on (README, *Performance*)."""
+    """Concurrent hot-path writes are each committed in their task's first step (inline,
+    the lock being free) or handed to the writer lane, which commits them while the event
+    loop is busy elsewhere: a write waits for the writes ahead of it, never for the loop to
+    pass a turn on (README, *Performance*)."""
     database = context.engine.url.database
     assert database is not None
     expires = utcnow() + timedelta(minutes=5)
@@ -117,3 +120,95 @@ async def test_writes_queue_on_the_writer_thread_not_on_the_event_loop(
         ).fetchone()
     assert committed == len(states)
     assert all(await asyncio.gather(*writes))
+
+
+@contextmanager
+def statement_threads(fast: SQLiteFastPath) -> Iterator[list[tuple[str, bool]]]:
+    """Each statement the hot path sends from now on, and whether it ran on this thread
+    (the event loop's)."""
+    loop_thread = threading.get_ident()
+    seen: list[tuple[str, bool]] = []
+    fast.trace(lambda statement: seen.append((statement, threading.get_ident() == loop_thread)))
+    try:
+        yield seen
+    finally:
+        fast.trace(None)
+
+
+@pytest.mark.usefixtures("sqlite_only")
+async def test_uncontended_reads_and_writes_run_on_the_event_loop_without_waiting(
+    context: AppContext, factory: Factory
+) -> None:
+    """Nothing waits for a lock: each operation runs on the loop's own connection, which is
+    told never to wait (busy timeout 0) and never to checkpoint (README, *Performance*)."""
+    provider = await factory.provider(await factory.company())
+    fast = context.fast
+    assert isinstance(fast, SQLiteFastPath)
+    with statement_threads(fast) as seen:
+        assert await fast.provider(provider.id) is not None
+        assert await fast.consume_state(uuid.uuid4().hex, utcnow() + timedelta(minutes=5))
+    assert seen
+    assert all(on_loop for _, on_loop in seen), seen
+    assert fast._inline is not None
+    assert fast._inline.execute("PRAGMA busy_timeout").fetchone() == (0,)
+    assert fast._inline.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+
+
+@pytest.mark.usefixtures("sqlite_only")
+async def test_a_write_that_would_wait_goes_to_the_writer_lane_and_the_loop_runs_on(
+    context: AppContext,
+) -> None:
+    fast = context.fast
+    assert isinstance(fast, SQLiteFastPath)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticking = asyncio.create_task(ticker())
+    try:
+        with statement_threads(fast) as seen, write_lock_held_elsewhere(context):
+            write = asyncio.create_task(
+                fast.consume_state(uuid.uuid4().hex, utcnow() + timedelta(minutes=5))
+            )
+            await asyncio.sleep(0.3)
+            assert not write.done()
+            assert ticks >= 10, "the loop went on while the write waited for the lock"
+            # A second one while the lock is held elsewhere: tried inline, then on the lane.
+            second = asyncio.create_task(
+                fast.consume_state(uuid.uuid4().hex, utcnow() + timedelta(minutes=5))
+            )
+            await asyncio.sleep(0.05)
+            assert not second.done()
+        assert await write is True
+        assert await second is True
+    finally:
+        ticking.cancel()
+    on_lane = [statement for statement, on_loop in seen if not on_loop]
+    assert on_lane.count("BEGIN IMMEDIATE") == 2, seen
+    tried = [statement for statement, on_loop in seen if on_loop]
+    assert tried == ["BEGIN IMMEDIATE", "BEGIN IMMEDIATE"], seen
+
+
+@pytest.mark.usefixtures("sqlite_only")
+async def test_a_lane_checkpoints_what_inline_writes_log(
+    context: AppContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inline connection never checkpoints (a checkpoint syncs the disk); every
+    CHECKPOINT_EVERY inline writes the reader lane does, so the log does not grow without
+    end."""
+    monkeypatch.setattr(fastpath_sqlite, "CHECKPOINT_EVERY", 5)
+    fast = context.fast
+    assert isinstance(fast, SQLiteFastPath)
+    expires = utcnow() + timedelta(minutes=5)
+    with statement_threads(fast) as seen:
+        for _ in range(10):
+            assert await fast.consume_state(uuid.uuid4().hex, expires)
+        assert fast._checkpoint is not None
+        await fast._checkpoint
+    checkpoints = [on_loop for statement, on_loop in seen if "wal_checkpoint" in statement]
+    assert checkpoints, seen
+    assert not any(checkpoints), "never on the event loop"

@@ -1,22 +1,38 @@
-"""The hot paths' statements on the embedded SQLite: threads of their own, plain SQL.
+"""The hot paths' statements on the embedded SQLite: plain SQL, never waiting on the loop.
 
 Through SQLAlchemy's async layer on aiosqlite, a one-row write transaction cost 470 µs of
 CPU: every call (BEGIN, execute, fetch, COMMIT) hops to aiosqlite's thread and back, inside a
 greenlet. The same transaction on the standard library's ``sqlite3``, sent as one call to a
 thread of our own, costs 45 µs (README, *Performance*). So each hot operation here — read the
 provider, read the caller, consume a state, resolve and write a sign-in, spend a code or a
-refresh token — is one function run on such a thread, with statements written out in SQLite's
-SQL and values stored the way SQLAlchemy stores them (UUIDs as 32 hex digits, times as UTC
-text with microseconds, JSON as text), so the ORM reads them back unchanged. PostgreSQL runs
-the same operations through asyncpg (``fastpath.py``); both answer the same types, and the
-whole test suite runs on both databases.
+refresh token — is one function of a connection, run as below, with statements written out
+in SQLite's SQL and values stored the way SQLAlchemy stores them (UUIDs as 32 hex digits,
+times as UTC text with microseconds, JSON as text), so the ORM reads them back unchanged.
+PostgreSQL runs the same operations through asyncpg (``fastpath.py``); both answer the same
+types, and the whole test suite runs on both databases.
 
-The writes queue on one thread, the writer lane: its single worker thread is the process's
-queue of hot-path writes, first come, first served, each a short transaction begun
-IMMEDIATE and committed at once. They do not wait at the ORM's write gate
-(``database.WriteGate``): held across a hop to the thread and back, the gate let one write
-in per turn of the event loop, and under ten browsers a write waited 23 ms for it at the
-median and 110-190 ms at p99 while its transaction took 0.1-0.3 ms (README, *Performance*).
+**Run where they need not wait.** A hot operation first runs on the event loop's own thread,
+on a connection whose busy timeout is zero: a statement that would wait for a lock fails at
+once instead (``SQLITE_BUSY``), is rolled back, and goes to a thread (a *lane*) that waits
+for it. Uncontended, which is nearly always the case in one process, a read or a one-row
+write transaction is tens of microseconds of CPU; handed to a thread, each cost a wake-up,
+a hand-back and the GIL passed to and fro around every statement: a sign-in took 2.8 ms of
+CPU that way and 1.8 ms inline, and its p99 fell from 42 to 28 ms (README, *Performance*).
+What stays off the loop is any wait: for another connection's or process's lock, and for
+checkpoints, the one step that syncs the disk (the inline connection never checkpoints; the
+reader lane does, every :data:`CHECKPOINT_EVERY` inline writes, and SQLite's automatic
+checkpoints run on the other connections). In WAL mode with ``synchronous=NORMAL`` a commit
+appends to the log without a sync.
+
+The writes that must wait queue on one thread, the writer lane: its single worker thread is
+the process's queue of hot-path writes, first come, first served, each a short transaction
+begun IMMEDIATE and committed at once. (A write that finds the lock free goes inline even
+while others wait on the lane: those wait for another connection's lock, and an inline write
+holds it for tens of microseconds, never across a turn of the loop.) They do not wait at the
+ORM's write gate (``database.WriteGate``): held across a hop to the thread and back, the
+gate let one write in per turn of the event loop, and under ten browsers a write waited
+23 ms for it at the median and 110-190 ms at p99 while its transaction took 0.1-0.3 ms
+(README, *Performance*).
 The ORM's few writes (the admin API, a failed sign-in's audit event, housekeeping) meet the
 lane at SQLite's lock; so do other processes, whose lock and busy timeout are waited out on
 the writing thread, never on the event loop.
@@ -26,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import uuid
 from collections.abc import Callable, Sequence
@@ -47,6 +64,16 @@ if TYPE_CHECKING:
     from sso_broker.sessions.service import Principal
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
+
+# Inline write transactions between two checkpoints on the writer lane: each appends a few
+# pages to the log, so about SQLite's own automatic checkpoint of 1000 pages.
+CHECKPOINT_EVERY = 100
+
+
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    """The statement would have waited for a lock (any of SQLITE_BUSY's extended codes)."""
+    return (getattr(error, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY
 
 
 # --- values as SQLAlchemy stores them on SQLite ---------------------------------------------
@@ -290,15 +317,19 @@ class _Lane:
     def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
         return work(self._open())
 
+    def connect(self, _unused: sqlite3.Connection | None = None) -> sqlite3.Connection:
+        """A new connection to the lane's database, configured as the lane's own are."""
+        # Autocommit (isolation_level=None): transactions are begun here, explicitly.
+        connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        sqlite_on_connect(connection, None)
+        # The configured wait for another process's write lock (SSO_BROKER_DATABASE_TIMEOUT).
+        connection.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
+        connection.set_trace_callback(self._trace)
+        return connection
+
     def _open(self) -> sqlite3.Connection:
         if self._connection is None:
-            # Autocommit (isolation_level=None): transactions are begun here, explicitly.
-            connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-            sqlite_on_connect(connection, None)
-            # The configured wait for another process's write lock (SSO_BROKER_DATABASE_TIMEOUT).
-            connection.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
-            connection.set_trace_callback(self._trace)
-            self._connection = connection
+            self._connection = self.connect()
         return self._connection
 
     def _set_trace(self, callback: Callable[[str], None] | None) -> None:
@@ -323,18 +354,39 @@ class SQLiteFastPath:
             raise ValueError("the SQLite hot path needs a database file")
         self._reader = _Lane(database, timeout, "sso-broker-sqlite-read")
         self._writer = _Lane(database, timeout, "sso-broker-sqlite-write")
+        self._inline: sqlite3.Connection | None = None
+        self._opening: asyncio.Lock | None = None
+        self._trace: Callable[[str], None] | None = None
+        self._inline_writes = 0
+        self._checkpoint: asyncio.Task[None] | None = None
         self._closed = False
+
+    @classmethod
+    async def connect(cls, engine: AsyncEngine, *, lock_timeout: float) -> SQLiteFastPath:
+        """A hot path with its event-loop connection open, so no request waits for that;
+        ``lock_timeout`` is the lanes' wait for a lock (the constructor's ``timeout``)."""
+        fast = cls(engine, timeout=lock_timeout)
+        await fast._open_inline()
+        return fast
 
     def trace(self, callback: Callable[[str], None] | None) -> None:
         """Calls ``callback`` with every statement sent from now on (the tests count them)."""
         self._reader.trace(callback)
         self._writer.trace(callback)
+        self._trace = callback
+        if self._inline is not None:
+            self._inline.set_trace_callback(callback)
 
     def connections_in_use(self) -> int:
         return min(self._reader.busy, 1) + min(self._writer.busy, 1)
 
     async def close(self) -> None:
         self._closed = True
+        if self._checkpoint is not None:
+            await asyncio.gather(self._checkpoint, return_exceptions=True)
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
         await self._reader.close()
         await self._writer.close()
 
@@ -345,14 +397,60 @@ class SQLiteFastPath:
 
     async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         self._check_open()
+        inline = self._inline or await self._open_inline()
+        try:
+            return work(inline)  # WAL: a read waits for no writer; if it would, it fails
+        except sqlite3.OperationalError as e:
+            if not _is_busy(e):
+                raise
         return await self._reader.run(work)
 
     async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        # Straight onto the writer lane, whose one thread takes the writes in the order they
-        # came (see the module docstring): no gate, so a write never waits for the event
-        # loop to hand the turn on, only for the writes ahead of it.
+        # Inline when the lock is free at once; else onto the lane, whose one thread takes the
+        # writes in the order they came (see the module docstring): no gate, so a write never
+        # waits for the event loop to hand the turn on, only for the writes ahead of it.
         self._check_open()
-        return await self._writer.run(lambda connection: _in_transaction(connection, work))
+        inline = self._inline or await self._open_inline()
+        try:
+            result = _in_transaction(inline, work)  # rolled back if it would have waited
+        except sqlite3.OperationalError as e:
+            if not _is_busy(e):
+                raise
+            return await self._writer.run(lambda connection: _in_transaction(connection, work))
+        self._inline_writes += 1
+        if self._inline_writes % CHECKPOINT_EVERY == 0:
+            self._start_checkpoint()
+        return result
+
+    async def _open_inline(self) -> sqlite3.Connection:
+        """The event loop's connection, opened on the writer lane (opening may wait for a
+        lock), then told never to wait and never to checkpoint."""
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._inline is None:
+                connection = await self._writer.run(self._writer.connect)
+                connection.execute("PRAGMA busy_timeout=0")
+                connection.execute("PRAGMA wal_autocheckpoint=0")
+                connection.set_trace_callback(self._trace)
+                self._inline = connection
+            self._check_open()
+            return self._inline
+
+    def _start_checkpoint(self) -> None:
+        """Copies the log's pages into the database on the reader lane (PASSIVE: it waits
+        for no reader or writer, and takes no write lock; the writer lane stays free for the
+        writes that wait), one at a time, so the log does not grow without end."""
+        if self._checkpoint is None or self._checkpoint.done():
+            self._checkpoint = asyncio.create_task(self._checkpoint_now())
+
+    async def _checkpoint_now(self) -> None:
+        try:
+            await self._reader.run(
+                lambda connection: connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            )
+        except sqlite3.Error:  # busy or closing: the next one, or SQLite's own, catches up
+            logger.debug("checkpoint skipped", exc_info=True)
 
     # --- the operations (the same as fastpath.FastPath's) ------------------------------
 

@@ -93,7 +93,7 @@ async def _hot_path(settings: Settings, engine: AsyncEngine) -> HotPath:
         return await FastPath.connect(settings)
     from sso_broker.fastpath_sqlite import SQLiteFastPath
 
-    return SQLiteFastPath(engine, timeout=settings.database_timeout)
+    return await SQLiteFastPath.connect(engine, lock_timeout=settings.database_timeout)
 
 
 def create_app(settings: Settings | None = None, *, serving: bool = False) -> FastAPI:
