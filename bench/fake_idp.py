@@ -1,6 +1,7 @@
 """A light Entra-shaped identity provider for the bench: every tenant, one RSA-2048 key.
 
-A raw ASGI application (no framework) on uvicorn with uvloop and httptools, pre-forked into
+Plain handlers on a lean HTTP/1.1 server of the bench's own (``lean_server.py``: asyncio on
+uvloop, httptools parsing; uvicorn cost it a third of its CPU), pre-forked into
 ``--workers`` processes sharing one listening socket. It serves, for any tenant GUID in the
 path, what the service reads of Entra:
 
@@ -48,6 +49,7 @@ from urllib.parse import parse_qs, urlencode
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from bench import lean_server
 from bench.common import CLIENT_SECRET
 
 CODE_TTL = 300
@@ -83,8 +85,28 @@ def _is_guid(value: str) -> bool:
     return True
 
 
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+_NO_STORE = [(b"cache-control", b"no-store")]
+
+
+def _plain(status: int, body: bytes) -> Answer:
+    return status, [*_NO_STORE, (b"content-type", b"text/plain")], body
+
+
+def _json(status: int, document: dict[str, Any]) -> Answer:
+    return (
+        status,
+        [*_NO_STORE, (b"content-type", b"application/json")],
+        json.dumps(document).encode(),
+    )
+
+
+def _redirect(location: str) -> Answer:
+    return 302, [*_NO_STORE, (b"location", location.encode("latin-1"))], b""
+
+
 class IdentityProvider:
-    """The ASGI application of one process."""
+    """The identity provider of one process (its requests come from ``lean_server``)."""
 
     def __init__(
         self,
@@ -129,94 +151,39 @@ class IdentityProvider:
 
     # --- plumbing ----------------------------------------------------------------------
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] != "http":
-            return
-        parts = scope["path"].split("/")
-        method = scope["method"]
-        if method == "POST" and scope["path"] == "/_control/token-delay":
-            query = parse_qs(scope["query_string"].decode("latin-1"))
+    async def handle(self, method: str, path: str, query_string: str, body: bytes) -> Answer:
+        """One request (``bench/lean_server.py``): its status, headers and body."""
+        parts = path.split("/")
+        if method == "POST" and path == "/_control/token-delay":
+            query = parse_qs(query_string)
             seconds = float(query.get("seconds", ["0"])[0])
             if "tenant" in query:
                 self.tenant_delays[query["tenant"][0].lower()] = seconds
             else:
                 self.token_delay = seconds
                 self.tenant_delays.clear()
-            await self._send(send, 204, b"", b"text/plain")
-            return
+            return _plain(204, b"")
         # ['', tenant, ...rest]
         tenant = parts[1].lower() if len(parts) > 2 else ""
         rest = "/".join(parts[2:])
         if not _is_guid(tenant):
-            await self._json(send, 400, self._aadsts(90002, "invalid_tenant", "Tenant not found."))
-        elif method == "GET" and rest == "v2.0/.well-known/openid-configuration":
-            await self._json(send, 200, self._discovery(tenant))
-        elif method == "GET" and rest == "discovery/v2.0/keys":
-            await self._send(send, 200, self.jwks, b"application/json")
-        elif method == "GET" and rest == "oauth2/v2.0/authorize":
-            await self._authorize(scope, send, tenant)
-        elif method == "POST" and rest == "oauth2/v2.0/token":
-            body = b""
-            while True:
-                message = await receive()
-                body += message.get("body", b"")
-                if not message.get("more_body"):
-                    break
+            return _json(400, self._aadsts(90002, "invalid_tenant", "Tenant not found."))
+        if method == "GET" and rest == "v2.0/.well-known/openid-configuration":
+            return _json(200, self._discovery(tenant))
+        if method == "GET" and rest == "discovery/v2.0/keys":
+            return 200, [*_NO_STORE, (b"content-type", b"application/json")], self.jwks
+        if method == "GET" and rest == "oauth2/v2.0/authorize":
+            return self._authorize(query_string, tenant)
+        if method == "POST" and rest == "oauth2/v2.0/token":
             delay = self.tenant_delays.get(tenant, self.token_delay)
             if delay:
                 await asyncio.sleep(delay)
             status, document = self._token(tenant, body)
-            await self._json(send, status, document)
-        elif method == "GET" and rest == "oauth2/v2.0/logout":
-            query = parse_qs(scope["query_string"].decode("latin-1"))
-            target = query.get("post_logout_redirect_uri", [""])[0]
-            if target:
-                await self._redirect(send, target)
-            else:
-                await self._send(send, 200, b"signed out", b"text/plain")
-        else:
-            await self._send(send, 404, b"not found", b"text/plain")
-
-    @staticmethod
-    async def _send(send: Any, status: int, body: bytes, content_type: bytes) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", content_type),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"cache-control", b"no-store"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-
-    async def _json(self, send: Any, status: int, document: dict[str, Any]) -> None:
-        await self._send(send, status, json.dumps(document).encode(), b"application/json")
-
-    @staticmethod
-    async def _redirect(send: Any, location: str) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 302,
-                "headers": [
-                    (b"location", location.encode("latin-1")),
-                    (b"content-length", b"0"),
-                    (b"cache-control", b"no-store"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": b""})
+            return _json(status, document)
+        if method == "GET" and rest == "oauth2/v2.0/logout":
+            target = parse_qs(query_string).get("post_logout_redirect_uri", [""])[0]
+            return _redirect(target) if target else _plain(200, b"signed out")
+        return _plain(404, b"not found")
 
     @staticmethod
     def _aadsts(number: int, error: str, description: str) -> dict[str, Any]:
@@ -247,8 +214,8 @@ class IdentityProvider:
             "tenant_region_scope": "EU",
         }
 
-    async def _authorize(self, scope: dict[str, Any], send: Any, tenant: str) -> None:
-        query = {k: v[0] for k, v in parse_qs(scope["query_string"].decode("latin-1")).items()}
+    def _authorize(self, query_string: str, tenant: str) -> Answer:
+        query = {k: v[0] for k, v in parse_qs(query_string).items()}
         required = ("client_id", "redirect_uri", "state", "nonce", "code_challenge", "login_hint")
         missing = [name for name in required if not query.get(name)]
         if (
@@ -257,8 +224,7 @@ class IdentityProvider:
             or query.get("code_challenge_method") != "S256"
             or "openid" not in query.get("scope", "").split()
         ):
-            await self._send(send, 400, f"bad request: {missing}".encode(), b"text/plain")
-            return
+            return _plain(400, f"bad request: {missing}".encode())
         slot = (self.issued * self.processes + self.index) % SLOTS
         self.issued += 1
         payload = [
@@ -277,7 +243,7 @@ class IdentityProvider:
         separator = "&" if "?" in query["redirect_uri"] else "?"
         response = urlencode({"code": code, "state": query["state"]})
         location = f"{query['redirect_uri']}{separator}{response}"
-        await self._redirect(send, location)
+        return _redirect(location)
 
     def _token(self, tenant: str, body: bytes) -> tuple[int, dict[str, Any]]:
         form = {k: v[0] for k, v in parse_qs(body.decode("latin-1")).items()}
@@ -340,19 +306,7 @@ class IdentityProvider:
 
 
 def _serve(app: IdentityProvider, sock: socket.socket) -> None:
-    import uvicorn
-
-    config = uvicorn.Config(
-        app,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
-        lifespan="off",
-        server_header=False,
-        date_header=False,
-    )
-    uvicorn.Server(config).run(sockets=[sock])
+    lean_server.serve(app.handle, sock)
 
 
 def main(argv: list[str] | None = None) -> int:
