@@ -162,9 +162,10 @@ async def test_a_silent_server_times_out_and_the_next_call_reconnects() -> None:
         (b":12x\r\n", "not an integer"),
         (b"$5\r\nabcdefg\r\n", "not ended as RESP"),
         (b"$99999999\r\n", "longer than"),
+        (b"$--1\r\n", "without its length"),
         (b"", "closed"),
     ],
-    ids=["http", "bad integer", "bad bulk", "huge bulk", "closed"],
+    ids=["http", "bad integer", "bad bulk", "huge bulk", "bad length", "closed"],
 )
 async def test_an_answer_that_is_not_resp_fails_the_call(answer: bytes, problem: str) -> None:
     async def answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

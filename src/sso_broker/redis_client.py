@@ -22,6 +22,7 @@ URLs as redis-py read them: ``redis://[[user]:password@]host[:port][/db]``, ``re
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import urllib.parse
 from collections import deque
@@ -32,6 +33,7 @@ Reply = int | bytes | str | None
 
 _MAX_BULK = 1024 * 1024  # the limiter's replies are integers; nothing it asks is this long
 _MAX_BUFFERED = 4 * 1024 * 1024
+_LENGTH = re.compile(rb"-1|[0-9]{1,10}")
 
 
 class RedisError(Exception):
@@ -124,6 +126,9 @@ class _Connection(asyncio.Protocol):
         except RedisError as e:
             self.fail(e)
             return
+        except Exception as e:  # never a crash of the loop's callback: the call fails instead
+            self.fail(RedisError(f"an answer the client could not read ({type(e).__name__})"))
+            return
         if len(self._buffer) > _MAX_BUFFERED:
             self.fail(RedisError("Redis answered more than any command asked for"))
 
@@ -184,7 +189,7 @@ def _parse(buffer: bytearray, start: int) -> tuple[Reply | RedisError, int] | No
     if kind == b"-":
         return RedisError(f"Redis refused a command: {line.decode('utf-8', 'replace')}"), end + 2
     if kind == b"$":
-        if not line.lstrip(b"-").isdigit():
+        if _LENGTH.fullmatch(line) is None:
             raise RedisError("a bulk reply without its length")
         length = int(line)
         if length == -1:
