@@ -88,7 +88,13 @@ def _delta(small: float | None, large: float | None) -> float | None:
 
 
 def scale_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
-    """Each hot path, small against large, per configuration: p99 (checked) and p50."""
+    """Each hot path, small against large, per configuration: p99 (checked) and p50.
+
+    Only one worker's rows are judged: with two, the kernel hands the load generator's ten
+    kept-alive connections to whichever worker wakes first, so a row's load falls on one
+    worker or on both depending on the run (a run measured the 2-worker initiate, which
+    asks the database nothing, at +72 % from one scale to the other, its p50 +74 %). Those
+    rows are shown with the check ``not judged``."""
     by_key: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
     for row in rows:
         if row.get("scale") is None:
@@ -102,7 +108,12 @@ def scale_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
             continue
         p99 = _delta(small.get("p99_ms"), large.get("p99_ms"))
         p50 = _delta(small.get("p50_ms"), large.get("p50_ms"))
-        verdict = "-" if p99 is None else ("ok" if abs(p99) <= 20 else "OUTSIDE +-20%")
+        if p99 is None:
+            verdict = "-"
+        elif workers != 1:
+            verdict = "not judged"
+        else:
+            verdict = "ok" if abs(p99) <= 20 else "OUTSIDE +-20%"
         out.append(
             [
                 db, str(workers), limiter, name,
@@ -232,11 +243,11 @@ def target_rows(result: dict[str, Any]) -> list[list[str]]:
                     f"worst {worst:+.0%} ({name})",
                     worst <= LIMITER_COST,
                 )
-        deltas = [line for line in scale_rows(rows) if line[0] == db]
+        deltas = [line for line in scale_rows(rows) if line[0] == db and line[7] != "not judged"]
         if deltas:
             outside = [f"{line[1]}w {line[2]} {line[3]}" for line in deltas if line[7] != "ok"]
             add(
-                "p99 within +-20% from small to large scale",
+                "p99 within +-20% from small to large scale, 1 worker",
                 db,
                 f"{len(deltas) - len(outside)} of {len(deltas)} rows"
                 + (f"; outside: {', '.join(outside)}" if outside else ""),
