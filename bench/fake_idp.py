@@ -43,6 +43,7 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
@@ -51,6 +52,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from bench import lean_server
 from bench.common import CLIENT_SECRET
+from bench.lean_server import Answer
 
 CODE_TTL = 300
 ID_TOKEN_TTL = 3600
@@ -85,7 +87,6 @@ def _is_guid(value: str) -> bool:
     return True
 
 
-Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 _NO_STORE = [(b"cache-control", b"no-store")]
 
 
@@ -151,8 +152,11 @@ class IdentityProvider:
 
     # --- plumbing ----------------------------------------------------------------------
 
-    async def handle(self, method: str, path: str, query_string: str, body: bytes) -> Answer:
-        """One request (``bench/lean_server.py``): its status, headers and body."""
+    def handle(
+        self, method: str, path: str, query_string: str, body: bytes
+    ) -> Answer | Awaitable[Answer]:
+        """One request (``bench/lean_server.py``): its status, headers and body, or (a token
+        endpoint told to wait) an awaitable of them."""
         parts = path.split("/")
         if method == "POST" and path == "/_control/token-delay":
             query = parse_qs(query_string)
@@ -177,9 +181,8 @@ class IdentityProvider:
         if method == "POST" and rest == "oauth2/v2.0/token":
             delay = self.tenant_delays.get(tenant, self.token_delay)
             if delay:
-                await asyncio.sleep(delay)
-            status, document = self._token(tenant, body)
-            return _json(status, document)
+                return self._token_after(delay, tenant, body)
+            return _json(*self._token(tenant, body))
         if method == "GET" and rest == "oauth2/v2.0/logout":
             target = parse_qs(query_string).get("post_logout_redirect_uri", [""])[0]
             return _redirect(target) if target else _plain(200, b"signed out")
@@ -213,6 +216,10 @@ class IdentityProvider:
             "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nonce", "oid", "tid"],
             "tenant_region_scope": "EU",
         }
+
+    async def _token_after(self, delay: float, tenant: str, body: bytes) -> Answer:
+        await asyncio.sleep(delay)
+        return _json(*self._token(tenant, body))
 
     def _authorize(self, query_string: str, tenant: str) -> Answer:
         query = {k: v[0] for k, v in parse_qs(query_string).items()}
