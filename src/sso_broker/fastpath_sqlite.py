@@ -66,8 +66,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
-# Inline write transactions between two checkpoints on the writer lane: each appends a few
-# pages to the log, so about SQLite's own automatic checkpoint of 1000 pages.
+# Inline write transactions between two checkpoints (run on the reader lane): each appends a
+# few pages to the log, so about SQLite's own automatic checkpoint of 1000 pages.
 CHECKPOINT_EVERY = 100
 
 
