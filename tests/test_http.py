@@ -361,6 +361,12 @@ async def test_public_only_never_connects_to_an_internal_address(
         ("fd00::1", False),
         ("fe80::1%eth0", False),
         ("::ffff:10.0.0.1", False),
+        ("::ffff:8.8.8.8", True),
+        ("64:ff9b::a9fe:a9fe", False),  # NAT64 to 169.254.169.254
+        ("64:ff9b:1::a00:1", False),  # local-use NAT64 to 10.0.0.1
+        ("64:ff9b::808:808", True),  # NAT64 to 8.8.8.8
+        ("2002:a00:1::1", False),  # 6to4 of 10.0.0.1
+        ("2002:808:808::1", True),  # 6to4 of 8.8.8.8
     ],
 )
 def test_what_counts_as_public(address: str, public: bool) -> None:

@@ -92,11 +92,25 @@ class ReadTimeout(TimeoutException):
     """The identity provider went silent while answering."""
 
 
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits and reach it through a
+# translator: NAT64's well-known and local-use prefixes (RFC 6052, RFC 8215). Python counts
+# them as global, so ``64:ff9b::a9fe:a9fe`` would reach 169.254.169.254 where NAT64 runs
+# (IPv6-only clusters, often).
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+
+
 def _is_public(address: str) -> bool:
+    """Whether ``address`` is a public one, and so is any IPv4 address it carries (mapped,
+    6to4, Teredo, NAT64): an address that reaches an internal one is not public."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global
+    if not ip.is_global:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        carried = [ip.ipv4_mapped, ip.sixtofour, *(ip.teredo or ())]
+        if any(ip in network for network in _NAT64):
+            carried.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        return all(inner.is_global for inner in carried if inner is not None)
+    return True
 
 
 def _refuse_internal_literal(host: str, trusted: frozenset[str]) -> None:
