@@ -14,10 +14,15 @@ from sqlalchemy import event
 from sso_broker.deps import AppContext
 from sso_broker.fastpath import FastPath
 from sso_broker.fastpath_sqlite import SQLiteFastPath
-from sso_broker.providers.models import SSOProvider
 from sso_broker.users.models import Role
 from tests.conftest import Factory
-from tests.fixtures.entra import CLIENT_ID, CLIENT_SECRET, TENANT_ID, EntraUser, FakeEntra
+from tests.fixtures.entra import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    TENANT_ID,
+    FakeEntra,
+    provider_and_person,
+)
 from tests.pkce import PKCE, code_grant
 
 
@@ -115,17 +120,6 @@ async def test_provider_list_is_one_query(
     assert seen == ["SELECT"], seen
 
 
-async def _provider_with_user(factory: Factory) -> tuple[SSOProvider, EntraUser]:
-    company = await factory.company()
-    provider = await factory.provider(
-        company, base_url=TENANT_ID, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, enabled=True
-    )
-    person = EntraUser.make()
-    assert person.email is not None
-    await factory.user(company, email=person.email, provider=provider)
-    return provider, person
-
-
 async def test_callback_and_token_statements(
     client: httpx.AsyncClient,
     factory: Factory,
@@ -137,7 +131,7 @@ async def test_callback_and_token_statements(
     statement: the callback consumes the state, resolves the user and writes the session,
     its login code and the audit event; the token exchange spends the code and writes the
     first refresh token in one statement (one transaction on SQLite)."""
-    provider, person = await _provider_with_user(factory)
+    provider, person = await provider_and_person(factory)
     seen: dict[str, list[str]] = {}
     for attempt in ("first", "again"):
         started = await client.get(f"/sso/{provider.id}/initiate", params=PKCE)
@@ -191,7 +185,7 @@ async def test_refresh_is_one_statement(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A refresh marks the token used, reads its session and stores the next token at once."""
-    provider, person = await _provider_with_user(factory)
+    provider, person = await provider_and_person(factory)
     started = await client.get(f"/sso/{provider.id}/initiate", params=PKCE)
     finished = await client.get(entra.authorize(started.headers["location"], user=person))
     code = parse_qs(urlsplit(finished.headers["location"]).query)["code"][0]

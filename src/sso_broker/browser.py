@@ -122,6 +122,13 @@ class BrowserRoute(APIRoute):
 
         return browser_handler
 
+    def direct_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]] | None:
+        """A direct endpoint's handler, for the front middleware to call at once
+        (``direct_routes.py``); None for the others, which FastAPI solves."""
+        if getattr(self.endpoint, "__sso_direct__", False):
+            return self._direct_handler(self.endpoint)
+        return None
+
     @staticmethod
     def _direct_handler(
         endpoint: BrowserEndpoint,

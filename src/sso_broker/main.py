@@ -24,6 +24,7 @@ from sso_broker.database import (
     create_sessionmaker,
 )
 from sso_broker.deps import AppContext
+from sso_broker.direct_routes import DirectRoutes
 from sso_broker.health import router as health_router
 from sso_broker.hotpath import HotPath
 from sso_broker.housekeeping import housekeeping
@@ -176,6 +177,7 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
         frontend_origin=settings.frontend_origin,
         access_log=settings.access_log,
         metrics=settings.metrics_enabled,
+        direct=DirectRoutes(app),
     )
     # The routers' routes go straight into the app's route list, the sign-in's hottest first
     # (routes are tried in order): an included router is matched twice on every request, its

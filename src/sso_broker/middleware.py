@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sso_broker.browser import sign_in_failure
+from sso_broker.direct_routes import DirectRoutes
 from sso_broker.errors import ErrorCode
 from sso_broker.logs import clean_request_id, log_access, request_id_var
 from sso_broker.metrics import observe_request
@@ -105,8 +106,10 @@ class FrontMiddleware:
         access_log: bool,
         metrics: bool = True,
         max_bytes: int = MAX_BODY_BYTES,
+        direct: DirectRoutes | None = None,
     ) -> None:
         self.app = app
+        self.direct = direct
         self.cors = CORSMiddleware(
             app,
             allow_origins=[frontend_origin],
@@ -195,8 +198,13 @@ class FrontMiddleware:
 
             # Only a browser's cross-origin request carries Origin; without it CORS has
             # nothing to answer (and API answers are never cached, so no Vary is needed).
-            app = self.cors if is_api and has_origin else self.app
-            await app(scope, counting_receive, send_with_headers)
+            if is_api and has_origin:
+                await self.cors(scope, counting_receive, send_with_headers)
+            elif self.direct is not None and (found := self.direct.find(scope)) is not None:
+                # A hot route: its handler at once, past the router (direct_routes.py).
+                await self.direct.serve(*found, scope, counting_receive, send_with_headers)
+            else:
+                await self.app(scope, counting_receive, send_with_headers)
         except Exception as e:
             if answered:  # the answer is on its way: the server can only cut it short
                 raise

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from contextlib import AsyncExitStack
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request, Response
@@ -79,18 +80,45 @@ class TokenRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         framework = super().get_route_handler()
 
+        async def framework_way(request: Request) -> Response:
+            if _FILE_STACK in request.scope:
+                return await framework(request)
+            # Called straight from the front middleware (direct_routes.py): FastAPI's own
+            # handler wants the exit stacks its middleware and request_response would have
+            # put in the scope. Nothing it runs for this route needs them after it returns.
+            async with (
+                AsyncExitStack() as files,
+                AsyncExitStack() as inner,
+                AsyncExitStack() as function,
+            ):
+                request.scope.update(
+                    {
+                        _FILE_STACK: files,
+                        "fastapi_inner_astack": inner,
+                        "fastapi_function_astack": function,
+                    }
+                )
+                return await framework(request)
+
         async def handler(request: Request) -> Response:
             content_type = request.headers.get("content-type", "").lower()
             if content_type == JSON or content_type.startswith(JSON + ";"):
                 try:
                     grant = _TOKEN_REQUEST.validate_json(await request.body())
                 except ValidationError:
-                    return await framework(request)
+                    return await framework_way(request)
                 answer = await _issue(request.app.state.context, grant)
                 return Response(answer.model_dump_json(), media_type=JSON, headers=_NO_STORE)
-            return await framework(request)
+            return await framework_way(request)
 
         return handler
+
+    def direct_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """The same handler, for the front middleware to call at once (``direct_routes.py``)."""
+        return self.get_route_handler()
+
+
+_FILE_STACK = "fastapi_middleware_astack"
 
 
 _NO_STORE = {"Cache-Control": "no-store"}
