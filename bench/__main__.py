@@ -27,7 +27,7 @@ from urllib.parse import urlencode
 import uvloop
 from cryptography.fernet import Fernet
 
-from bench import common, procs, report, wrk
+from bench import common, procs, report, rounds, wrk
 from bench.browser import Result, RouteRequest, pkce_pair, run_browsers, run_route
 from bench.common import SCALES, HotUser, Scale
 from bench.seed import DEFAULT_POSTGRES_URL, Database, create_database, drop_database, seed
@@ -71,6 +71,16 @@ def _ints(value: str) -> list[int]:
     return items
 
 
+def _count(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError("a positive number") from e
+    if count < 1:
+        raise argparse.ArgumentTypeError("a positive number")
+    return count
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--db", type=_csv(("sqlite", "postgres")), default=["sqlite", "postgres"])
@@ -86,6 +96,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per row")
     parser.add_argument("--concurrency", type=int, default=10, help="browsers / connections")
     parser.add_argument("--idp-workers", type=int, default=2, help="fake IdP processes")
+    parser.add_argument(
+        "--repeat",
+        type=_count,
+        default=1,
+        metavar="N",
+        help="N rounds, each measuring every configuration once; a row is their median",
+    )
     parser.add_argument("--rng-seed", type=int, default=1, help="picks the hot providers/users")
     parser.add_argument(
         "--smoke", action="store_true", help="SQLite, 1 worker, small, limiter off, ~1 s a row"
@@ -305,7 +322,7 @@ def start_idp(run: Run) -> None:
     run.idp.start(f"{run.idp_url}/{tenant}/v2.0/.well-known/openid-configuration")
 
 
-def measure_hello(run: Run) -> None:
+def measure_hello(run: Run, round_: int = 0) -> None:
     port = common.free_port()
     argv = [
         sys.executable, "-m", "uvicorn", "bench.hello:app", "--host", "127.0.0.1",
@@ -332,22 +349,20 @@ def measure_hello(run: Run) -> None:
         rss = procs.peak_rss_kib(server.pid)
     finally:
         server.stop()
-    run.hello_rate = row["rate"] or None
-    row.update(row="hello", workers=1, pct_hello=100.0 if row["rate"] else None)
+    row.update(row="hello", workers=1, pct_hello=100.0 if row["rate"] else None, round=round_)
     row["peak_rss_mib"] = rss / 1024 if rss else None
     run.rows.append(row)
     log_row(run, row)
 
 
-def measure_idp_alone(run: Run) -> dict[str, Any]:
+def measure_idp_alone(run: Run, round_: int = 0) -> None:
     """authorize + token pairs against the IdP alone, driven like the sign-in row."""
     assert run.idp is not None  # noqa: S101
     users = common.hot_set(SCALES["small"], run.args.rng_seed)
     row, _ = measure_browsers(run, "idp", "http://127.0.0.1:9", users, {"idp": run.idp.pid})
-    row.update(row="idp", workers=run.args.idp_workers)
+    row.update(row="idp", workers=run.args.idp_workers, round=round_)
     run.rows.append(row)
     log_row(run, row)
-    return row
 
 
 def sso_broker(*argv: str, env: dict[str, str], cwd: Path) -> str:
@@ -414,15 +429,19 @@ def run_config(
     config: Config,
     hot: list[HotUser],
     admin_token: str,
+    round_: int = 0,
 ) -> None:
     port = run.service_port
     base = f"http://127.0.0.1:{port}"
     label = f"{scale.name}-{config.db}-w{config.workers}-{config.limiter}"
+    if run.args.repeat > 1:
+        label += f"-r{round_ + 1}"
     info: dict[str, Any] = {
         "scale": scale.name,
         "db": config.db,
         "workers": config.workers,
         "limiter": config.limiter,
+        "round": round_,
         "log": str(run.logs / f"service-{label}.log"),
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "src": source_version(),
@@ -459,6 +478,7 @@ def run_config(
         "db": config.db,
         "workers": config.workers,
         "limiter": config.limiter,
+        "round": round_,
     }
     try:
         for name in (row for row in config.rows if row in run.args.rows):
@@ -578,12 +598,15 @@ def run_database(run: Run, kind: str, scale: Scale) -> None:
             "--ttl", "3600", env=env, cwd=cwd,
         )  # fmt: skip
         hot = common.hot_set(scale, args.rng_seed)
-        for config in configurations(args, kind):
-            print(
-                f"[{scale.name} / {kind}] {config.workers} worker(s), limiter {config.limiter}",
-                flush=True,
-            )
-            run_config(run, database, scale, config, hot, admin_token)
+        for round_ in range(args.repeat):  # rounds.py: every configuration once a round
+            for config in configurations(args, kind):
+                print(
+                    f"[{scale.name} / {kind}] {config.workers} worker(s), "
+                    f"limiter {config.limiter}"
+                    + (f", round {round_ + 1} of {args.repeat}" if args.repeat > 1 else ""),
+                    flush=True,
+                )
+                run_config(run, database, scale, config, hot, admin_token, round_)
     except Exception as e:
         run.problems.append(f"{scale.name}/{kind}: {type(e).__name__}: {e}")
     finally:
@@ -651,16 +674,18 @@ def main(argv: list[str] | None = None) -> int:
         "concurrency": args.concurrency,
         "duration": args.duration,
         "warmup": args.warmup,
+        "repeat": args.repeat,
         "hot_providers": common.HOT_PROVIDERS,
         "hot_users": common.HOT_USERS,
         "load_generator": "wrk" if run.use_wrk else "python",
     }
-    idp_row: dict[str, Any] | None = None
     try:
         print("[reference] hello and the IdP alone", flush=True)
         start_idp(run)
-        measure_hello(run)
-        idp_row = measure_idp_alone(run)
+        for round_ in range(args.repeat):
+            measure_hello(run, round_)
+            measure_idp_alone(run, round_)
+        run.hello_rate = rounds.hello_rate(run.rows)
         for scale_name in args.scale:
             for kind in args.db:
                 run_database(run, kind, SCALES[scale_name])
@@ -672,8 +697,11 @@ def main(argv: list[str] | None = None) -> int:
         if run.idp is not None:
             run.idp.stop()
 
+    round_rows = run.rows
+    run.rows = rounds.merge_rows(round_rows, run.hello_rate)
     sign_in_rates = [row["rate"] for row in run.rows if row["row"] == "signin" and row.get("rate")]
     idp_summary = None
+    idp_row = next((row for row in run.rows if row["row"] == "idp"), None)
     if idp_row is not None:
         for row in run.rows:
             if row["row"] == "signin" and row.get("rate") and idp_row.get("rate"):
@@ -702,6 +730,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "meta": meta,
         "rows": run.rows,
+        "round_rows": round_rows if args.repeat > 1 else [],
         "configs": run.configs,
         "seeds": run.seeds,
         "idp": idp_summary,

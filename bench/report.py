@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.rounds import spread
+
 SIGN_IN_STEPS = ("initiate", "authorize", "callback", "token", "me")
 UNITS = {"signin": "sign-in", "refresh": "refresh", "idp": "pair"}
 
@@ -32,6 +34,10 @@ def config_label(row: dict[str, Any]) -> tuple[str, str, str, str]:
 
 def _note(row: dict[str, Any]) -> str:
     notes = []
+    cpu, p99 = spread(row, "cpu_ms", 3), spread(row, "p99_ms", 1)
+    if cpu or p99:
+        count = len(row["rounds"]["cpu_ms"])
+        notes.append(f"{count} rounds: CPU {cpu or '-'}, p99 {p99 or '-'}")
     if row["row"] == "signin":
         if row.get("idp_ratio") is not None:
             notes.append(f"IdP alone {row['idp_ratio']:.1f}x this rate")
@@ -127,9 +133,11 @@ def scale_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
 
 
 def config_rows(configs: Sequence[dict[str, Any]]) -> list[list[str]]:
+    rounds = any(config.get("round") for config in configs)
     return [
         [
-            *config_label(config),
+            *config_label(config)[:3],
+            config_label(config)[3] + (f" r{config.get('round', 0) + 1}" if rounds else ""),
             ", ".join(_num(mib) for mib in config.get("peak_rss_mib", [])) or "-",
             _num(config.get("startup_s"), 1),
             str(config.get("log_errors", "-")),
@@ -320,6 +328,13 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         lines.append(
             f"Seed {item['scale']} on {item['db']}: {item['providers']:,} providers, "
             f"{item['users']:,} users in {item['seconds']:.1f} s"
+        )
+    repeat = result["meta"].get("repeat", 1)
+    if repeat > 1:
+        lines.append(
+            f"Each row is the median of {repeat} rounds, each round measuring every "
+            "configuration once (bench/rounds.py); the notes give the rounds' lowest and "
+            "highest CPU and p99, and the JSON every round's row (round_rows)"
         )
     versions = result["meta"].get("src_versions", [])
     if len(versions) > 1:

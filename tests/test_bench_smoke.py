@@ -19,13 +19,14 @@ from bench.common import CLIENT_SECRET
 
 REPO = Path(__file__).resolve().parents[1]
 _JWT = re.compile(r"eyJ[\w-]{8,}\.eyJ[\w-]{8,}\.")
-ROWS = {"hello", "idp", "initiate", "signin", "me", "providers", "refresh"}
+ROWS = ("hello", "idp", "initiate", "signin", "me", "providers", "refresh")
 
 
 def test_bench_smoke(tmp_path: Path) -> None:
     report = tmp_path / "bench.json"
     completed = subprocess.run(  # noqa: S603 - this interpreter, our own module
-        [sys.executable, "-m", "bench", "--smoke", "--json", str(report)],
+        # Two rounds (bench/rounds.py): each row is then the median of its two measurements.
+        [sys.executable, "-m", "bench", "--smoke", "--repeat", "2", "--json", str(report)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -36,8 +37,11 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert report.exists(), output
     result = json.loads(report.read_text())
 
-    assert {row["row"] for row in result["rows"]} == ROWS, output
+    assert [row["row"] for row in result["rows"]] == [*ROWS], output
+    assert sorted(row["row"] for row in result["round_rows"]) == sorted([*ROWS] * 2), output
+    assert [config["round"] for config in result["configs"]] == [0, 1], output
     for row in result["rows"]:
+        assert len(row["rounds"]["cpu_ms"]) == 2, (row["row"], output)
         assert row["errors"] == 0, (row["row"], row.get("error_kinds"), output)
         assert row["requests"] > 0, (row["row"], output)
         assert row["rate"] > 0, (row["row"], output)
