@@ -7,9 +7,11 @@ created for the run). Set but unreachable fails the run: it never skips.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -32,6 +34,7 @@ from sso_broker.logs import JSONFormatter
 from sso_broker.main import create_app
 from sso_broker.migrate import migrate
 from sso_broker.models import Base, Company, SSOProvider, User
+from sso_broker.ratelimit import WINDOW_SECONDS
 from sso_broker.sessions import service as sessions_service
 from sso_broker.users.models import Role
 from sso_broker.users.repository import normalize_email
@@ -71,6 +74,16 @@ async def _drop_postgres_database(url: str) -> None:
 class Database:
     backend: str
     url: str
+
+
+async def clear_of_a_window_edge(margin: float = 5.0) -> None:
+    """Rate limits count per fixed window (``ratelimit.WINDOW_SECONDS``): a test that started
+    just before a window's end would see its counters start afresh half-way, and a limit it
+    expects to meet would not be met. Waits out the window when fewer than ``margin``
+    seconds are left of it."""
+    left = WINDOW_SECONDS - time.time() % WINDOW_SECONDS
+    if left < margin:
+        await asyncio.sleep(left + 0.1)
 
 
 def make_settings(database_url: str, **overrides: object) -> Settings:

@@ -28,7 +28,14 @@ from sso_broker.ratelimit import (
     client_key,
 )
 from sso_broker.redis_client import RedisClient, RedisError
-from tests.conftest import PUBLIC_URL, Database, Factory, _empty_tables, make_settings
+from tests.conftest import (
+    PUBLIC_URL,
+    Database,
+    Factory,
+    _empty_tables,
+    clear_of_a_window_edge,
+    make_settings,
+)
 from tests.fixtures.entra import CLIENT_ID, CLIENT_SECRET, TENANT_ID, EntraUser, FakeEntra
 from tests.pkce import PKCE, code_grant
 
@@ -46,11 +53,7 @@ async def limited_app(database: Database, **overrides: Any) -> AsyncIterator[Fas
         **overrides,
     )
     app = create_app(settings)
-    # Counts are per fixed window: a test that started just before a window's end would see
-    # its counters start afresh half-way. Start clear of the edge.
-    left = WINDOW_SECONDS - time.time() % WINDOW_SECONDS
-    if left < 5:
-        await asyncio.sleep(left + 0.1)
+    await clear_of_a_window_edge()
     try:
         async with app.router.lifespan_context(app):
             yield app

@@ -15,7 +15,7 @@ from sso_broker.deps import AppContext
 from sso_broker.models import SSOProvider
 from sso_broker.providers import connection
 from sso_broker.users.models import Role
-from tests.conftest import Database, Factory, Tenant, make_settings
+from tests.conftest import Database, Factory, Tenant, clear_of_a_window_edge, make_settings
 from tests.fixtures.entra import CLIENT_ID, CLIENT_SECRET, TENANT_ID, FakeEntra, error_body
 from tests.problems import assert_problem
 from tests.providers.helpers import item, set_last_error, stored_or_fail
@@ -324,6 +324,11 @@ class TestTheRateLimit:
     @pytest.fixture
     def settings(self, database: Database) -> Settings:
         return make_settings(database.url, rate_limit_enabled=True)
+
+    @pytest.fixture(autouse=True)
+    async def _one_window(self) -> None:
+        # The tests below must each fall in one window (a run of the suite failed when not).
+        await clear_of_a_window_edge()
 
     async def test_six_tests_a_minute_per_provider(
         self,
