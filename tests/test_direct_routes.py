@@ -3,20 +3,23 @@ answer exactly as they did through FastAPI's router; every other request takes t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.routing import APIRoute
 from starlette.routing import Router
 from starlette.types import Receive, Scope, Send
 
 from sso_broker.direct_routes import DirectRoutes
 from sso_broker.errors import ErrorCode, NotAuthenticated
 from sso_broker.sessions import service as sessions_service
+from sso_broker.sessions.router import TokenRoute
 from sso_broker.users.models import Role
 from tests.conftest import Factory
 from tests.fixtures.entra import FakeEntra, provider_and_person
@@ -163,3 +166,104 @@ async def test_token_bodies_the_lean_path_declines_take_fastapis(
     """FastAPI's own handler, called from the direct route, answers 422 as it did."""
     answer = await client.post("/api/v1/auth/token", **request_args)
     assert_problem(answer, 422, "validation_error")
+
+
+async def _yielding() -> AsyncIterator[int]:
+    yield 1
+
+
+def _generator() -> Iterator[int]:
+    yield 1
+
+
+class _Yielding:
+    async def __call__(self) -> AsyncIterator[int]:
+        yield 1
+
+
+async def _plain() -> int:
+    return 1
+
+
+@pytest.mark.parametrize(
+    ("dependency", "direct"),
+    [
+        (_plain, True),
+        (_yielding, False),
+        (_generator, False),
+        (_Yielding(), False),
+        (functools.partial(_yielding), False),
+    ],
+)
+def test_a_token_route_with_a_yielding_dependency_takes_the_router(
+    dependency: Any, direct: bool
+) -> None:
+    """Its exit stacks would close before the answer on the direct way (sessions/router.py),
+    where FastAPI closes them after: such a route is left to FastAPI."""
+
+    async def endpoint() -> int:
+        return 1
+
+    # A dependency of a dependency; declared in the route, since the postponed annotations of
+    # this module cannot name a local.
+    nested = _nested(dependency)
+    route = TokenRoute("/token", endpoint, methods=["POST"], dependencies=[Depends(nested)])
+    assert (route.direct_handler() is not None) is direct
+
+
+def _nested(dependency: Any) -> Any:
+    async def outer(value: Any = Depends(dependency)) -> Any:  # noqa: B008 - FastAPI's way
+        return value
+
+    return outer
+
+
+class _Refused(Exception):
+    pass
+
+
+class _Ignored(Exception):
+    pass
+
+
+class _Direct(APIRoute):
+    def direct_handler(self) -> Any:
+        async def handler(request: Request) -> Response:
+            raise {"refused": _Refused, "ignored": _Ignored}[request.path_params["how"]]()
+
+        return handler
+
+
+async def test_an_exception_handler_answers_or_answers_nothing() -> None:
+    """As in Starlette: the handler's answer is sent, and a handler that returns None sends
+    nothing (the exception is not raised again)."""
+    app = FastAPI()
+
+    async def teapot(request: Request, exc: Exception) -> Response:
+        return Response("refused", status_code=418)
+
+    async def silent(request: Request, exc: Exception) -> None:
+        return None
+
+    app.add_exception_handler(_Refused, teapot)
+    app.add_exception_handler(_Ignored, silent)
+    app.router.routes.append(_Direct("/x/{how}", lambda how: None, methods=["GET"]))
+    direct = DirectRoutes(app)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    for how, expected in (("refused", [418]), ("ignored", [])):
+        scope: dict[str, Any] = {
+            "type": "http", "method": "GET", "path": f"/x/{how}", "root_path": "", "app": app,
+            "headers": [], "query_string": b"",
+        }  # fmt: skip
+        found = direct.find(scope)
+        assert found is not None
+        sent.clear()
+        await direct.serve(*found, scope, receive, send)
+        assert [m["status"] for m in sent if m["type"] == "http.response.start"] == expected

@@ -118,7 +118,11 @@ class DirectRoutes:
             if handler is None:
                 raise
             if inspect.iscoroutinefunction(handler):
-                response = await handler(request, exc)
+                answer = await handler(request, exc)
             else:  # as Starlette runs a plain function: on its thread pool
-                response = await run_in_threadpool(handler, request, exc)
+                answer = await run_in_threadpool(handler, request, exc)
+            if answer is not None:  # as in Starlette, a handler may answer nothing
+                await answer(scope, receive, send)
+            exc.__traceback__ = None  # as Starlette does: a reused exception keeps none
+            return
         await response(scope, receive, send)

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request, Response
+from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 
@@ -113,9 +116,28 @@ class TokenRoute(APIRoute):
 
         return handler
 
-    def direct_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        """The same handler, for the front middleware to call at once (``direct_routes.py``)."""
+    def direct_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]] | None:
+        """The same handler, for the front middleware to call at once (``direct_routes.py``),
+        unless a dependency yields: its exit stacks close before the answer is sent there
+        (``framework_way``), where FastAPI closes a yielding dependency's after."""
+        if yields(self.dependant):
+            return None
         return self.get_route_handler()
+
+
+def yields(dependant: Dependant) -> bool:
+    """Whether any of ``dependant``'s dependencies, at any depth, is a generator."""
+    for dependency in dependant.dependencies:
+        call = dependency.call
+        while isinstance(call, functools.partial):
+            call = call.func
+        # A callable instance's generator is its class's __call__.
+        target = call if inspect.isroutine(call) or not callable(call) else type(call).__call__
+        if inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target):
+            return True
+        if yields(dependency):
+            return True
+    return False
 
 
 _FILE_STACK = "fastapi_middleware_astack"
