@@ -92,6 +92,10 @@ class FrontMiddleware:
       personal data); browser routes set ``no-store`` and ``no-referrer`` themselves. No
       frame restriction is set globally: Entra loads the front-channel logout URL in a
       hidden frame.
+    * **Hot routes straight to their handler**: a request that fully matches a route with a
+      direct handler (the sign-in, the token endpoint, ``/me``) is served here, past the
+      router and the framework's inner middleware (``direct_routes.py``); a cross-origin API
+      request still takes CORS, and everything above applies to both.
     * **Nothing escapes to the server**: an error raised in front of the routes (the
       limiter) or that no handler took is answered as the routes answer theirs, a redirect
       on a browser route and a problem on the API (503 when the database is out, without a
