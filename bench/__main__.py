@@ -72,13 +72,10 @@ def _ints(value: str) -> list[int]:
 
 
 def _count(value: str) -> int:
-    try:
-        count = int(value)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError("a positive number") from e
-    if count < 1:
-        raise argparse.ArgumentTypeError("a positive number")
-    return count
+    counts = _ints(value)
+    if len(counts) != 1:
+        raise argparse.ArgumentTypeError("one positive number")
+    return counts[0]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -304,6 +304,11 @@ class _Lane:
         finally:
             self.busy -= 1
 
+    async def open_another(self) -> sqlite3.Connection:
+        """A connection configured as the lane's, opened on the lane's thread (opening may
+        wait for a lock), for the caller to keep."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.connect)
+
     def trace(self, callback: Callable[[str], None] | None) -> None:
         # On the lane's own thread: the connection may be busy there (the tests' only use).
         self._executor.submit(self._set_trace, callback).result()
@@ -317,7 +322,7 @@ class _Lane:
     def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
         return work(self._open())
 
-    def connect(self, _unused: sqlite3.Connection | None = None) -> sqlite3.Connection:
+    def connect(self) -> sqlite3.Connection:
         """A new connection to the lane's database, configured as the lane's own are."""
         # Autocommit (isolation_level=None): transactions are begun here, explicitly.
         connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
@@ -429,7 +434,7 @@ class SQLiteFastPath:
             self._opening = asyncio.Lock()
         async with self._opening:
             if self._inline is None:
-                connection = await self._writer.run(self._writer.connect)
+                connection = await self._writer.open_another()
                 connection.execute("PRAGMA busy_timeout=0")
                 connection.execute("PRAGMA wal_autocheckpoint=0")
                 connection.set_trace_callback(self._trace)
