@@ -85,6 +85,19 @@ class TestSignInRoutes:
         assert limited.headers["content-type"].startswith("text/html")
         assert "Too many sign-in attempts" in limited.text
 
+    @pytest.mark.parametrize("segment", ["x" * 65, "y" * 5000, "not-an-id"])
+    async def test_a_segment_no_route_accepts_is_counted_too(
+        self, database: Database, segment: str
+    ) -> None:
+        """A path the sign-in routes refuse (a provider segment too long to be an id) costs
+        the client its budget like any other: a hostile browser cannot step around it."""
+        async with limited_app(database) as app, client_from(app, unique_ip()) as client:
+            answers = [
+                (await client.get(f"/sso/{segment}/{route}", params=PKCE)).status_code
+                for route in ("initiate", "callback", "initiate", "callback")
+            ]
+        assert answers == [302, 302, 302, 429]
+
     async def test_initiates_count_per_address_only(self, database: Database) -> None:
         """No shared bucket that anonymous requests fill stops a real sign-in: many
         addresses initiating do not exhaust the provider (README, *Rate limits*)."""

@@ -54,7 +54,10 @@ logger = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 60
 PURGE_PROBABILITY = 0.01
-_SSO_PATH = re.compile(r"^/sso/([^/]{1,64})/")
+# Any first segment: a sign-in route's provider id is the client's to choose, and a path
+# whose segment no route accepts (too long, not an id) is still a request to count.
+_SSO_PATH = re.compile(r"^/sso/([^/]+)/")
+MAX_PROVIDER_SEGMENT = 64
 TOKEN_PATH = "/api/v1/auth/token"  # noqa: S105 - a route, not a secret
 
 
@@ -213,7 +216,8 @@ def _limits(
         # shared bucket, which only ever stops other callbacks without one.
         limits.append(
             Limit(
-                f"sso:provider:{_provider_key(match.group(1))}:{window}",
+                # Cut short: no id is this long, and the cache below keeps what it is given.
+                f"sso:provider:{_provider_key(match.group(1)[:MAX_PROVIDER_SEGMENT])}:{window}",
                 settings.rate_limit_sign_in_per_provider,
             )
         )
