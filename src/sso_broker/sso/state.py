@@ -76,8 +76,9 @@ class LoginState:
             "c": self.client_challenge,
             "p": str(self.provider_id),
             "r": self.return_to,
-            # To the millisecond, so the oldest of attempts made within one second is known.
-            "e": round(self.expires_at.timestamp(), 3),
+            # To the microsecond, so the oldest of attempts made within one millisecond is
+            # known (a page, or a test, may open several that fast).
+            "e": round(self.expires_at.timestamp(), 6),
         }
         return box.encrypt(json.dumps(payload, separators=(",", ":")))
 
