@@ -27,7 +27,7 @@ from sso_broker.hotpath import LinkConflict, Spent
 from sso_broker.pgpool import LeanPool
 from sso_broker.providers.models import SSOProvider
 from sso_broker.sessions.repository import SessionUser
-from sso_broker.sso.repository import NewSignIn, Resolution
+from sso_broker.sso.repository import NewSignIn, Resolution, SignInDraft
 from sso_broker.users.models import Role
 
 if TYPE_CHECKING:
@@ -51,16 +51,48 @@ JOIN companies c ON c.id = u.company_id
 WHERE s.id = $1 AND u.id = $2 AND u.company_id = $3
 """
 _CONSUME = "INSERT INTO consumed_login_states (state_hash, expires_at) VALUES ($1, $2)"
-_RESOLVE = """
-SELECT p.enabled, p.last_error,
-       l.id, l.company_id, l.email, l.name, l.role, l.sso_provider_id,
-       c.id, c.company_id, c.email, c.name, c.role, c.sso_provider_id
-FROM sso_providers p
-LEFT JOIN identity_links k ON k.provider_id = p.id AND k.namespace = $2 AND k.subject = $3
-LEFT JOIN users l ON l.id = k.user_id
-LEFT JOIN users c
-  ON c.company_id = p.company_id AND c.email_normalized = $4 AND c.sso_provider_id = p.id
-WHERE p.id = $1
+# The resolution, and the sign-in written at once when the identity's link is good (the
+# provider enabled, the linked user still of its company and associated with it: the rule
+# of identity.choose_account for a linked identity). $1 the provider, $2 $3 the identity,
+# $4 the token's email; the rest as _WRITE_SESSION's, renumbered. The last column says
+# whether it wrote.
+_SIGN_IN = """
+WITH found AS (
+  SELECT p.enabled, p.last_error, p.company_id AS provider_company,
+         l.id AS l_id, l.company_id AS l_company, l.email AS l_email, l.name AS l_name,
+         l.role AS l_role, l.sso_provider_id AS l_provider,
+         c.id AS c_id, c.company_id AS c_company, c.email AS c_email, c.name AS c_name,
+         c.role AS c_role, c.sso_provider_id AS c_provider
+  FROM sso_providers p
+  LEFT JOIN identity_links k ON k.provider_id = p.id AND k.namespace = $2 AND k.subject = $3
+  LEFT JOIN users l ON l.id = k.user_id
+  LEFT JOIN users c
+    ON c.company_id = p.company_id AND c.email_normalized = $4 AND c.sso_provider_id = p.id
+  WHERE p.id = $1),
+chosen AS (
+  SELECT l_id AS user_id, l_company AS company_id FROM found
+  WHERE enabled AND l_company = provider_company AND l_provider = $1),
+new_session AS (
+  INSERT INTO sign_in_sessions
+    (id, user_id, company_id, provider_id, idp_sid, login_hint, created_at, expires_at,
+     id_token_encrypted)
+  SELECT $5, user_id, company_id, $1, $6, $7, $8, $9, $10 FROM chosen
+  RETURNING id),
+new_code AS (
+  INSERT INTO login_codes (code_hash, session_id, expires_at, code_challenge)
+  SELECT $11, $5, $12, $13 FROM chosen),
+new_event AS (
+  INSERT INTO audit_events
+    (id, company_id, type, created_at, provider_id, user_id, session_id, idp_subject)
+  SELECT $14, company_id, $15, $8, $1, user_id, $5, $16 FROM chosen),
+cleared AS (
+  UPDATE sso_providers SET last_error = NULL
+  WHERE id = $1 AND last_error IS NOT NULL AND EXISTS (SELECT 1 FROM chosen))
+SELECT enabled, last_error,
+       l_id, l_company, l_email, l_name, l_role, l_provider,
+       c_id, c_company, c_email, c_name, c_role, c_provider,
+       EXISTS (SELECT 1 FROM new_session)
+FROM found
 """
 # One statement writes the session, its login code and the audit event (and, at a first
 # sign-in, the identity link): atomic on its own, so no BEGIN and COMMIT either.
@@ -223,11 +255,18 @@ class FastPath:
             return False
         return True
 
-    async def resolve(
-        self, provider_id: uuid.UUID, namespace: str, subject: str, email: str | None
-    ) -> Resolution | None:
-        row = await self.pool.fetchrow(_RESOLVE, provider_id, namespace, subject, email)
-        return None if row is None else Resolution.from_row(row)
+    async def sign_in(
+        self, draft: SignInDraft, email: str | None
+    ) -> tuple[Resolution | None, bool]:
+        row = await self.pool.fetchrow(
+            _SIGN_IN, draft.provider_id, draft.namespace, draft.subject, email,
+            draft.session_id, draft.idp_sid, draft.login_hint, draft.now, draft.expires_at,
+            draft.id_token_encrypted, draft.code_hash, draft.code_expires_at,
+            draft.code_challenge, draft.audit_event_id, draft.event_type, draft.subject[:64],
+        )  # fmt: skip
+        if row is None:
+            return None, False
+        return Resolution.from_row(row), bool(row[14])
 
     async def write_sign_in(self, new: NewSignIn, *, clear_last_error: bool) -> None:
         """Writes the sign-in's rows in one statement; LinkConflict (nothing written) when
@@ -235,7 +274,7 @@ class FastPath:
         args: list[Any] = [
             new.session_id, new.account.id, new.account.company_id, new.provider_id,
             new.idp_sid, new.login_hint, new.now, new.expires_at, new.code_hash,
-            new.code_expires_at, uuid.uuid4(), new.event_type, new.subject[:64],
+            new.code_expires_at, new.audit_event_id, new.event_type, new.subject[:64],
             new.id_token_encrypted, new.code_challenge,
         ]  # fmt: skip
         try:

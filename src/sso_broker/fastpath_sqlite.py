@@ -58,7 +58,7 @@ from sso_broker.database import UTCDateTime, sqlite_on_connect, table_of
 from sso_broker.hotpath import LinkConflict, Spent
 from sso_broker.providers.models import SSOProvider
 from sso_broker.sessions.repository import SessionUser
-from sso_broker.sso.repository import NewSignIn, Resolution
+from sso_broker.sso.repository import Account, NewSignIn, Resolution, SignInDraft
 
 if TYPE_CHECKING:
     from sso_broker.sessions.service import Principal
@@ -160,7 +160,8 @@ _CONSUME = "INSERT INTO consumed_login_states (state_hash, expires_at) VALUES (?
 _RESOLVE = """
 SELECT p.enabled, p.last_error,
        l.id, l.company_id, l.email, l.name, l.role, l.sso_provider_id,
-       c.id, c.company_id, c.email, c.name, c.role, c.sso_provider_id
+       c.id, c.company_id, c.email, c.name, c.role, c.sso_provider_id,
+       p.company_id
 FROM sso_providers p
 LEFT JOIN identity_links k ON k.provider_id = p.id AND k.namespace = ? AND k.subject = ?
 LEFT JOIN users l ON l.id = k.user_id
@@ -168,7 +169,8 @@ LEFT JOIN users c
   ON c.company_id = p.company_id AND c.email_normalized = ? AND c.sso_provider_id = p.id
 WHERE p.id = ?
 """
-# _RESOLVE's columns with their ids as UUIDs, for Resolution.from_row.
+# _RESOLVE's columns but the last (the provider's company) with their ids as UUIDs, for
+# Resolution.from_row.
 _RESOLVE_READERS = (_as_is, _as_is) + (_uuid, _uuid, _as_is, _as_is, _as_is, _uuid) * 2
 _INSERT_LINK = (
     "INSERT INTO identity_links (id, provider_id, namespace, subject, user_id, created_at)"
@@ -283,6 +285,26 @@ def _in_transaction(connection: sqlite3.Connection, work: Callable[[sqlite3.Conn
             connection.execute("ROLLBACK")
         raise
     return result
+
+
+def _write_session(connection: sqlite3.Connection, new: SignInDraft, account: Account) -> None:
+    """A sign-in's session, its login code and its audit event."""
+    session_id, user_id, company_id = new.session_id.hex, account.id.hex, account.company_id.hex
+    provider_id, at = new.provider_id.hex, _db_time(new.now)
+    connection.execute(
+        _INSERT_SESSION,
+        (session_id, user_id, company_id, provider_id, new.idp_sid, new.login_hint,
+         at, _db_time(new.expires_at), new.id_token_encrypted),
+    )  # fmt: skip
+    connection.execute(
+        _INSERT_CODE,
+        (new.code_hash, session_id, _db_time(new.code_expires_at), new.code_challenge),
+    )
+    connection.execute(
+        _INSERT_AUDIT,
+        (new.audit_event_id.hex, company_id, new.event_type, at, provider_id, user_id,
+         session_id, new.subject[:64]),
+    )  # fmt: skip
 
 
 class _Lane:
@@ -482,23 +504,38 @@ class SQLiteFastPath:
             return False
         return True
 
-    async def resolve(
-        self, provider_id: uuid.UUID, namespace: str, subject: str, email: str | None
-    ) -> Resolution | None:
-        args = (namespace, subject, email, provider_id.hex)
-        row = await self._read(lambda c: _one(c, _RESOLVE, args))
-        if row is None:
-            return None
-        return Resolution.from_row(
-            [read(value) for read, value in zip(_RESOLVE_READERS, row, strict=True)]
-        )
+    async def sign_in(
+        self, draft: SignInDraft, email: str | None
+    ) -> tuple[Resolution | None, bool]:
+        args = (draft.namespace, draft.subject, email, draft.provider_id.hex)
+
+        def work(connection: sqlite3.Connection) -> tuple[Resolution | None, bool]:
+            row = _one(connection, _RESOLVE, args)
+            if row is None:
+                return None, False
+            found = Resolution.from_row(
+                [read(value) for read, value in zip(_RESOLVE_READERS, row[:14], strict=True)]
+            )
+            linked, provider_company = found.linked, _id(row[14])
+            if not (
+                found.enabled
+                and linked is not None
+                and linked.company_id == provider_company
+                and linked.sso_provider_id == draft.provider_id
+            ):
+                return found, False
+            _write_session(connection, draft, linked)
+            if found.last_error is not None:
+                connection.execute(_CLEAR_LAST_ERROR, (args[3],))
+            return found, True
+
+        return await self._write(work)
 
     async def write_sign_in(self, new: NewSignIn, *, clear_last_error: bool) -> None:
         """Writes the sign-in's rows in one transaction; LinkConflict (nothing written) when
         ``new.link`` meets an identity or account that is already linked."""
-        session_id, user_id = new.session_id.hex, new.account.id.hex
-        company_id, provider_id, now = new.account.company_id.hex, new.provider_id.hex, new.now
-        at = _db_time(now)
+        user_id, company_id = new.account.id.hex, new.account.company_id.hex
+        provider_id, at = new.provider_id.hex, _db_time(new.now)
 
         def work(connection: sqlite3.Connection) -> None:
             if new.link:
@@ -510,20 +547,7 @@ class SQLiteFastPath:
                     _INSERT_LINK_EVENT,
                     (uuid.uuid4().hex, company_id, at, provider_id, user_id, new.subject[:64]),
                 )
-            connection.execute(
-                _INSERT_SESSION,
-                (session_id, user_id, company_id, provider_id, new.idp_sid, new.login_hint,
-                 at, _db_time(new.expires_at), new.id_token_encrypted),
-            )  # fmt: skip
-            connection.execute(
-                _INSERT_CODE,
-                (new.code_hash, session_id, _db_time(new.code_expires_at), new.code_challenge),
-            )
-            connection.execute(
-                _INSERT_AUDIT,
-                (uuid.uuid4().hex, company_id, new.event_type, at, provider_id, user_id,
-                 session_id, new.subject[:64]),
-            )  # fmt: skip
+            _write_session(connection, new, new.account)
             if clear_last_error:
                 connection.execute(_CLEAR_LAST_ERROR, (provider_id,))
 

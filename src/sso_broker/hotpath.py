@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from sso_broker.providers.models import SSOProvider
     from sso_broker.sessions.repository import SessionUser
     from sso_broker.sessions.service import Principal
-    from sso_broker.sso.repository import NewSignIn, Resolution
+    from sso_broker.sso.repository import NewSignIn, Resolution, SignInDraft
 
 
 class LinkConflict(Exception):
@@ -47,9 +47,16 @@ class HotPath(Protocol):
 
     async def consume_state(self, state_hash: str, expires_at: datetime) -> bool: ...
 
-    async def resolve(
-        self, provider_id: uuid.UUID, namespace: str, subject: str, email: str | None
-    ) -> Resolution | None: ...
+    async def sign_in(
+        self, draft: SignInDraft, email: str | None
+    ) -> tuple[Resolution | None, bool]:
+        """Resolves the identity (None when the provider is gone) and, in the same statement
+        or transaction, writes the sign-in when the identity is linked to an account the
+        provider still serves: the provider enabled, the account still of its company and
+        associated with it (``identity.choose_account``'s answer for a linked identity). True
+        when it wrote; a provider's ``last_error`` is then cleared too. A first sign-in
+        writes nothing here: ``write_sign_in`` links it."""
+        ...
 
     async def write_sign_in(self, new: NewSignIn, *, clear_last_error: bool) -> None: ...
 

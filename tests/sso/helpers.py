@@ -28,6 +28,7 @@ from sso_broker.models import (
     SSOProvider,
     User,
 )
+from sso_broker.sso import service
 from sso_broker.users.models import Role
 from tests.conftest import PUBLIC_URL, Factory
 from tests.fixtures.entra import (
@@ -187,6 +188,23 @@ async def set_enabled(
         await session.execute(
             update(SSOProvider).where(SSOProvider.id == provider.id).values(enabled=enabled)
         )
+
+
+def disable_after_the_code_exchange(
+    monkeypatch: pytest.MonkeyPatch,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    provider: SSOProvider,
+) -> None:
+    """The provider is disabled the moment the identity provider has answered the code
+    exchange: after every check the callback makes before it, before its writes."""
+    exchange = service._exchange_code
+
+    async def exchange_then_disable(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        tokens = await exchange(*args, **kwargs)
+        await set_enabled(sessionmaker, provider, False)
+        return tokens
+
+    monkeypatch.setattr(service, "_exchange_code", exchange_then_disable)
 
 
 async def last_error(

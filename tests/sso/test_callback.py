@@ -48,6 +48,7 @@ from tests.sso.helpers import (
     assert_error,
     assert_nothing_created,
     count,
+    disable_after_the_code_exchange,
     fresh_client,
     login_code,
     make_provider,
@@ -802,14 +803,7 @@ class TestProvisioningAndProvider:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         s = await setup(factory)
-        exchange = service._exchange_code
-
-        async def exchange_then_disable(*args: Any, **kwargs: Any) -> dict[str, Any]:
-            tokens = await exchange(*args, **kwargs)
-            await set_enabled(sessionmaker, s.provider, False)
-            return tokens
-
-        monkeypatch.setattr(service, "_exchange_code", exchange_then_disable)
+        disable_after_the_code_exchange(monkeypatch, sessionmaker, s.provider)
         response = await sign_in(client, entra, s.provider, s.person)
         assert_error(response, "provider_disabled")
         assert entra.token_calls == 1

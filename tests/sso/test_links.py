@@ -10,16 +10,28 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sso_broker.database import session_scope
-from sso_broker.models import IdentityLink
-from sso_broker.users.models import Role
+from sso_broker.models import IdentityLink, SignInSession
+from sso_broker.providers.models import SSOProvider
+from sso_broker.users.models import Role, User
 from tests.conftest import Factory
 from tests.fixtures.entra import TENANT_ID, FakeEntra
 from tests.pkce import code_grant
-from tests.sso.helpers import Setup, make_provider, setup, sign_in, signed_in_user
+from tests.sso.helpers import (
+    Setup,
+    assert_error,
+    count,
+    disable_after_the_code_exchange,
+    last_error,
+    make_provider,
+    set_enabled,
+    setup,
+    sign_in,
+    signed_in_user,
+)
 
 OTHER_TENANT = "0d2e1c3b-5a4f-4e6d-8c7b-1a2b3c4d5e6f"
 OTHER_CLIENT = "f1e2d3c4-b5a6-4978-8a6b-5c4d3e2f1a0b"
@@ -193,3 +205,84 @@ async def test_the_same_pingone_environment_pasted_another_way_is_no_re_pointing
     )
     assert answer.status_code == 200, answer.text
     assert await links(sessionmaker) == 1
+
+
+# A linked identity's sign-in resolves and writes in one statement (one transaction on
+# SQLite), which writes only when the link is still good: ``identity.choose_account``'s rule,
+# written again in SQL (``fastpath.py``, ``fastpath_sqlite.py``). These hold the two to the
+# same answer for the changes the API's own unlinking would have made first.
+
+
+async def sessions_and_successes(
+    client: httpx.AsyncClient, factory: Factory, sessionmaker: async_sessionmaker[AsyncSession],
+    s: Setup,
+) -> tuple[int, int]:  # fmt: skip
+    opened = await count(sessionmaker, SignInSession, SignInSession.provider_id == s.provider.id)
+    return opened, len(await events(client, factory, s, "sign_in.succeeded"))
+
+
+@pytest.mark.parametrize("moved", ["provider", "company"])
+async def test_a_link_whose_user_moved_behind_its_back_signs_no_one_in(
+    client: httpx.AsyncClient,
+    factory: Factory,
+    entra: FakeEntra,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    moved: str,
+) -> None:
+    """The user was moved by hand in the database, so the link is still there: the link no
+    longer counts, and the statement that would have used it writes nothing."""
+    s = await setup(factory)
+    await linked(client, factory, entra, s)
+    before = await sessions_and_successes(client, factory, sessionmaker, s)
+    change: dict[str, Any] = {"sso_provider_id": None}
+    if moved == "company":
+        change = {"company_id": (await factory.company("Elsewhere")).id}
+    async with session_scope(sessionmaker) as session:
+        await session.execute(update(User).where(User.id == s.user.id).values(**change))
+    assert await links(sessionmaker) == 1
+
+    response = await sign_in(client, entra, s.provider, s.person)
+
+    assert_error(response, "user_not_provisioned")
+    assert await sessions_and_successes(client, factory, sessionmaker, s) == before
+
+
+async def test_a_provider_disabled_during_a_linked_sign_in_signs_no_one_in(
+    client: httpx.AsyncClient,
+    factory: Factory,
+    entra: FakeEntra,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    s = await setup(factory)
+    await linked(client, factory, entra, s)
+    before = await sessions_and_successes(client, factory, sessionmaker, s)
+    disable_after_the_code_exchange(monkeypatch, sessionmaker, s.provider)
+    response = await sign_in(client, entra, s.provider, s.person)
+
+    assert_error(response, "provider_disabled")
+    await set_enabled(sessionmaker, s.provider, True)  # so that the audit log can be read
+    assert await sessions_and_successes(client, factory, sessionmaker, s) == before
+
+
+async def test_a_linked_sign_in_makes_the_providers_last_error_history(
+    client: httpx.AsyncClient,
+    factory: Factory,
+    entra: FakeEntra,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    s = await setup(factory)
+    await linked(client, factory, entra, s)
+    async with session_scope(sessionmaker) as session:
+        await session.execute(
+            update(SSOProvider)
+            .where(SSOProvider.id == s.provider.id)
+            .values(
+                last_error={"code": "idp_error", "message": "earlier", "at": "2026-01-01T00:00:00Z"}
+            )
+        )
+    assert await last_error(client, factory, s) is not None
+
+    await linked(client, factory, entra, s)
+
+    assert await last_error(client, factory, s) is None

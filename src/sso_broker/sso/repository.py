@@ -3,9 +3,12 @@
 After the identity provider has answered, a sign-in needs to know three things — is the
 provider still enabled, which account is linked to this identity, and (at a first sign-in)
 which account of the company has this email — and then to write the link, the session, its
-login code and the audit event. That is one SELECT with outer joins and one write: a single
-statement of CTEs on PostgreSQL (``fastpath.py``), a transaction of inserts on SQLite, which
-has no data-modifying CTEs (``fastpath_sqlite.py``). The types here are shared by both.
+login code and the audit event. For an identity already linked, which is every sign-in but
+a user's first, that is one statement of CTEs on PostgreSQL (``fastpath.py``) and one
+transaction on SQLite, which has no data-modifying CTEs (``fastpath_sqlite.py``): the SELECT
+with outer joins, and the writes when its answer is the one ``identity.choose_account``
+takes. A first sign-in then writes the link with the rest in a second one. The types here
+are shared by both.
 """
 
 from __future__ import annotations
@@ -61,14 +64,13 @@ def _account(row: Sequence[Any], start: int) -> Account | None:
 
 
 @dataclass(frozen=True, slots=True)
-class NewSignIn:
-    """The rows a successful callback writes."""
+class SignInDraft:
+    """The rows a successful callback writes, before the account is known: everything the
+    identity provider's answer and this request decide."""
 
     provider_id: uuid.UUID
-    account: Account
     namespace: str  # the tenant (Entra) or issuer the subject is unique in
     subject: str
-    link: bool  # a first sign-in: link the identity to the account too
     session_id: uuid.UUID
     idp_sid: str | None
     login_hint: str | None
@@ -81,3 +83,20 @@ class NewSignIn:
     code_challenge: str  # the frontend's PKCE challenge: the code answers only its verifier
     code_expires_at: datetime
     event_type: str
+    audit_event_id: uuid.UUID
+
+    def for_account(self, account: Account, *, link: bool) -> NewSignIn:
+        return NewSignIn(
+            self.provider_id, self.namespace, self.subject, self.session_id, self.idp_sid,
+            self.login_hint, self.id_token_encrypted, self.now, self.expires_at,
+            self.code_hash, self.code_challenge, self.code_expires_at, self.event_type,
+            self.audit_event_id, account, link,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class NewSignIn(SignInDraft):
+    """The rows a successful callback writes."""
+
+    account: Account
+    link: bool  # a first sign-in: link the identity to the account too

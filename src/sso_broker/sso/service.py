@@ -577,13 +577,22 @@ async def _write_sign_in(
     code_challenge: str,
     id_token_encrypted: str | None,
 ) -> repository.NewSignIn:
-    """Resolves the account and writes the link, session, login code and audit event: one
-    SELECT and one write (on PostgreSQL one statement, ``fastpath.py``)."""
+    """Resolves the account and writes the session, login code and audit event: for an
+    identity already linked, one statement (one transaction on SQLite), which writes only
+    when the link is good as ``choose_account`` judges it; a first sign-in then writes its
+    link with the rest in a second (``repository.py``)."""
     email = normalize_email(claims.email) if claims.email else None
-    found = await context.fast.resolve(provider.id, claims.namespace, claims.subject, email)
-    new = _new_sign_in(context, provider, claims, code, code_challenge, found, id_token_encrypted)
+    draft = _draft(context, provider, claims, code, code_challenge, id_token_encrypted)
+    found, written = await context.fast.sign_in(draft, email)
+    if found is None or not found.enabled:
+        raise SignInError(SignInErrorCode.PROVIDER_DISABLED, "disabled during the sign-in")
+    account, link = choose_account(found, provider, claims)
+    new = draft.for_account(account, link=link)
+    if written:
+        return new
     try:
-        await context.fast.write_sign_in(new, clear_last_error=_had_error(found))
+        # It signs people in again: the provider's last failure is history.
+        await context.fast.write_sign_in(new, clear_last_error=found.last_error is not None)
     except LinkConflict as e:
         # The account is already linked to another identity of this provider (or a
         # concurrent first sign-in linked it a moment ago): it must not be taken over.
@@ -591,31 +600,20 @@ async def _write_sign_in(
     return new
 
 
-def _had_error(found: repository.Resolution | None) -> bool:
-    # It signs people in again: the provider's last failure is history.
-    return found is not None and found.last_error is not None
-
-
-def _new_sign_in(
+def _draft(
     context: AppContext,
     provider: SSOProvider,
     claims: id_token.IdTokenClaims,
     code: str,
     code_challenge: str,
-    found: repository.Resolution | None,
     id_token_encrypted: str | None,
-) -> repository.NewSignIn:
-    """The rows a sign-in writes, once the provider is known to be enabled still."""
-    if found is None or not found.enabled:
-        raise SignInError(SignInErrorCode.PROVIDER_DISABLED, "disabled during the sign-in")
-    account, link = choose_account(found, provider, claims)
+) -> repository.SignInDraft:
+    """The rows a sign-in writes, but for the account."""
     now = utcnow()
-    return repository.NewSignIn(
+    return repository.SignInDraft(
         provider_id=provider.id,
-        account=account,
         namespace=claims.namespace,
         subject=claims.subject,
-        link=link,
         session_id=uuid.uuid4(),
         idp_sid=claims.sid,
         login_hint=claims.login_hint,
@@ -626,4 +624,5 @@ def _new_sign_in(
         code_challenge=code_challenge,
         code_expires_at=now + sessions_service.LOGIN_CODE_TTL,
         event_type=EventType.SIGN_IN_SUCCEEDED.value,
+        audit_event_id=uuid.uuid4(),
     )
