@@ -820,3 +820,32 @@ async def test_a_key_the_provider_withdrew_stops_verifying_within_an_hour(
     entra.rotate_keys(keep_old=False)
     clock.advance(3600)
     await v.reject(v.mint(key=old), "not in the provider's key set")
+
+
+def short_key(entra: FakeEntra, bits: int) -> rsa.RSAPrivateKey:
+    """A key of ``bits`` bits, published in ``entra``'s key set as ``weak``."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    jwk = jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    entra.add_jwks_entry({**jwk, "use": "sig", "kid": "weak"})
+    return key
+
+
+@pytest.mark.parametrize("bits", [1024, 2047], ids=["1024 bits", "2047 bits"])
+async def test_a_key_too_short_to_trust_is_never_used(
+    v: Validator, entra: FakeEntra, bits: int
+) -> None:
+    """RFC 7518 (3.3): RS256 keys have 2048 bits or more. A shorter one in the key set is
+    skipped, so a token it signs is refused, while the provider's good key goes on working."""
+    weak = short_key(entra, bits)
+    await v.accept(v.mint())
+    await v.reject(v.mint(key=weak, kid="weak"), "not in the provider's key set")
+
+
+async def test_a_key_set_of_short_keys_only_has_no_usable_key(
+    v: Validator, entra: FakeEntra
+) -> None:
+    entra.keys = []
+    weak = short_key(entra, 1024)
+    with pytest.raises(SignInError) as caught:
+        await v.validate(v.mint(key=weak, kid="weak"))
+    assert caught.value.code is SignInErrorCode.IDP_ERROR  # no usable key at all

@@ -37,6 +37,11 @@ METADATA_RETRY_AFTER_FAILURE = 30.0
 JWKS_TTL = 3600.0
 JWKS_REFETCH_INTERVAL = 300.0
 MAX_DOCUMENT_BYTES = 256 * 1024
+# RSA key sizes an ID token's signature is checked with. RFC 7518 (3.3) requires 2048 bits
+# or more for RS256: a shorter key is factorable, so its signatures prove nothing. Above
+# 8192 no provider goes, and each check would cost a sign-in milliseconds of CPU.
+MIN_RSA_BITS = 2048
+MAX_RSA_BITS = 8192
 _ENDPOINTS = ("authorization_endpoint", "token_endpoint", "jwks_uri", "end_session_endpoint")
 
 
@@ -324,9 +329,20 @@ class ProviderDirectory:
             except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
                 logger.info("skipped an unusable key in the provider's key set")
                 continue
+            bits = getattr(key.key, "key_size", 0)
+            if not MIN_RSA_BITS <= bits <= MAX_RSA_BITS:
+                logger.warning(
+                    "skipped an RSA key of %d bits in the provider's key set (%d to %d are used)",
+                    bits, MIN_RSA_BITS, MAX_RSA_BITS,
+                    extra={"kid": str(entry.get("kid", ""))[:64]},
+                )  # fmt: skip
+                continue
             keys[str(entry.get("kid", ""))] = key
         if not keys:
-            raise DiscoveryError("the provider's key set holds no usable RSA signing key")
+            raise DiscoveryError(
+                "the provider's key set holds no usable RSA signing key"
+                f" ({MIN_RSA_BITS} to {MAX_RSA_BITS} bits, for RS256)"
+            )
         return keys
 
 
