@@ -11,10 +11,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
-from sso_broker import fastpath_sqlite
+from sso_broker import database, fastpath_sqlite
 from sso_broker.database import utcnow
 from sso_broker.deps import AppContext
 from sso_broker.fastpath_sqlite import SQLiteFastPath
@@ -212,3 +214,35 @@ async def test_a_lane_checkpoints_what_inline_writes_log(
     checkpoints = [on_loop for statement, on_loop in seen if "wal_checkpoint" in statement]
     assert checkpoints, seen
     assert not any(checkpoints), "never on the event loop"
+
+
+@pytest.mark.usefixtures("sqlite_only")
+async def test_every_connection_limits_the_log_it_starts_over(context: AppContext) -> None:
+    """Under writes that never pause the log grows (README, *SQLite under load*); once it
+    starts over, whichever connection starts it cuts the file back to SQLITE_LOG_LIMIT."""
+    fast = context.fast
+    assert isinstance(fast, SQLiteFastPath)
+    assert await fast.consume_state(uuid.uuid4().hex, utcnow() + timedelta(minutes=5))
+    assert fast._inline is not None
+    limits = [fast._inline.execute("PRAGMA journal_size_limit").fetchone()[0]]
+    async with context.engine.connect() as connection:
+        limits.append(await connection.scalar(text("PRAGMA journal_size_limit")))
+    assert limits == [database.SQLITE_LOG_LIMIT] * 2
+
+
+def test_a_log_grown_past_the_limit_is_cut_back_when_it_starts_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(database, "SQLITE_LOG_LIMIT", 64 * 1024)
+    path = tmp_path / "log.db"
+    log = tmp_path / "log.db-wal"
+    with closing(sqlite3.connect(path, isolation_level=None)) as connection:
+        database.sqlite_on_connect(connection, None)
+        connection.execute("PRAGMA wal_autocheckpoint=0")
+        connection.execute("CREATE TABLE pages (data BLOB)")
+        for _ in range(100):
+            connection.execute("INSERT INTO pages VALUES (randomblob(4000))")
+        assert log.stat().st_size > 400 * 1024
+        connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        connection.execute("INSERT INTO pages VALUES (randomblob(10))")  # starts it over
+        assert log.stat().st_size <= 64 * 1024

@@ -87,6 +87,9 @@ class TimestampMixin:
 # SQLite's page cache of each connection, in KiB (negative: a size, not a page count).
 SQLITE_CACHE_SIZE = -256
 
+# The most SQLite's write-ahead log keeps on disk once it has started over, in bytes.
+SQLITE_LOG_LIMIT = 64 * 1024 * 1024
+
 
 def sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
@@ -102,6 +105,9 @@ def sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     # again comes from the OS's cache in microseconds: at 256 KB the benchmark's CPU per
     # request did not change, and a worker's peak fell 2.5 MB (README, *Performance*).
     cursor.execute(f"PRAGMA cache_size={SQLITE_CACHE_SIZE}")
+    # The log file keeps its size when it starts over; one that a long run of writes grew
+    # past this is cut back to it then (README, *SQLite under load*).
+    cursor.execute(f"PRAGMA journal_size_limit={SQLITE_LOG_LIMIT}")
     cursor.close()
 
 
