@@ -367,6 +367,11 @@ async def test_public_only_never_connects_to_an_internal_address(
         ("64:ff9b::808:808", True),  # NAT64 to 8.8.8.8
         ("2002:a00:1::1", False),  # 6to4 of 10.0.0.1
         ("2002:808:808::1", True),  # 6to4 of 8.8.8.8
+        ("::7f00:1", False),  # IPv4-compatible 127.0.0.1 (deprecated: RFC 4291)
+        ("::808:808", False),  # IPv4-compatible, whatever it carries
+        ("fec0::1", False),  # site-local (deprecated: RFC 3879)
+        ("ff02::1", False),  # multicast
+        ("224.0.0.1", False),  # multicast
     ],
 )
 def test_what_counts_as_public(address: str, public: bool) -> None:

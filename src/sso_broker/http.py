@@ -97,15 +97,22 @@ class ReadTimeout(TimeoutException):
 # them as global, so ``64:ff9b::a9fe:a9fe`` would reach 169.254.169.254 where NAT64 runs
 # (IPv6-only clusters, often).
 _NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+# Deprecated ranges Python's ``is_global`` still counts as global: IPv4-compatible addresses
+# (RFC 4291, 2.5.5.1), which a host with an automatic tunnel sends to the IPv4 address they
+# carry, and site-local ones (RFC 3879), which route inside a site. No provider uses either.
+_DEPRECATED = (ipaddress.IPv6Network("::/96"), ipaddress.IPv6Network("fec0::/10"))
 
 
 def _is_public(address: str) -> bool:
     """Whether ``address`` is a public one, and so is any IPv4 address it carries (mapped,
-    6to4, Teredo, NAT64): an address that reaches an internal one is not public."""
+    6to4, Teredo, NAT64): an address that reaches an internal one is not public. Nor is a
+    multicast address, or one of the deprecated ranges above."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if not ip.is_global:
+    if not ip.is_global or ip.is_multicast:
         return False
     if isinstance(ip, ipaddress.IPv6Address):
+        if any(ip in network for network in _DEPRECATED):
+            return False
         carried = [ip.ipv4_mapped, ip.sixtofour, *(ip.teredo or ())]
         if any(ip in network for network in _NAT64):
             carried.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
