@@ -811,7 +811,7 @@ class TestProvisioningAndProvider:
 
 
 class TestServerError:
-    @pytest.mark.parametrize("target", ["choose_account", "write_sign_in"])
+    @pytest.mark.parametrize("target", ["choose_account", "sign_in", "write_sign_in"])
     async def test_an_unexpected_exception_is_server_error_without_a_trace(
         self,
         client: httpx.AsyncClient,
@@ -831,8 +831,8 @@ class TestServerError:
         if target == "choose_account":
             monkeypatch.setattr(service, "choose_account", broken_sync)
         else:  # whichever database's hot path serves this test
-            monkeypatch.setattr(FastPath, "write_sign_in", broken)
-            monkeypatch.setattr(SQLiteFastPath, "write_sign_in", broken)
+            monkeypatch.setattr(FastPath, target, broken)
+            monkeypatch.setattr(SQLiteFastPath, target, broken)
         s = await setup(factory)
 
         response = await sign_in(client, entra, s.provider, s.person)
