@@ -372,6 +372,9 @@ async def test_public_only_never_connects_to_an_internal_address(
         ("fec0::1", False),  # site-local (deprecated: RFC 3879)
         ("ff02::1", False),  # multicast
         ("224.0.0.1", False),  # multicast
+        ("::ffff:224.0.0.1", False),  # mapped multicast
+        ("2002:e000:1::1", False),  # 6to4 of multicast
+        ("64:ff9b::e000:1", False),  # NAT64 to multicast
     ],
 )
 def test_what_counts_as_public(address: str, public: bool) -> None:

@@ -108,7 +108,7 @@ def _is_public(address: str) -> bool:
     6to4, Teredo, NAT64): an address that reaches an internal one is not public. Nor is a
     multicast address, or one of the deprecated ranges above."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if not ip.is_global or ip.is_multicast:
+    if not _unicast_global(ip):
         return False
     if isinstance(ip, ipaddress.IPv6Address):
         if any(ip in network for network in _DEPRECATED):
@@ -116,8 +116,12 @@ def _is_public(address: str) -> bool:
         carried = [ip.ipv4_mapped, ip.sixtofour, *(ip.teredo or ())]
         if any(ip in network for network in _NAT64):
             carried.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-        return all(inner.is_global for inner in carried if inner is not None)
+        return all(_unicast_global(inner) for inner in carried if inner is not None)
     return True
+
+
+def _unicast_global(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return ip.is_global and not ip.is_multicast
 
 
 def _refuse_internal_literal(host: str, trusted: frozenset[str]) -> None:

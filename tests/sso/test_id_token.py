@@ -823,7 +823,7 @@ async def test_a_key_the_provider_withdrew_stops_verifying_within_an_hour(
 
 
 def short_key(entra: FakeEntra, bits: int) -> rsa.RSAPrivateKey:
-    """A key of ``bits`` bits, published in ``entra``'s key set as ``weak``."""
+    """A key of ``bits`` bits, published in ``entra``'s key set (``extra_jwks``) as ``weak``."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
     jwk = jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
     entra.add_jwks_entry({**jwk, "use": "sig", "kid": "weak"})
@@ -849,3 +849,16 @@ async def test_a_key_set_of_short_keys_only_has_no_usable_key(
     with pytest.raises(SignInError) as caught:
         await v.validate(v.mint(key=weak, kid="weak"))
     assert caught.value.code is SignInErrorCode.IDP_ERROR  # no usable key at all
+
+
+async def test_a_key_published_with_its_private_part_is_never_used(
+    v: Validator, entra: FakeEntra
+) -> None:
+    """A key set entry with its private members signs for anyone who read it; built, a
+    ``d`` without its primes would also have them recovered on the event loop (seconds, for
+    a large modulus)."""
+    leaked = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = jwt.algorithms.RSAAlgorithm.to_jwk(leaked, as_dict=True)
+    entra.add_jwks_entry({**jwk, "use": "sig", "kid": "leaked"})
+    await v.accept(v.mint())
+    await v.reject(v.mint(key=leaked, kid="leaked"), "not in the provider's key set")

@@ -42,6 +42,9 @@ MAX_DOCUMENT_BYTES = 256 * 1024
 # 8192 no provider goes, and each check would cost a sign-in milliseconds of CPU.
 MIN_RSA_BITS = 2048
 MAX_RSA_BITS = 8192
+# A private key's members (RFC 7518, 6.3.2): published, the key signs for anyone, and
+# building it would recover its primes on the event loop, for seconds at a large modulus.
+_PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth"})
 _ENDPOINTS = ("authorization_endpoint", "token_endpoint", "jwks_uri", "end_session_endpoint")
 
 
@@ -324,6 +327,13 @@ class ProviderDirectory:
                 continue
             if entry.get("use", "sig") != "sig" or entry.get("alg", "RS256") != "RS256":
                 continue
+            kid = str(entry.get("kid", ""))
+            if _PRIVATE_MEMBERS & entry.keys():
+                logger.warning(
+                    "skipped a key the provider's key set publishes with its private part",
+                    extra={"kid": kid[:64]},
+                )
+                continue
             try:
                 key = jwt.PyJWK(entry, algorithm="RS256")
             except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
@@ -334,10 +344,10 @@ class ProviderDirectory:
                 logger.warning(
                     "skipped an RSA key of %d bits in the provider's key set (%d to %d are used)",
                     bits, MIN_RSA_BITS, MAX_RSA_BITS,
-                    extra={"kid": str(entry.get("kid", ""))[:64]},
+                    extra={"kid": kid[:64]},
                 )  # fmt: skip
                 continue
-            keys[str(entry.get("kid", ""))] = key
+            keys[kid] = key
         if not keys:
             raise DiscoveryError(
                 "the provider's key set holds no usable RSA signing key"
