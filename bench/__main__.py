@@ -280,6 +280,8 @@ def measure_browsers(
     service: str,
     users: list[HotUser],
     watch: dict[str, int],
+    *,
+    concurrency: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, str]]:
     args = run.args
     result, tokens = run_async(
@@ -288,7 +290,7 @@ def measure_browsers(
             service=service,
             idp=run.idp_url,
             users=users,
-            concurrency=args.concurrency,
+            concurrency=concurrency or args.concurrency,
             warmup=args.warmup,
             duration=args.duration,
             watch=watch,
@@ -352,11 +354,26 @@ def measure_hello(run: Run, round_: int = 0) -> None:
     log_row(run, row)
 
 
+# The IdP alone is driven by this many times the sign-in row's browsers: its row asks what
+# the IdP can do at most, and ten browsers, each waiting for its last answer before asking
+# again, left an eighth of the machine idle between them (1.75 of 2 CPUs busy; at thirty,
+# 1.94), so the row measured the browsers' waits as much as the IdP (bench/README.md).
+IDP_ALONE_BROWSERS = 3
+
+
 def measure_idp_alone(run: Run, round_: int = 0) -> None:
-    """authorize + token pairs against the IdP alone, driven like the sign-in row."""
+    """authorize + token pairs against the IdP alone, driven like the sign-in row but by
+    ``IDP_ALONE_BROWSERS`` times its browsers, so that the IdP is busy all the time."""
     assert run.idp is not None  # noqa: S101
     users = common.hot_set(SCALES["small"], run.args.rng_seed)
-    row, _ = measure_browsers(run, "idp", "http://127.0.0.1:9", users, {"idp": run.idp.pid})
+    row, _ = measure_browsers(
+        run,
+        "idp",
+        "http://127.0.0.1:9",
+        users,
+        {"idp": run.idp.pid},
+        concurrency=run.args.concurrency * IDP_ALONE_BROWSERS,
+    )
     row.update(row="idp", workers=run.args.idp_workers, round=round_)
     run.rows.append(row)
     log_row(run, row)
