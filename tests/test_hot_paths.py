@@ -153,7 +153,7 @@ async def test_callback_and_token_statements(
     if context.engine.dialect.name == "postgresql":
         # One statement for the state, one that resolves the identity and, once it is
         # linked, writes the session, its code and the event (CTEs); a first sign-in writes
-        # them with its link in a third.
+        # them with its link in a third, which checks the provider and account again.
         assert seen == {
             "callback first": ["INSERT", "WITH", "WITH"],
             "token first": ["WITH"],
@@ -170,8 +170,18 @@ async def test_callback_and_token_statements(
         spend = ["BEGIN", "DELETE", "SELECT", "INSERT", "COMMIT"]
         resolved = ["BEGIN", "SELECT", "COMMIT"]  # linked to no one yet: nothing written
         assert seen == {
-            # A first sign-in writes the link and its identity.linked event with the rest.
-            "callback first": [*state, *resolved, "BEGIN", "INSERT", "INSERT", *writes, "COMMIT"],
+            # A first sign-in checks that the provider still serves the account it chose,
+            # then writes the link and its identity.linked event with the rest.
+            "callback first": [
+                *state,
+                *resolved,
+                "BEGIN",
+                "SELECT",
+                "INSERT",
+                "INSERT",
+                *writes,
+                "COMMIT",
+            ],
             "token first": spend,
             "me first": [],
             "callback again": [*state, "BEGIN", "SELECT", *writes, "COMMIT"],

@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 
 from sso_broker.config import Settings
 from sso_broker.hotpath import HotPath as HotPath  # its home was here: still named here
-from sso_broker.hotpath import LinkConflict, Spent
+from sso_broker.hotpath import LinkConflict, NoLongerServed, Spent
 from sso_broker.pgpool import LeanPool
 from sso_broker.providers.models import SSOProvider
 from sso_broker.sessions.repository import SessionUser
@@ -55,7 +55,11 @@ _CONSUME = "INSERT INTO consumed_login_states (state_hash, expires_at) VALUES ($
 # provider enabled, the linked user still of its company and associated with it: the rule
 # of identity.choose_account for a linked identity). $1 the provider, $2 $3 the identity,
 # $4 the token's email; the rest as _WRITE_SESSION's, renumbered. The last column says
-# whether it wrote.
+# whether it wrote. The provider's row is held (FOR SHARE) until the statement commits:
+# under READ COMMITTED a provider disabled while the statement ran was invisible to it, and
+# the disabling transaction's revocation could not see the session it was writing, so the
+# session outlived the kill switch. Now the disable waits for the sign-in (and then revokes
+# its session), or the sign-in waits for the disable and reads the provider disabled.
 _SIGN_IN = """
 WITH found AS (
   SELECT p.enabled, p.last_error, p.company_id AS provider_company,
@@ -68,7 +72,8 @@ WITH found AS (
   LEFT JOIN users l ON l.id = k.user_id
   LEFT JOIN users c
     ON c.company_id = p.company_id AND c.email_normalized = $4 AND c.sso_provider_id = p.id
-  WHERE p.id = $1),
+  WHERE p.id = $1
+  FOR SHARE OF p),
 chosen AS (
   SELECT l_id AS user_id, l_company AS company_id FROM found
   WHERE enabled AND l_company = provider_company AND l_provider = $1),
@@ -94,31 +99,48 @@ SELECT enabled, last_error,
        EXISTS (SELECT 1 FROM new_session)
 FROM found
 """
-# One statement writes the session, its login code and the audit event (and, at a first
-# sign-in, the identity link): atomic on its own, so no BEGIN and COMMIT either.
+# A first sign-in's rows, written by one statement (atomic on its own, so no BEGIN and
+# COMMIT either) only while the provider ($4) is enabled and the chosen account ($2, of
+# company $3) still of its company and associated with it: the resolution before was another
+# statement, and an administrator's change may have landed since. The provider's row is held
+# (FOR SHARE) as for a linked sign-in (_SIGN_IN). It answers whether the provider was enabled
+# and whether it wrote.
+_GUARDED = """
+guard AS (
+  SELECT enabled, company_id FROM sso_providers WHERE id = $4 FOR SHARE),
+served AS (
+  SELECT 1 FROM guard
+  JOIN users u ON u.id = $2 AND u.company_id = guard.company_id AND u.sso_provider_id = $4
+  WHERE guard.enabled AND guard.company_id = $3),
+"""
 _WRITE_SESSION = """
 new_session AS (
   INSERT INTO sign_in_sessions
     (id, user_id, company_id, provider_id, idp_sid, login_hint, created_at, expires_at,
      id_token_encrypted)
-  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $14)),
+  SELECT $1, $2, $3, $4, $5, $6, $7, $8, $14 FROM served),
 new_code AS (
   INSERT INTO login_codes (code_hash, session_id, expires_at, code_challenge)
-  VALUES ($9, $1, $10, $15))
-INSERT INTO audit_events
-  (id, company_id, type, created_at, provider_id, user_id, session_id, idp_subject)
-VALUES ($11, $3, $12, $7, $4, $2, $1, $13)
+  SELECT $9, $1, $10, $15 FROM served),
+new_event AS (
+  INSERT INTO audit_events
+    (id, company_id, type, created_at, provider_id, user_id, session_id, idp_subject)
+  SELECT $11, $3, $12, $7, $4, $2, $1, $13 FROM served)
+SELECT coalesce((SELECT enabled FROM guard), false), EXISTS (SELECT 1 FROM served)
 """
-_WRITE = "WITH " + _WRITE_SESSION
+_WRITE = "WITH " + _GUARDED + _WRITE_SESSION
 # A first sign-in also links the identity, and audits the link (identity.linked).
-_WRITE_AND_LINK = (  # noqa: S608 - constant text; every value is a $n parameter
-    "WITH new_link AS (INSERT INTO identity_links"
-    " (id, provider_id, namespace, subject, user_id, created_at)"
-    " VALUES ($16, $4, $17, $18, $2, $7)),"
-    " link_event AS (INSERT INTO audit_events"
-    " (id, company_id, type, created_at, provider_id, user_id, idp_subject)"
-    " VALUES ($19, $3, 'identity.linked', $7, $4, $2, $13)),"
-) + _WRITE_SESSION
+_WRITE_AND_LINK = (
+    (  # noqa: S608 - constant text; every value is a $n parameter
+        "WITH " + _GUARDED + "new_link AS (INSERT INTO identity_links"
+        " (id, provider_id, namespace, subject, user_id, created_at)"
+        " SELECT $16, $4, $17, $18, $2, $7 FROM served),"
+        " link_event AS (INSERT INTO audit_events"
+        " (id, company_id, type, created_at, provider_id, user_id, idp_subject)"
+        " SELECT $19, $3, 'identity.linked', $7, $4, $2, $13 FROM served),"
+    )
+    + _WRITE_SESSION
+)
 _CLEAR_LAST_ERROR = "UPDATE sso_providers SET last_error = NULL WHERE id = $1"
 # The spent row, its session with user and company, and the next refresh token when the
 # grant is good: one statement (see HotPath). $1 the spent hash, $2 the new refresh token's,
@@ -279,15 +301,17 @@ class FastPath:
         ]  # fmt: skip
         try:
             if new.link:
-                await self.pool.execute(
+                row = await self.pool.fetchrow(
                     _WRITE_AND_LINK, *args, uuid.uuid4(), new.namespace, new.subject, uuid.uuid4()
                 )
             else:
-                await self.pool.execute(_WRITE, *args)
+                row = await self.pool.fetchrow(_WRITE, *args)
         except asyncpg.UniqueViolationError as e:
             if new.link and (e.table_name == "identity_links"):
                 raise LinkConflict(str(e.constraint_name)) from e
             raise
+        if row is None or not row[1]:
+            raise NoLongerServed(provider_enabled=bool(row and row[0]))
         if clear_last_error:
             await self.pool.execute(_CLEAR_LAST_ERROR, new.provider_id)
 

@@ -55,7 +55,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sso_broker.database import UTCDateTime, sqlite_on_connect, table_of
-from sso_broker.hotpath import LinkConflict, Spent
+from sso_broker.hotpath import LinkConflict, NoLongerServed, Spent
 from sso_broker.providers.models import SSOProvider
 from sso_broker.sessions.repository import SessionUser
 from sso_broker.sso.repository import Account, NewSignIn, Resolution, SignInDraft
@@ -197,6 +197,13 @@ _INSERT_AUDIT = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _CLEAR_LAST_ERROR = "UPDATE sso_providers SET last_error = NULL WHERE id = ?"
+# Whether provider ? is enabled and account ? still of its company (?) and associated with
+# it, in the transaction that writes a first sign-in (fastpath.py's _GUARDED).
+_STILL_SERVED = (
+    "SELECT p.enabled, EXISTS (SELECT 1 FROM users u WHERE u.id = ?"
+    " AND u.company_id = p.company_id AND u.sso_provider_id = p.id AND p.company_id = ?)"
+    " FROM sso_providers p WHERE p.id = ?"
+)
 _SPEND_CODE = (
     "DELETE FROM login_codes WHERE code_hash = ?"
     " RETURNING session_id, expires_at, coalesce(code_challenge = ?, 0)"
@@ -538,6 +545,9 @@ class SQLiteFastPath:
         provider_id, at = new.provider_id.hex, _db_time(new.now)
 
         def work(connection: sqlite3.Connection) -> None:
+            served = _one(connection, _STILL_SERVED, (user_id, company_id, provider_id))
+            if served is None or not served[0] or not served[1]:
+                raise NoLongerServed(provider_enabled=bool(served and served[0]))
             if new.link:
                 connection.execute(
                     _INSERT_LINK,

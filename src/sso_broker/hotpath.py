@@ -24,6 +24,16 @@ class LinkConflict(Exception):
     """A first sign-in's identity link met an identity or account already linked."""
 
 
+class NoLongerServed(Exception):
+    """A first sign-in's account was chosen, but when its rows were to be written the provider
+    was disabled (or gone), or the account no longer of its company or associated with it:
+    an administrator's change landed between the two statements. Nothing was written."""
+
+    def __init__(self, *, provider_enabled: bool) -> None:
+        super().__init__("provider disabled" if not provider_enabled else "account not served")
+        self.provider_enabled = provider_enabled
+
+
 class Spent(NamedTuple):
     """A spent login code or refresh token: its expiry, the session with its user and company
     as the same statement read them (None when the session is gone), and, for a code,
@@ -55,10 +65,18 @@ class HotPath(Protocol):
         provider still serves: the provider enabled, the account still of its company and
         associated with it (``identity.choose_account``'s answer for a linked identity). True
         when it wrote; a provider's ``last_error`` is then cleared too. A first sign-in
-        writes nothing here: ``write_sign_in`` links it."""
+        writes nothing here: ``write_sign_in`` links it. On PostgreSQL the statement holds
+        the provider's row (``FOR SHARE``) while it writes, so a provider disabled meanwhile
+        either waits for this sign-in and then signs it out, or is seen disabled by it
+        (README, *Security model*)."""
         ...
 
-    async def write_sign_in(self, new: NewSignIn, *, clear_last_error: bool) -> None: ...
+    async def write_sign_in(self, new: NewSignIn, *, clear_last_error: bool) -> None:
+        """Writes a sign-in whose account the caller chose (a first sign-in, with its link),
+        checking again, in the same statement or transaction, that the provider is enabled
+        and the account still of its company and associated with it: NoLongerServed, with
+        nothing written, when not; LinkConflict when the link meets one already made."""
+        ...
 
     # The token endpoint. Spending a code or refresh token answers its expiry and the
     # session it belongs to, or None when there was no such code or unused token (of two

@@ -5,15 +5,20 @@ sign-in*)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sso_broker.database import session_scope
+from sso_broker.deps import AppContext
 from sso_broker.models import IdentityLink, SignInSession
 from sso_broker.providers.models import SSOProvider
 from sso_broker.users.models import Role, User
@@ -286,3 +291,98 @@ async def test_a_linked_sign_in_makes_the_providers_last_error_history(
     await linked(client, factory, entra, s)
 
     assert await last_error(client, factory, s) is None
+
+
+# A first sign-in resolves in one statement and, once Python has chosen the account, writes
+# in another: the write checks again, in its own statement or transaction, that the provider
+# is enabled and the account still associated with it (``hotpath.HotPath.write_sign_in``).
+
+
+def change_after_the_resolution(
+    monkeypatch: pytest.MonkeyPatch, context: AppContext, change: Callable[[], Awaitable[None]]
+) -> None:
+    """``change`` lands the moment the callback's resolution has answered: before a first
+    sign-in's write."""
+    resolve = context.fast.sign_in
+
+    async def resolve_then_change(*args: Any, **kwargs: Any) -> Any:
+        found = await resolve(*args, **kwargs)
+        await change()
+        return found
+
+    monkeypatch.setattr(context.fast, "sign_in", resolve_then_change)
+
+
+@pytest.mark.parametrize("change", ["provider_disabled", "user_moved_off"])
+async def test_a_change_between_a_first_sign_ins_resolution_and_its_write_signs_no_one_in(
+    client: httpx.AsyncClient,
+    factory: Factory,
+    entra: FakeEntra,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    context: AppContext,
+    monkeypatch: pytest.MonkeyPatch,
+    change: str,
+) -> None:
+    s = await setup(factory)
+    before = await sessions_and_successes(client, factory, sessionmaker, s)
+
+    async def apply() -> None:
+        if change == "provider_disabled":
+            await set_enabled(sessionmaker, s.provider, False)
+        else:
+            async with session_scope(sessionmaker) as session:
+                await session.execute(
+                    update(User).where(User.id == s.user.id).values(sso_provider_id=None)
+                )
+
+    change_after_the_resolution(monkeypatch, context, apply)
+    response = await sign_in(client, entra, s.provider, s.person)
+
+    assert_error(response, "provider_disabled" if change == "provider_disabled" else (
+        "user_not_provisioned"
+    ))  # fmt: skip
+    await set_enabled(sessionmaker, s.provider, True)  # so that the audit log can be read
+    assert await links(sessionmaker) == 0
+    assert await sessions_and_successes(client, factory, sessionmaker, s) == before
+
+
+async def test_on_postgresql_a_sign_in_waits_for_a_disable_in_flight_and_signs_no_one_in(
+    client: httpx.AsyncClient,
+    factory: Factory,
+    entra: FakeEntra,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    context: AppContext,
+) -> None:
+    """Under READ COMMITTED a sign-in statement that ran while a disable was being committed
+    read the provider still enabled, and the disabling transaction's revocation could not see
+    the session it wrote: the session outlived the kill switch. The statement now holds the
+    provider's row, so it waits for the disable and reads the provider disabled."""
+    if context.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite runs one write transaction at a time")
+    s = await setup(factory)
+    await linked(client, factory, entra, s)
+    before = await sessions_and_successes(client, factory, sessionmaker, s)
+    url = make_url(context.settings.database_url).set(drivername="postgresql")
+    admin = await asyncpg.connect(url.render_as_string(hide_password=False))
+    try:
+        disabling = admin.transaction()
+        await disabling.start()
+        await admin.execute("UPDATE sso_providers SET enabled = false WHERE id = $1", s.provider.id)
+        attempt = asyncio.create_task(sign_in(client, entra, s.provider, s.person))
+        for _ in range(500):  # the sign-in reaches the provider's row and waits for it
+            waiting = await admin.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> pg_backend_pid()"
+            )
+            if waiting or attempt.done():
+                break
+            await asyncio.sleep(0.01)
+        assert not attempt.done(), "the sign-in did not wait for the disable in flight"
+        assert waiting
+        await disabling.commit()
+        response = await attempt
+    finally:
+        await admin.close()
+
+    assert_error(response, "provider_disabled")
+    await set_enabled(sessionmaker, s.provider, True)
+    assert await sessions_and_successes(client, factory, sessionmaker, s) == before

@@ -28,7 +28,7 @@ from sso_broker.crypto import token_hash
 from sso_broker.database import session_scope, utcnow
 from sso_broker.deps import AppContext
 from sso_broker.errors import SignInError, SignInErrorCode
-from sso_broker.hotpath import LinkConflict
+from sso_broker.hotpath import LinkConflict, NoLongerServed
 from sso_broker.http import ResponseTooLarge, TransportError
 from sso_broker.idp import Adapter
 from sso_broker.idp.base import Actionable
@@ -597,6 +597,16 @@ async def _write_sign_in(
         # The account is already linked to another identity of this provider (or a
         # concurrent first sign-in linked it a moment ago): it must not be taken over.
         raise not_provisioned("the user is already linked to another identity", claims) from e
+    except NoLongerServed as e:
+        # An administrator disabled the provider, or moved the user off it, after the
+        # resolution: the sign-in ends as it would have had the change come first.
+        if not e.provider_enabled:
+            raise SignInError(
+                SignInErrorCode.PROVIDER_DISABLED, "disabled during the sign-in"
+            ) from e
+        raise not_provisioned(
+            "the user was moved off the provider during the sign-in", claims
+        ) from e
     return new
 
 
