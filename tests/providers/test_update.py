@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from sso_broker.deps import AppContext
 from sso_broker.models import SSOProvider
@@ -697,6 +698,15 @@ class TestUpdate:
         body = await self.ok(client, admin, enabled_provider.id, change)
         assert body["last_error"] is None
         assert (await stored_or_fail(context, enabled_provider.id)).last_error is None
+        # SQL's NULL, not JSON's null: the sign-in's own statements test the column with
+        # IS NULL (fastpath.py), and a JSON null made the next sign-in clear it again.
+        async with context.sessionmaker() as session:
+            cleared = await session.scalar(
+                text("SELECT last_error IS NULL FROM sso_providers WHERE id = :id"),
+                {"id": enabled_provider.id if context.engine.dialect.name == "postgresql"
+                 else enabled_provider.id.hex},
+            )  # fmt: skip
+        assert cleared
 
     @pytest.mark.parametrize(
         "change",

@@ -28,7 +28,8 @@ class SSOProvider(IdMixin, TimestampMixin, Base):
     client_secret_encrypted: Mapped[str | None] = mapped_column(Text)
     client_secret_expires_at: Mapped[datetime | None]
     enabled: Mapped[bool] = mapped_column(default=False)
-    last_error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Python None as SQL NULL (the hot paths test it with IS NULL), not JSON null.
+    last_error: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     # An Entra domain's tenant GUID, as its metadata named it at the first successful
     # sign-in; metadata naming another tenant fails from then on (README, *Identities and
     # first sign-in*). Cleared when base_url changes.
