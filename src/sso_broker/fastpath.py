@@ -89,10 +89,7 @@ new_code AS (
 new_event AS (
   INSERT INTO audit_events
     (id, company_id, type, created_at, provider_id, user_id, session_id, idp_subject)
-  SELECT $14, company_id, $15, $8, $1, user_id, $5, $16 FROM chosen),
-cleared AS (
-  UPDATE sso_providers SET last_error = NULL
-  WHERE id = $1 AND last_error IS NOT NULL AND EXISTS (SELECT 1 FROM chosen))
+  SELECT $14, company_id, $15, $8, $1, user_id, $5, $16 FROM chosen)
 SELECT enabled, last_error,
        l_id, l_company, l_email, l_name, l_role, l_provider,
        c_id, c_company, c_email, c_name, c_role, c_provider,
@@ -288,7 +285,14 @@ class FastPath:
         )  # fmt: skip
         if row is None:
             return None, False
-        return Resolution.from_row(row), bool(row[14])
+        found, written = Resolution.from_row(row), bool(row[14])
+        if written and found.last_error is not None:
+            # It signs people in again: the provider's last failure is history. A statement
+            # of its own, after the sign-in's has committed: an UPDATE of the provider's row
+            # inside it conflicted with the FOR SHARE of another sign-in running at the same
+            # time, which waited for this one's share in turn (a deadlock, 40P01).
+            await self.pool.execute(_CLEAR_LAST_ERROR, draft.provider_id)
+        return found, written
 
     async def write_sign_in(self, new: NewSignIn, *, clear_last_error: bool) -> None:
         """Writes the sign-in's rows in one statement; LinkConflict (nothing written) when

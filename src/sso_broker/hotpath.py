@@ -68,7 +68,7 @@ class HotPath(Protocol):
         writes nothing here: ``write_sign_in`` links it. On PostgreSQL the statement holds
         the provider's row (``FOR SHARE``) while it writes, so a provider disabled meanwhile
         either waits for this sign-in and then signs it out, or is seen disabled by it
-        (README, *Security model*)."""
+        (README, *The admin API in short*, kill switches)."""
         ...
 
     async def write_sign_in(self, new: NewSignIn, *, clear_last_error: bool) -> None:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -346,6 +347,36 @@ async def test_a_change_between_a_first_sign_ins_resolution_and_its_write_signs_
     assert await sessions_and_successes(client, factory, sessionmaker, s) == before
 
 
+@asynccontextmanager
+async def other_connection(context: AppContext) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of its own to the test's PostgreSQL database, as another replica's or
+    an administrator's request would have; SQLite runs one write transaction at a time, so
+    these races are PostgreSQL's alone."""
+    if context.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite runs one write transaction at a time")
+    url = make_url(context.settings.database_url).set(drivername="postgresql")
+    connection = await asyncpg.connect(url.render_as_string(hide_password=False))
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+async def wait_until_blocked_by(holder: asyncpg.Connection, task: asyncio.Task[Any]) -> None:
+    """Returns once some statement of the app waits for a lock ``holder`` holds (the task has
+    reached it); fails if the task finishes, or nothing waits within five seconds."""
+    for _ in range(500):
+        waiting = await holder.fetchval(
+            "SELECT count(*) FROM pg_locks l"
+            " WHERE NOT l.granted AND pg_backend_pid() = ANY (pg_blocking_pids(l.pid))"
+        )
+        if waiting:
+            return
+        assert not task.done(), "it finished without waiting"
+        await asyncio.sleep(0.01)
+    pytest.fail("nothing waited for the lock")
+
+
 async def test_on_postgresql_a_sign_in_waits_for_a_disable_in_flight_and_signs_no_one_in(
     client: httpx.AsyncClient,
     factory: Factory,
@@ -357,32 +388,97 @@ async def test_on_postgresql_a_sign_in_waits_for_a_disable_in_flight_and_signs_n
     read the provider still enabled, and the disabling transaction's revocation could not see
     the session it wrote: the session outlived the kill switch. The statement now holds the
     provider's row, so it waits for the disable and reads the provider disabled."""
-    if context.engine.dialect.name != "postgresql":
-        pytest.skip("SQLite runs one write transaction at a time")
-    s = await setup(factory)
-    await linked(client, factory, entra, s)
-    before = await sessions_and_successes(client, factory, sessionmaker, s)
-    url = make_url(context.settings.database_url).set(drivername="postgresql")
-    admin = await asyncpg.connect(url.render_as_string(hide_password=False))
-    try:
+    async with other_connection(context) as admin:
+        s = await setup(factory)
+        await linked(client, factory, entra, s)
+        before = await sessions_and_successes(client, factory, sessionmaker, s)
         disabling = admin.transaction()
         await disabling.start()
         await admin.execute("UPDATE sso_providers SET enabled = false WHERE id = $1", s.provider.id)
         attempt = asyncio.create_task(sign_in(client, entra, s.provider, s.person))
-        for _ in range(500):  # the sign-in reaches the provider's row and waits for it
-            waiting = await admin.fetchval(
-                "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> pg_backend_pid()"
-            )
-            if waiting or attempt.done():
-                break
-            await asyncio.sleep(0.01)
-        assert not attempt.done(), "the sign-in did not wait for the disable in flight"
-        assert waiting
+        await wait_until_blocked_by(admin, attempt)
         await disabling.commit()
         response = await attempt
-    finally:
-        await admin.close()
 
     assert_error(response, "provider_disabled")
     await set_enabled(sessionmaker, s.provider, True)
     assert await sessions_and_successes(client, factory, sessionmaker, s) == before
+
+
+async def test_on_postgresql_sign_ins_at_once_never_wait_for_each_other_while_they_write(
+    client: httpx.AsyncClient,
+    factory: Factory,
+    entra: FakeEntra,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    context: AppContext,
+) -> None:
+    """Each sign-in holds the provider's row FOR SHARE while it writes; when its statement
+    also cleared the provider's last_error, it waited for every other sign-in's hold, and two
+    at once waited for each other (a deadlock: one of them a server_error). Another
+    sign-in's hold, played here by a connection of its own, must not stop the writing: the
+    session is there while the hold lasts, and last_error is cleared once it ends."""
+    async with other_connection(context) as other:
+        s = await setup(factory)
+        await linked(client, factory, entra, s)
+        async with session_scope(sessionmaker) as session:
+            await session.execute(
+                update(SSOProvider)
+                .where(SSOProvider.id == s.provider.id)
+                .values(last_error={"code": "idp_error", "message": "earlier", "at": "2026"})
+            )
+        opened = await count(
+            sessionmaker, SignInSession, SignInSession.provider_id == s.provider.id
+        )
+        holding = other.transaction()
+        await holding.start()
+        await other.execute("SELECT 1 FROM sso_providers WHERE id = $1 FOR SHARE", s.provider.id)
+        attempt = asyncio.create_task(sign_in(client, entra, s.provider, s.person))
+        await wait_until_blocked_by(other, attempt)
+        written = await other.fetchval(
+            "SELECT count(*) FROM sign_in_sessions WHERE provider_id = $1", s.provider.id
+        )
+        await holding.commit()
+        response = await attempt
+
+    assert written == opened + 1, "the sign-in's own statement waited for the other's hold"
+    assert await signed_in_user(client, response) == str(s.user.id)
+    assert await last_error(client, factory, s) is None
+
+
+async def test_on_postgresql_a_provider_deleted_during_a_sign_in_ends_its_session(
+    client: httpx.AsyncClient,
+    factory: Factory,
+    entra: FakeEntra,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    context: AppContext,
+) -> None:
+    """A sign-in being written (its hold on the provider and its session, played by a
+    connection of its own) while the provider is deleted: the deletion waits for it, then ends
+    its session with the others. It used to end the others first, then wait, and the
+    session committed meanwhile only lost its provider_id."""
+    async with other_connection(context) as signing_in:
+        s = await setup(factory)
+        admin = await factory.headers(await factory.user(s.company, Role.ADMINISTRATOR))
+        session_id = uuid.uuid4()
+        writing = signing_in.transaction()
+        await writing.start()
+        await signing_in.execute(
+            "SELECT 1 FROM sso_providers WHERE id = $1 FOR SHARE", s.provider.id
+        )
+        await signing_in.execute(
+            "INSERT INTO sign_in_sessions (id, user_id, company_id, provider_id, created_at,"
+            " expires_at) VALUES ($1, $2, $3, $4, now(), now() + interval '1 hour')",
+            session_id, s.user.id, s.company.id, s.provider.id,
+        )  # fmt: skip
+        deleting = asyncio.create_task(
+            client.delete(f"/api/v1/sso-providers/{s.provider.id}", headers=admin)
+        )
+        await wait_until_blocked_by(signing_in, deleting)
+        await writing.commit()
+        deleted = await deleting
+
+    assert deleted.status_code == 204, deleted.text
+    async with session_scope(sessionmaker) as session:
+        ended = await session.get(SignInSession, session_id)
+    assert ended is not None
+    assert ended.revoked_at is not None, "the session written meanwhile outlived the deletion"

@@ -45,6 +45,16 @@ async def page(
     return (await session.scalars(page_query(company_id, after=after, limit=limit))).all()
 
 
+async def lock(session: AsyncSession, provider_id: uuid.UUID) -> None:
+    """Holds the provider's row until the transaction ends (PostgreSQL; SQLite runs one write
+    transaction at a time anyway). A sign-in being written holds it FOR SHARE (fastpath.py),
+    so this waits for that sign-in to commit, and a sign-in that comes later waits for this
+    transaction and then finds what it left."""
+    await session.execute(
+        select(SSOProvider.id).where(SSOProvider.id == provider_id).with_for_update()
+    )
+
+
 async def detach(session: AsyncSession, provider: SSOProvider) -> None:
     """Clears the provider from its users and ends the sign-in sessions it opened."""
     await session.execute(

@@ -207,6 +207,10 @@ async def delete(
 ) -> None:
     """Deletes the provider; its users stay, unlinked, and its sign-in sessions end."""
     provider = await get(session, company_id, provider_id)
+    # Before anything else: a sign-in being written meanwhile (it holds the row FOR SHARE)
+    # commits first and its session is ended below with the others; otherwise it committed
+    # after the revocation, and the deletion only cleared its provider_id.
+    await repository.lock(session, provider.id)
     await repository.detach(session, provider)
     await session.delete(provider)
     await session.flush()
