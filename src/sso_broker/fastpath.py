@@ -127,17 +127,15 @@ SELECT coalesce((SELECT enabled FROM guard), false), EXISTS (SELECT 1 FROM serve
 """
 _WRITE = "WITH " + _GUARDED + _WRITE_SESSION
 # A first sign-in also links the identity, and audits the link (identity.linked).
-_WRITE_AND_LINK = (
-    (  # noqa: S608 - constant text; every value is a $n parameter
-        "WITH " + _GUARDED + "new_link AS (INSERT INTO identity_links"
-        " (id, provider_id, namespace, subject, user_id, created_at)"
-        " SELECT $16, $4, $17, $18, $2, $7 FROM served),"
-        " link_event AS (INSERT INTO audit_events"
-        " (id, company_id, type, created_at, provider_id, user_id, idp_subject)"
-        " SELECT $19, $3, 'identity.linked', $7, $4, $2, $13 FROM served),"
-    )
-    + _WRITE_SESSION
-)
+_LINK = """
+new_link AS (
+  INSERT INTO identity_links (id, provider_id, namespace, subject, user_id, created_at)
+  SELECT $16, $4, $17, $18, $2, $7 FROM served),
+link_event AS (
+  INSERT INTO audit_events (id, company_id, type, created_at, provider_id, user_id, idp_subject)
+  SELECT $19, $3, 'identity.linked', $7, $4, $2, $13 FROM served),
+"""
+_WRITE_AND_LINK = "WITH " + _GUARDED + _LINK + _WRITE_SESSION
 _CLEAR_LAST_ERROR = "UPDATE sso_providers SET last_error = NULL WHERE id = $1"
 # The spent row, its session with user and company, and the next refresh token when the
 # grant is good: one statement (see HotPath). $1 the spent hash, $2 the new refresh token's,

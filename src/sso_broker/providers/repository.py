@@ -14,13 +14,20 @@ from sso_broker.users.models import User
 
 
 async def get(
-    session: AsyncSession, company_id: uuid.UUID, provider_id: uuid.UUID
+    session: AsyncSession,
+    company_id: uuid.UUID,
+    provider_id: uuid.UUID,
+    *,
+    for_update: bool = False,
 ) -> SSOProvider | None:
-    return await session.scalar(
-        select(SSOProvider).where(
-            SSOProvider.id == provider_id, SSOProvider.company_id == company_id
-        )
+    """The company's provider; ``for_update`` holds its row until the transaction ends
+    (PostgreSQL; SQLite runs one write transaction at a time anyway). A sign-in being written
+    holds it FOR SHARE (fastpath.py), so such a read waits for that sign-in to commit, and a
+    sign-in that comes later waits for this transaction and then finds what it left."""
+    query = select(SSOProvider).where(
+        SSOProvider.id == provider_id, SSOProvider.company_id == company_id
     )
+    return await session.scalar(query.with_for_update() if for_update else query)
 
 
 def page_query(
@@ -43,16 +50,6 @@ async def page(
     limit: int,
 ) -> Sequence[SSOProvider]:
     return (await session.scalars(page_query(company_id, after=after, limit=limit))).all()
-
-
-async def lock(session: AsyncSession, provider_id: uuid.UUID) -> None:
-    """Holds the provider's row until the transaction ends (PostgreSQL; SQLite runs one write
-    transaction at a time anyway). A sign-in being written holds it FOR SHARE (fastpath.py),
-    so this waits for that sign-in to commit, and a sign-in that comes later waits for this
-    transaction and then finds what it left."""
-    await session.execute(
-        select(SSOProvider.id).where(SSOProvider.id == provider_id).with_for_update()
-    )
 
 
 async def detach(session: AsyncSession, provider: SSOProvider) -> None:

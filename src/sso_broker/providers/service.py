@@ -31,9 +31,15 @@ def _not_found() -> NotFound:
     )
 
 
-async def get(session: AsyncSession, company_id: uuid.UUID, provider_id: uuid.UUID) -> SSOProvider:
+async def get(
+    session: AsyncSession,
+    company_id: uuid.UUID,
+    provider_id: uuid.UUID,
+    *,
+    for_update: bool = False,
+) -> SSOProvider:
     """The company's provider, or 404: another company's provider looks like no provider."""
-    provider = await repository.get(session, company_id, provider_id)
+    provider = await repository.get(session, company_id, provider_id, for_update=for_update)
     if provider is None:
         raise _not_found()
     return provider
@@ -206,11 +212,10 @@ async def delete(
     session: AsyncSession, company_id: uuid.UUID, provider_id: uuid.UUID, *, actor_id: uuid.UUID
 ) -> None:
     """Deletes the provider; its users stay, unlinked, and its sign-in sessions end."""
-    provider = await get(session, company_id, provider_id)
-    # Before anything else: a sign-in being written meanwhile (it holds the row FOR SHARE)
-    # commits first and its session is ended below with the others; otherwise it committed
-    # after the revocation, and the deletion only cleared its provider_id.
-    await repository.lock(session, provider.id)
+    # Held before anything else: a sign-in being written meanwhile (it holds the row FOR
+    # SHARE) commits first and its session is ended below with the others; otherwise it
+    # committed after the revocation, and the deletion only cleared its provider_id.
+    provider = await get(session, company_id, provider_id, for_update=True)
     await repository.detach(session, provider)
     await session.delete(provider)
     await session.flush()
